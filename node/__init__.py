@@ -1,0 +1,1 @@
+"""The ICH triage node: DICOM services, the triage worker, the scheduler, HTTP and the CLI."""

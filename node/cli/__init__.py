@@ -1,0 +1,1 @@
+"""The `ichtriage` command line."""

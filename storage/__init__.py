@@ -1,0 +1,1 @@
+"""The node's database (SQLAlchemy models, migrations, job queue) and its file store."""
