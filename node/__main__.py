@@ -1,0 +1,5 @@
+"""`python -m node` is `ichtriage`."""
+
+from node.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""`ichtriage`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from node.config import ConfigError, Settings, load_settings
+
+DEFAULTS = Settings()
+
+
+def _setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override settings; each is also ICHTRIAGE_<NAME> or a key in --config."""
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML settings file (env: ICHTRIAGE_CONFIG)")
+    add("--data-dir", type=Path, help=f"where files and the SQLite database live (default: ./{DEFAULTS.data_dir})")
+    add("--db-url", help="SQLAlchemy database URL (default: SQLite file in the data directory)")
+    add("--log-level", help=f"(default: {DEFAULTS.log_level})")
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--ae-title", help=f"the node's AE title (default: {DEFAULTS.ae_title})")
+    add("--bind", help=f"address to listen on (default: {DEFAULTS.bind})")
+    add("--port", type=int, help=f"DICOM port (default: {DEFAULTS.port})")
+    add("--http-port", type=int, help=f"HTTP port, 0 for none (default: {DEFAULTS.http_port})")
+    add("--settle-seconds", type=float,
+        help=f"quiet time after which a series is complete (default: {DEFAULTS.settle_seconds})")
+    add("--allow-ae", action="append", metavar="AE[@HOST]",
+        help="calling AE title allowed to connect, repeatable (default: any)")
+    add("--destination", action="append", metavar="AE@HOST:PORT", dest="destinations",
+        help="where results are sent by C-STORE, repeatable")
+    add("--receivers", type=int,
+        help="receiving processes (default: one per CPU core)")
+    add("--tls-cert", type=Path, help="PEM certificate: serve DICOM over TLS")
+    add("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    add("--tls-ca", type=Path, help="PEM CA: require client certificates it signed")
+    add("--min-slices", type=int,
+        help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
+
+
+SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
+                "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
+                "tls_ca", "min_slices")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ichtriage",
+        description="A DICOM node that triages head CT for intracranial hemorrhage.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node: DICOM receiver, scheduler, worker")
+    _setting_flags(serve)
+    _serve_flags(serve)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="create or migrate the database to the newest schema")
+    _setting_flags(upgrade)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in SETTING_ARGS if hasattr(args, k)}
+    return load_settings(config_file=args.config, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"ichtriage: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        from node.serve import serve
+
+        return serve(settings)
+    if args.command == "db" and args.db_command == "upgrade":
+        from node.logs import configure_logging
+        from storage.db import upgrade
+
+        configure_logging(settings.log_level)
+        upgrade(settings.database_url)
+        print(f"database is at the newest schema: {_redact(settings.database_url)}")
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

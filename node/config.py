@@ -1,0 +1,202 @@
+"""The node's settings: one frozen object, built once at start from defaults, an optional TOML
+file, `ICHTRIAGE_*` environment variables and command-line flags (later sources win)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "ICHTRIAGE_"
+_AE = re.compile(r"[ -~]{1,16}")  # PS3.5 AE VR: 16 printable characters, no backslash
+_DEST = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:]+|\[[^\]]+\]):(?P<port>\d{1,5})")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+def _check_ae(value: str, what: str) -> str:
+    value = value.strip()
+    if not _AE.fullmatch(value) or "\\" in value:
+        raise ConfigError(f"{what}: {value!r} is not a valid AE title (1-16 printable characters)")
+    return value
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A remote DICOM node results are sent to (C-STORE SCP)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = _DEST.fullmatch(text.strip())
+        if not match:
+            raise ConfigError(f"destination {text!r} is not AE@HOST:PORT")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ConfigError(f"destination {text!r}: port out of range")
+        return cls(_check_ae(match["ae"], "destination"), match["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AllowedPeer:
+    """A calling AE title the node accepts, optionally only from one host."""
+
+    ae_title: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowedPeer:
+        ae, _, host = text.strip().partition("@")
+        return cls(_check_ae(ae, "allow_ae"), host or None)
+
+    def matches(self, ae_title: str, host: str) -> bool:
+        return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
+
+    def __str__(self) -> str:
+        return self.ae_title if self.host is None else f"{self.ae_title}@{self.host}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the node, with its default. Field names are the TOML keys; the
+    environment variable is ICHTRIAGE_<NAME>; the flag --<name-with-dashes>."""
+
+    ae_title: str = "ICHTRIAGE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    http_port: int = 8080
+    allow_ae: tuple[AllowedPeer, ...] = ()  # empty: any calling AE title
+    data_dir: Path = Path("var")
+    db_url: str = ""  # empty: a SQLite file inside data_dir
+    settle_seconds: float = 2.0
+    destinations: tuple[Destination, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # when set, callers must present a certificate it signed
+    receivers: int = 0  # receiving processes; 0: one per CPU core
+    max_pdu: int = 0  # largest P-DATA we accept; 0 is unlimited (fastest)
+    max_associations: int = 32
+    network_timeout: float = 60.0
+    min_free_mb: int = 256  # refuse instances (0xA700) when less disk than this is free
+    min_slices: int = 8
+    eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
+    log_level: str = "INFO"
+    check_interval: float = 0.5  # how often the scheduler looks for settled series
+
+    def __post_init__(self) -> None:
+        _check_ae(self.ae_title, "ae_title")
+        for name in ("port", "http_port"):
+            value = getattr(self, name)
+            if not 0 <= value < 65536:
+                raise ConfigError(f"{name}: {value} is not a TCP port")
+        if self.settle_seconds < 0:
+            raise ConfigError(f"settle_seconds must be >= 0, got {self.settle_seconds}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_ca needs tls_cert and tls_key")
+        if self.receivers < 0 or self.min_slices < 1 or self.min_free_mb < 0:
+            raise ConfigError("receivers and min_free_mb must be >= 0, min_slices >= 1")
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'ichtriage.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "data"
+
+    @property
+    def receiver_count(self) -> int:
+        return self.receivers or (os.cpu_count() or 1)
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def load_settings(*, config_file: Path | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Defaults < TOML file < environment < overrides (the command line)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    config_file = config_file or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env
+                                  else None)
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        unknown = set(data) - set(setting_names())
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown settings {sorted(unknown)}")
+        raw.update(data)
+    for name in setting_names():
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            raw[name] = env[key]
+    for name, value in (overrides or {}).items():
+        if value is not None and value != ():
+            raw[name] = value
+    hints = get_type_hints(Settings)
+    values = {name: _convert(name, hints[name], value) for name, value in raw.items()}
+    try:
+        return Settings(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    try:
+        if origin in (Union, types.UnionType):
+            inner = [a for a in get_args(hint) if a is not type(None)][0]
+            return None if value in (None, "") else _convert(name, inner, value)
+        if origin is tuple:
+            inner = get_args(hint)[0]
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [i.strip() if isinstance(i, str) else i for i in items]
+            if inner is not str:
+                items = [i for i in items if i != ""]
+            return tuple(_convert(name, inner, i) for i in items)
+        if hint in (Destination, AllowedPeer):
+            return value if isinstance(value, hint) else hint.parse(str(value))
+        if hint is Path:
+            return Path(value)
+        if hint is bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if hint in (int, float):
+            return hint(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
+    raise ConfigError(f"{name}: unsupported setting type {hint}")
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """The settings as strings, for the start-up log (nothing secret is in them)."""
+    return {k: (", ".join(map(str, v)) if isinstance(v, tuple) else str(v))
+            for k, v in dataclasses.asdict(settings).items()} | {
+        "allow_ae": ", ".join(map(str, settings.allow_ae)) or "(any)",
+        "destinations": ", ".join(map(str, settings.destinations)) or "(none)",
+    }
+
+
+__all__ = ["AllowedPeer", "ConfigError", "Destination", "Settings", "describe", "load_settings"]

@@ -1,0 +1,74 @@
+"""The node's Application Entity: which services, SOP classes and transfer syntaxes it accepts."""
+
+from __future__ import annotations
+
+import ssl
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts
+
+from node.config import Settings
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+# Stored as received, never transcoded: every syntax a CT scanner or PACS commonly sends.
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE accepting C-ECHO and C-STORE of every storage SOP class (a PACS node keeps what
+    it is sent: scouts, dose reports, SRs), with the node's limits and timeouts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    # The called AE title is checked by our EVT_REQUESTED handler, which logs why it rejects.
+    ae.require_called_aet = False
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(str(cx.abstract_syntax), TRANSFER_SYNTAXES)
+    ae.add_supported_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    return ae
+
+
+def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the DICOM port (PS3.15 B.1) when a certificate is configured; with tls_ca the
+    caller must present a certificate that CA signed."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_ca is not None:
+        ctx.load_verify_locations(settings.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -1,0 +1,262 @@
+"""Receiving processes: one listening socket, several processes handling associations.
+
+pynetdicom runs each association on a thread, and all of them share one interpreter lock. To
+keep every core busy the supervisor accepts connections on the configured port and hands each
+accepted socket (SCM_RIGHTS over a Unix socket pair) to the receiving process that has the
+fewest open associations. Each receiving process runs its own pynetdicom AE, database engine
+and file store, and never imports the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import Settings
+from node.dicom.ae import build_ae, server_tls_context
+from node.dicom.store_scp import StoreHandlers
+from node.logs import configure_logging
+from storage.associations import AssociationLog
+from storage.db import make_engine
+from storage.files import FileStore
+from storage.instances import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+STOP = b"stop"
+DONE = b"done"
+
+
+class DispatchedServer(ThreadedAssociationServer):
+    """An association server fed with sockets accepted elsewhere: it never binds or listens."""
+
+    def __init__(self, *args: Any, on_finished: Any = None, **kwargs: Any) -> None:
+        self._on_finished = on_finished
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        raise RuntimeError("a dispatched server is handed its connections")
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if self.ssl_context is not None:
+                try:
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    logger.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                    request.close()
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._on_finished is not None:
+                self._on_finished()
+
+
+def receiver_main(settings: Settings, channel: socket.socket, index: int) -> None:
+    """Entry point of one receiving process."""
+    configure_logging(settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Header values a sender got slightly wrong must not stop the store; they are kept as sent.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    engine = make_engine(settings.database_url)
+    files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
+    handlers = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine),
+                             ae_title=settings.ae_title, allowed=settings.allow_ae)
+    ae = build_ae(settings)
+    send_lock = threading.Lock()
+
+    def finished() -> None:
+        with send_lock:
+            try:
+                channel.send(DONE)
+            except OSError:
+                pass  # the supervisor is gone; nothing to tell
+
+    server = ae.make_server((settings.bind, 0), evt_handlers=handlers.bindings(),
+                            ssl_context=server_tls_context(settings),
+                            server_class=DispatchedServer, on_finished=finished)
+    logger.debug("receiver %d (pid %d) ready", index, os.getpid())
+    try:
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(channel, 1024, 1)
+            except OSError:
+                break
+            if not msg or msg == STOP:
+                for fd in fds:
+                    os.close(fd)
+                break
+            peer = json.loads(msg)
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                server.process_request(conn, (peer["host"], peer["port"]))
+    finally:
+        _drain(ae, server, settings.network_timeout)
+        engine.dispose()
+
+
+def _drain(ae: AE, server: ThreadedAssociationServer, grace: float) -> None:
+    """Let open associations finish their transfers, then abort what is left."""
+    deadline = time.monotonic() + grace
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for assoc in server.active_associations:
+        logger.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+        assoc.abort()
+    server.server_close()
+
+
+@dataclass
+class _Receiver:
+    index: int
+    process: BaseProcess
+    channel: socket.socket
+    active: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ReceiverPool:
+    """The supervisor's side: the listening socket, the accept loop and the receivers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._receivers: list[_Receiver] = []
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._selector = selectors.DefaultSelector()
+        self._select_lock = threading.Lock()
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> tuple[str, int]:
+        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.settings.bind, self.settings.port))
+        listener.listen(128)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self.address = listener.getsockname()[:2]
+        for index in range(self.settings.receiver_count):
+            self._receivers.append(self._spawn(index))
+        for target in (self._accept_loop, self._done_loop):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self.address
+
+    def _spawn(self, index: int) -> _Receiver:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = self._ctx.Process(target=receiver_main, args=(self.settings, child, index),
+                                    name=f"ichtriage-receiver-{index}", daemon=False)
+        process.start()
+        child.close()
+        receiver = _Receiver(index, process, parent)
+        with self._select_lock:
+            self._selector.register(parent, selectors.EVENT_READ, receiver)
+        return receiver
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self._listener.accept()
+            except TimeoutError:
+                self._respawn_dead()
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                logger.exception("accept failed")
+                time.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._dispatch(conn, addr)
+
+    def _dispatch(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        peer = json.dumps({"host": addr[0], "port": addr[1]}).encode()
+        for receiver in sorted(self._receivers, key=lambda r: r.active):
+            if not receiver.process.is_alive():
+                continue
+            try:
+                socket.send_fds(receiver.channel, [peer], [conn.fileno()])
+            except OSError as exc:
+                logger.error("receiver %d unreachable: %s", receiver.index, exc)
+                continue
+            with receiver.lock:
+                receiver.active += 1
+            conn.close()
+            return
+        logger.error("no receiving process alive; connection from %s closed", addr[0])
+        conn.close()
+
+    def _done_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._select_lock:
+                events = self._selector.select(timeout=0.2)
+            for key, _ in events:
+                receiver: _Receiver = key.data
+                try:
+                    msg = receiver.channel.recv(64)
+                except OSError:
+                    msg = b""
+                if msg == DONE:
+                    with receiver.lock:
+                        receiver.active = max(receiver.active - 1, 0)
+                elif not msg:
+                    with self._select_lock:
+                        self._selector.unregister(receiver.channel)
+
+    def _respawn_dead(self) -> None:
+        for i, receiver in enumerate(self._receivers):
+            if receiver.process.is_alive() or self._stopping.is_set():
+                continue
+            logger.error("receiver %d (pid %s) exited with %s; starting a new one",
+                         receiver.index, receiver.process.pid, receiver.process.exitcode)
+            receiver.channel.close()
+            self._receivers[i] = self._spawn(receiver.index)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let the receivers finish their associations, wait for them."""
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        timeout = (grace if grace is not None else self.settings.network_timeout) + 5
+        for receiver in self._receivers:
+            try:
+                receiver.channel.send(STOP)
+            except OSError:
+                pass  # already gone
+        for receiver in self._receivers:
+            receiver.process.join(timeout=timeout)
+            if receiver.process.is_alive():
+                logger.error("receiver %d did not stop; terminating", receiver.index)
+                receiver.process.terminate()
+                receiver.process.join(timeout=5)
+            receiver.channel.close()
+        self._selector.close()

@@ -1,0 +1,22 @@
+"""DIMSE status codes the node answers with (PS3.4 Annex B.2.3 for C-STORE, PS3.7 C)."""
+
+SUCCESS = 0x0000
+# Failures (PS3.4 Table B.2-1)
+OUT_OF_RESOURCES = 0xA700  # disk full, database unavailable: the sender should retry later
+DATASET_DOES_NOT_MATCH = 0xA900  # data set does not match the SOP class of the context
+CANNOT_UNDERSTAND = 0xC000  # missing or invalid UIDs, an unparsable data set
+PROCESSING_FAILURE = 0x0110
+
+DESCRIPTIONS = {
+    SUCCESS: "success",
+    OUT_OF_RESOURCES: "out of resources",
+    DATASET_DOES_NOT_MATCH: "data set does not match SOP class",
+    CANNOT_UNDERSTAND: "cannot understand",
+    PROCESSING_FAILURE: "processing failure",
+}
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
+REJECTED_PERMANENT = 0x01
+SOURCE_SERVICE_USER = 0x01
+REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
+REASON_CALLED_AE_NOT_RECOGNIZED = 0x07

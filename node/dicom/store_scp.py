@@ -1,0 +1,253 @@
+"""C-ECHO and C-STORE SCP handlers (PS3.4 Annex A and B): decode the header, hand the bytes
+to the instance store, answer a status. Thin on purpose: the protocol of storing lives in
+`storage.instances`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+
+from node.config import AllowedPeer
+from node.dicom import status
+from storage.associations import AssociationLog
+from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
+from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class IngestError(Exception):
+    """A received data set that cannot be stored; carries the DIMSE status to answer."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status_code
+
+
+@dataclass
+class _Tally:
+    pk: int | None
+    stored: int = 0
+    failed: int = 0
+    duplicates: int = 0
+
+
+class StoreHandlers:
+    """Event handlers of one receiving process, bound to its AE's server."""
+
+    def __init__(self, store: InstanceStore, log: AssociationLog, *, ae_title: str,
+                 allowed: tuple[AllowedPeer, ...] = ()) -> None:
+        self.store = store
+        self.log = log
+        self.ae_title = ae_title
+        self.allowed = allowed
+        self._tallies: dict[int, _Tally] = {}
+        self._lock = threading.Lock()
+
+    def bindings(self) -> list[Any]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    # -- association ------------------------------------------------------------------------
+    def on_requested(self, event: Event) -> None:
+        """Check the called and calling AE titles (and the caller's host) before negotiation."""
+        rq = event.assoc.requestor
+        calling, host = rq.ae_title.strip(), rq.address
+        called_ae = str(rq.primitive.called_ae_title if rq.primitive else "").strip()
+        if called_ae != self.ae_title:
+            logger.warning("association from %s (%s) rejected: called AE title %r is not %r",
+                           calling, host, called_ae, self.ae_title)
+            event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
+                                         status.REASON_CALLED_AE_NOT_RECOGNIZED)
+            return
+        if self.allowed and not any(p.matches(calling, host) for p in self.allowed):
+            logger.warning("association from %s (%s) rejected: calling AE title not allowed",
+                           calling, host)
+            event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
+                                         status.REASON_CALLING_AE_NOT_RECOGNIZED)
+
+    def on_accepted(self, event: Event) -> None:
+        rq = event.assoc.requestor
+        try:
+            pk: int | None = self.log.opened(calling_ae=rq.ae_title.strip(),
+                                             called_ae=self.ae_title, peer_host=rq.address,
+                                             peer_port=rq.port)
+        except (StorageError, OSError) as exc:
+            logger.error("cannot record association from %s: %s", rq.ae_title, exc)
+            pk = None
+        except Exception:  # the audit row must not stop the association
+            logger.exception("cannot record association from %s", rq.ae_title)
+            pk = None
+        with self._lock:
+            self._tallies[id(event.assoc)] = _Tally(pk)
+        logger.info("association %s from %s (%s:%s) accepted", pk, rq.ae_title.strip(),
+                    rq.address, rq.port)
+
+    def on_released(self, event: Event) -> None:
+        self._close(event, "released")
+
+    def on_aborted(self, event: Event) -> None:
+        self._close(event, "aborted")
+
+    def _close(self, event: Event, state: str) -> None:
+        with self._lock:
+            tally = self._tallies.pop(id(event.assoc), None)
+        if tally is None:
+            return
+        logger.info("association %s %s: %d stored, %d duplicate, %d failed", tally.pk, state,
+                    tally.stored, tally.duplicates, tally.failed)
+        if tally.pk is not None:
+            try:
+                self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
+                                duplicates=tally.duplicates)
+            except Exception:  # auditing must not break the association
+                logger.exception("cannot record the end of association %s", tally.pk)
+
+    def _tally(self, event: Event) -> _Tally:
+        with self._lock:
+            return self._tallies.setdefault(id(event.assoc), _Tally(None))
+
+    # -- services ---------------------------------------------------------------------------
+    def on_echo(self, event: Event) -> int:
+        return status.SUCCESS
+
+    def on_store(self, event: Event) -> int:
+        tally = self._tally(event)
+        try:
+            outcome = self._store(event, tally.pk)
+        except IngestError as exc:
+            tally.failed += 1
+            logger.warning("C-STORE %s from %s refused (0x%04X %s): %s",
+                           _uid(_request(event).AffectedSOPInstanceUID),
+                           event.assoc.requestor.ae_title.strip(), exc.status,
+                           status.DESCRIPTIONS.get(exc.status, ""), exc)
+            return exc.status
+        if outcome is StoreOutcome.DUPLICATE:
+            tally.duplicates += 1
+        else:
+            tally.stored += 1
+        return status.SUCCESS
+
+    def _store(self, event: Event, association_pk: int | None) -> StoreOutcome:
+        request = _request(event)
+        context = event.context
+        try:
+            meta = _meta(event.dataset, request.AffectedSOPClassUID,
+                         request.AffectedSOPInstanceUID, context.abstract_syntax,
+                         context.transfer_syntax[0])
+        except IngestError:
+            raise
+        except Exception as exc:  # any decoding failure is the sender's data
+            raise IngestError(status.CANNOT_UNDERSTAND,
+                              f"data set cannot be decoded: {type(exc).__name__}") from exc
+        file_meta = FileMetaDataset()
+        file_meta.MediaStorageSOPClassUID = UID(meta.sop_class_uid)
+        file_meta.MediaStorageSOPInstanceUID = UID(meta.sop_uid)
+        file_meta.TransferSyntaxUID = UID(meta.transfer_syntax_uid)
+        file_meta.ImplementationClassUID = event.assoc.ae.implementation_class_uid
+        file_meta.ImplementationVersionName = event.assoc.ae.implementation_version_name
+        file_meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title.strip()
+        header = DicomBytesIO()
+        header.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(header, file_meta, enforce_standard=True)
+        payload = request.DataSet.getvalue() if request.DataSet is not None else b""
+        try:
+            result = self.store.store(meta, [header.getvalue(), payload],
+                                      calling_ae=event.assoc.requestor.ae_title.strip(),
+                                      association_pk=association_pk)
+        except InvalidUIDError as exc:
+            raise IngestError(status.CANNOT_UNDERSTAND, str(exc)) from exc
+        except (DiskFullError, DatabaseError, StorageError) as exc:
+            raise IngestError(status.OUT_OF_RESOURCES, str(exc)) from exc
+        return result.outcome
+
+
+def _request(event: Event) -> C_STORE:
+    return cast(C_STORE, event.request)
+
+
+def _uid(value: Any) -> str:
+    return str(value or "").strip()[:64]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_class: str,
+          transfer_syntax: str) -> InstanceMeta:
+    """The index attributes of `ds`, checked against the request (PS3.4 B.2.3 statuses)."""
+    sop_class = _uid(ds.get("SOPClassUID"))
+    sop_uid = _uid(ds.get("SOPInstanceUID"))
+    if not sop_class or not sop_uid:
+        raise IngestError(status.CANNOT_UNDERSTAND, "SOP Class or SOP Instance UID missing")
+    if sop_class != _uid(affected_class) or sop_class != _uid(context_class):
+        raise IngestError(status.DATASET_DOES_NOT_MATCH,
+                          f"SOP Class UID {sop_class} does not match the request's "
+                          f"{_uid(affected_class)}")
+    if sop_uid != _uid(affected_instance):
+        raise IngestError(status.DATASET_DOES_NOT_MATCH,
+                          f"SOP Instance UID {sop_uid} does not match the request's "
+                          f"{_uid(affected_instance)}")
+    frames = _int(ds, "NumberOfFrames")
+    try:
+        return InstanceMeta(
+            sop_class_uid=sop_class,
+            sop_uid=sop_uid,
+            study_uid=_uid(ds.get("StudyInstanceUID")),
+            series_uid=_uid(ds.get("SeriesInstanceUID")),
+            transfer_syntax_uid=str(transfer_syntax),
+            patient_id=_text(ds, "PatientID"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+            patient_name=_text(ds, "PatientName"),
+            birth_date=_text(ds, "PatientBirthDate"),
+            sex=_text(ds, "PatientSex"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_id=_text(ds, "StudyID"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician=_text(ds, "ReferringPhysicianName"),
+            modality=_text(ds, "Modality"),
+            body_part=_text(ds, "BodyPartExamined"),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            instance_number=_int(ds, "InstanceNumber"),
+            image_type=_text(ds, "ImageType"),
+            image_position=_text(ds, "ImagePositionPatient"),
+            image_orientation=_text(ds, "ImageOrientationPatient"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=frames,
+        )
+    except InvalidUIDError as exc:
+        raise IngestError(status.CANNOT_UNDERSTAND, str(exc)) from exc

@@ -1,0 +1,71 @@
+"""Periodic work of the supervisor: find series that have settled and queue the eligible ones.
+
+A series is complete when no instance of it has arrived for `settle_seconds`: scanners send a
+series over one association or several, and the quiet time closes it either way. (Orthanc's
+StableAge waits 60 s by default, MONAI Deploy's gateway 5 s.) An instance that arrives later
+puts the series back to `receiving`, and it is queued again once it settles.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.dicom.eligibility import EligibilityRules, SeriesFacts
+from storage.jobs import JobQueue
+from storage.models import SeriesStatus, utcnow
+from storage.series import SeriesIndex, SettledSeries
+
+logger = logging.getLogger(__name__)
+
+TRIAGE = "triage"
+
+
+class SeriesMonitor:
+    def __init__(self, index: SeriesIndex, queue: JobQueue, rules: EligibilityRules, *,
+                 settle_seconds: float) -> None:
+        if settle_seconds < 0:
+            raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
+        self.index = index
+        self.queue = queue
+        self.rules = rules
+        self.settle = timedelta(seconds=settle_seconds)
+
+    def run_once(self) -> dict[str, str]:
+        """Decide every settled series; returns {series UID: 'queued' or the skip reason}."""
+        decided: dict[str, str] = {}
+        for series in self.index.settled(utcnow() - self.settle):
+            outcome = self._decide(series)
+            if outcome is not None:
+                decided[series.series_uid] = outcome
+        return decided
+
+    def _decide(self, series: SettledSeries) -> str | None:
+        contents = self.index.contents(series.pk)
+        facts = SeriesFacts(modality=contents.modality, body_part=contents.body_part,
+                            sop_classes=contents.sop_classes, image_types=contents.image_types,
+                            slices=contents.slices)
+        reason = self.rules.reason_to_skip(facts)
+        with self.index.engine.begin() as conn:
+            if reason is not None:
+                if not SeriesIndex.mark(conn, series, SeriesStatus.NOT_ELIGIBLE, reason):
+                    return None
+                logger.info("series %s stored, not triaged: %s", series.series_uid, reason)
+                return reason
+            if not SeriesIndex.mark(conn, series, SeriesStatus.QUEUED):
+                return None  # more instances arrived; decide when it settles again
+            job = self.queue.enqueue(conn, kind=TRIAGE, queueing_lock=f"series:{series.series_uid}",
+                                     series_pk=series.pk, series_revision=series.revision)
+        logger.info("series %s complete (%d slices): queued for triage%s", series.series_uid,
+                    facts.slices, "" if job is not None else " (already queued)")
+        return "queued"
+
+
+def start_scheduler(monitor: SeriesMonitor, *, interval: float) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(monitor.run_once, "interval", seconds=interval, id="settle",
+                      max_instances=1, coalesce=True, next_run_time=utcnow())
+    scheduler.start()
+    return scheduler

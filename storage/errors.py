@@ -1,0 +1,17 @@
+"""Exceptions of the `storage` package."""
+
+
+class StorageError(Exception):
+    """Base of every error raised by `storage`."""
+
+
+class InvalidUIDError(StorageError, ValueError):
+    """A UID that is not a valid DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters."""
+
+
+class DiskFullError(StorageError):
+    """The file store is out of space, or below its configured free-space reserve."""
+
+
+class DatabaseError(StorageError):
+    """The database refused or failed a write; nothing of the operation was kept."""

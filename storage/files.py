@@ -1,0 +1,99 @@
+"""The file store: `<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`, written atomically."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.errors import DiskFullError, StorageError
+from storage.uids import validate_uid
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file that is complete and fsynced on disk under its final name."""
+
+    path: Path
+    relative: str
+    size: int
+
+
+class FileStore:
+    """Keeps DICOM files under `root`, one folder per study and series.
+
+    Every write goes to a temporary file in the target folder, is fsynced, then renamed into
+    place and the folder fsynced, so a file under its final name is always complete.
+    """
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
+        if min_free_bytes < 0:
+            raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """The path of an instance relative to the root; every UID is validated first."""
+        parts = (
+            validate_uid(study_uid, what="StudyInstanceUID"),
+            validate_uid(series_uid, what="SeriesInstanceUID"),
+            validate_uid(sop_uid, what="SOPInstanceUID") + ".dcm",
+        )
+        return "/".join(parts)
+
+    def path_of(self, relative: str) -> Path:
+        return self.root / relative
+
+    def check_space(self, incoming: int) -> None:
+        """Raise DiskFullError unless `incoming` bytes fit above the free-space reserve."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < self.min_free_bytes:
+            raise DiskFullError(
+                f"file store {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
+            )
+
+    def write_temp(self, relative: str, chunks: list[bytes]) -> Path:
+        """Write `chunks` to a fsynced temporary file beside the final path; return its path."""
+        size = sum(len(c) for c in chunks)
+        self.check_space(size)
+        final = self.path_of(relative)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left writing {relative}") from exc
+            raise StorageError(f"cannot write {relative}: {exc}") from exc
+        return Path(tmp)
+
+    def commit_temp(self, tmp: Path, relative: str) -> StoredFile:
+        """Move a temporary file to its final name (replacing any file there) durably."""
+        final = self.path_of(relative)
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot move {relative} into place: {exc}") from exc
+        return StoredFile(path=final, relative=relative, size=final.stat().st_size)
+
+    def remove(self, relative: str) -> None:
+        self.path_of(relative).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,211 @@
+"""Storing one received instance: the file on disk and its rows in the index, both or neither."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage.errors import DatabaseError
+from storage.files import FileStore
+from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
+from storage.uids import validate_uid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """The attributes of a received instance that the index keeps (read from its header)."""
+
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    accession_number: str = ""
+    study_id: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+    modality: str = ""
+    body_part: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    instance_number: int | None = None
+    image_type: str = ""
+    image_position: str = ""
+    image_orientation: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sop_class_uid", "sop_uid", "study_uid", "series_uid", "transfer_syntax_uid"):
+            validate_uid(getattr(self, name), what=name)
+
+
+class StoreOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the SOP Instance UID was already stored; the first copy is kept
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    instance_pk: int
+    series_pk: int
+    file_path: str
+
+
+class InstanceStore:
+    """Writes instances durably and indexes them.
+
+    Protocol, so that success is never answered for anything not kept: write the bytes to a
+    fsynced temporary file; in one transaction upsert patient/study/series and insert the
+    instance; move the file into place; commit. If the commit fails the file is removed again.
+    A SOP Instance UID that is already stored keeps its first copy; the repeat is counted in
+    `instance.duplicates` and answered as success (a sender's retry is not an error).
+    """
+
+    def __init__(self, engine: Engine, files: FileStore, *, cache_size: int = 2048) -> None:
+        self.engine = engine
+        self.files = files
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._series_cache: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
+              association_pk: int | None = None) -> StoreResult:
+        relative = self.files.relative_path(meta.study_uid, meta.series_uid, meta.sop_uid)
+        tmp = self.files.write_temp(relative, list(chunks))
+        moved = False
+        fresh: tuple[int, int] | None = None
+        try:
+            with self.engine.begin() as conn:
+                now = utcnow()
+                series_pk, study_pk = self._cached_keys(meta.series_uid) or self._series_keys(
+                    conn, meta, now)
+                fresh = (series_pk, study_pk)
+                instance_pk = conn.execute(
+                    self._insert(Instance)
+                    .values(**fit_columns(Instance, _instance_values(meta)), series_pk=series_pk, file_path=relative,
+                            file_size=tmp.stat().st_size, received_at=now, calling_ae=calling_ae,
+                            association_pk=association_pk, duplicates=0)
+                    .on_conflict_do_nothing(index_elements=["sop_uid"])
+                    .returning(Instance.id)
+                ).scalar()
+                if instance_pk is None:
+                    row = conn.execute(
+                        update(Instance).where(Instance.sop_uid == meta.sop_uid)
+                        .values(duplicates=Instance.duplicates + 1)
+                        .returning(Instance.id, Instance.series_pk, Instance.file_path)
+                    ).one()
+                    tmp.unlink(missing_ok=True)
+                    return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
+                conn.execute(
+                    update(Series).where(Series.id == series_pk).values(
+                        instance_count=Series.instance_count + 1, last_received_at=now,
+                        revision=Series.revision + 1, status=SeriesStatus.RECEIVING,
+                        status_reason="")
+                )
+                conn.execute(update(Study).where(Study.id == study_pk).values(last_received_at=now))
+                self.files.commit_temp(tmp, relative)
+                moved = True
+        except SQLAlchemyError as exc:
+            if moved:
+                self.files.remove(relative)
+            tmp.unlink(missing_ok=True)
+            raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0]}") from exc
+        except BaseException:
+            if moved:
+                self.files.remove(relative)
+            tmp.unlink(missing_ok=True)
+            raise
+        self._remember(meta.series_uid, fresh)
+        return StoreResult(StoreOutcome.STORED, instance_pk, series_pk, relative)
+
+    def _cached_keys(self, series_uid: str) -> tuple[int, int] | None:
+        cached = self._series_cache.get(series_uid)
+        if cached is not None:
+            self._series_cache.move_to_end(series_uid)
+        return cached
+
+    def _remember(self, series_uid: str, keys: tuple[int, int] | None) -> None:
+        # Only keys of committed rows are cached: a rolled-back series must be created again.
+        if keys is None:
+            return
+        self._series_cache[series_uid] = keys
+        if len(self._series_cache) > self._cache_size:
+            self._series_cache.popitem(last=False)
+
+    def _series_keys(self, conn: Connection, meta: InstanceMeta, now: datetime) -> tuple[int, int]:
+        ins = self._insert
+        patient_key = f"{meta.patient_id}\\{meta.issuer_of_patient_id}"
+        conn.execute(ins(Patient).values(**fit_columns(Patient, dict(
+            patient_key=patient_key, patient_id=meta.patient_id,
+            issuer_of_patient_id=meta.issuer_of_patient_id, patient_name=meta.patient_name,
+            birth_date=meta.birth_date, sex=meta.sex, created_at=now,
+        ))).on_conflict_do_nothing(index_elements=["patient_key"]))
+        patient_pk = conn.execute(
+            select(Patient.id).where(Patient.patient_key == patient_key)).scalar_one()
+        conn.execute(ins(Study).values(**fit_columns(Study, dict(
+            study_uid=meta.study_uid, patient_pk=patient_pk,
+            accession_number=meta.accession_number, study_id=meta.study_id,
+            study_date=meta.study_date, study_time=meta.study_time,
+            study_description=meta.study_description,
+            referring_physician=meta.referring_physician, created_at=now, last_received_at=now,
+        ))).on_conflict_do_nothing(index_elements=["study_uid"]))
+        study_pk = conn.execute(
+            select(Study.id).where(Study.study_uid == meta.study_uid)).scalar_one()
+        conn.execute(ins(Series).values(**fit_columns(Series, dict(
+            series_uid=meta.series_uid, study_pk=study_pk, modality=meta.modality,
+            body_part=meta.body_part, series_number=meta.series_number,
+            series_description=meta.series_description, status=SeriesStatus.RECEIVING,
+            status_reason="", instance_count=0, first_received_at=now, last_received_at=now,
+            revision=0,
+        ))).on_conflict_do_nothing(index_elements=["series_uid"]))
+        series_pk = conn.execute(
+            select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one()
+        return series_pk, study_pk
+
+
+def fit_columns(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
+    """Clip strings to their column's length: a sender's over-long SH or LO value must not
+    make the whole instance fail on a database that enforces lengths (PostgreSQL)."""
+    table = model.__table__
+    out = {}
+    for key, value in values.items():
+        length = getattr(table.c[key].type, "length", None)
+        out[key] = value[:length] if isinstance(value, str) and length else value
+    return out
+
+
+def _instance_values(meta: InstanceMeta) -> dict[str, Any]:
+    return {
+        "sop_uid": meta.sop_uid,
+        "sop_class_uid": meta.sop_class_uid,
+        "transfer_syntax_uid": meta.transfer_syntax_uid,
+        "instance_number": meta.instance_number,
+        "image_type": meta.image_type,
+        "image_position": meta.image_position,
+        "image_orientation": meta.image_orientation,
+        "rows": meta.rows,
+        "columns": meta.columns,
+        "number_of_frames": meta.number_of_frames,
+    }

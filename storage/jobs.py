@@ -1,0 +1,162 @@
+"""The job queue: a row per unit of work, claimed under a lease.
+
+Modelled on procrastinate: a job has a status (queued / running / done / failed), a count of
+attempts, a lease that expires (a worker that dies mid-job loses it, and another worker takes
+the job up), and a queueing lock so one series is queued once. On PostgreSQL a claim is
+`SELECT ... FOR UPDATE SKIP LOCKED`, so many workers on many hosts share one queue; on SQLite
+the claim runs under `BEGIN IMMEDIATE`, which serializes claimers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.models import Job, JobStatus, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing job is tried, and how long to wait between tries."""
+
+    max_attempts: int = 3
+    backoff_seconds: float = 5.0
+    backoff_factor: float = 2.0
+    max_backoff_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_seconds < 0 or self.backoff_factor < 1:
+            raise ValueError("backoff_seconds must be >= 0 and backoff_factor >= 1")
+
+    def delay(self, attempts: int) -> timedelta:
+        """Wait before the next try, after `attempts` tries so far."""
+        seconds = self.backoff_seconds * self.backoff_factor ** max(attempts - 1, 0)
+        return timedelta(seconds=min(seconds, self.max_backoff_seconds))
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    queueing_lock: str
+    series_pk: int | None
+    series_revision: int
+    attempts: int
+    worker: str
+
+
+class JobQueue:
+    def __init__(self, engine: Engine, *, lease_seconds: float = 300.0,
+                 retry: RetryPolicy | None = None) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_seconds)
+        self.retry = retry or RetryPolicy()
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def enqueue(self, conn: Connection, *, kind: str, queueing_lock: str,
+                series_pk: int | None = None, series_revision: int = 0) -> int | None:
+        """Queue a job inside the caller's transaction; None when one with this lock is queued."""
+        stmt = self._insert(Job).values(
+            kind=kind, queueing_lock=queueing_lock, series_pk=series_pk,
+            series_revision=series_revision, status=JobStatus.QUEUED, attempts=0,
+            run_after=utcnow(), worker="", last_error="", created_at=utcnow(),
+        ).on_conflict_do_nothing(
+            index_elements=["queueing_lock"], index_where=Job.status == JobStatus.QUEUED,
+        ).returning(Job.id)
+        job_id = conn.execute(stmt).scalar()
+        if job_id is None:
+            # The lock is taken: refresh the queued job's revision so it reads the newest state.
+            conn.execute(update(Job).where(
+                Job.queueing_lock == queueing_lock, Job.status == JobStatus.QUEUED,
+            ).values(series_revision=series_revision))
+        return job_id
+
+    def claim(self, worker: str, *, kinds: tuple[str, ...] = ("triage",)) -> ClaimedJob | None:
+        """Take the oldest runnable job: queued and due, or running with an expired lease."""
+        now = utcnow()
+        runnable = and_(Job.kind.in_(kinds), or_(
+            and_(Job.status == JobStatus.QUEUED, Job.run_after <= now),
+            and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+        ))
+        query = select(Job).where(runnable).order_by(Job.run_after, Job.id).limit(1)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            while True:
+                row = conn.execute(query).mappings().first()
+                if row is None:
+                    return None
+                if row["status"] != JobStatus.RUNNING:
+                    break
+                if row["attempts"] < self.retry.max_attempts:
+                    logger.warning("job %s: lease of worker %s expired; reclaimed by %s",
+                                   row["id"], row["worker"], worker)
+                    break
+                # Its worker died on every try: the job itself is the likely cause.
+                conn.execute(update(Job).where(Job.id == row["id"]).values(
+                    status=JobStatus.FAILED, finished_at=now, lease_expires_at=None,
+                    last_error=f"lease expired on each of {row['attempts']} tries "
+                               f"(worker died or hung); last worker {row['worker']}"))
+                logger.error("job %s failed: lease expired on each of %d tries",
+                             row["id"], row["attempts"])
+            conn.execute(update(Job).where(Job.id == row["id"]).values(
+                status=JobStatus.RUNNING, attempts=row["attempts"] + 1, worker=worker,
+                lease_expires_at=now + self.lease, started_at=now,
+            ))
+        return ClaimedJob(id=row["id"], kind=row["kind"], queueing_lock=row["queueing_lock"],
+                          series_pk=row["series_pk"], series_revision=row["series_revision"],
+                          attempts=row["attempts"] + 1, worker=worker)
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        """Extend the lease; False when the job is no longer this worker's."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(Job).where(self._owned(job)).values(
+                lease_expires_at=utcnow() + self.lease)).rowcount == 1
+
+    def complete(self, job: ClaimedJob, conn: Connection | None = None) -> bool:
+        """Mark done (inside `conn`'s transaction when given); False when the lease was lost."""
+        stmt = update(Job).where(self._owned(job)).values(
+            status=JobStatus.DONE, finished_at=utcnow(), lease_expires_at=None, last_error="")
+        if conn is not None:
+            return conn.execute(stmt).rowcount == 1
+        with self.engine.begin() as own:
+            return own.execute(stmt).rowcount == 1
+
+    def fail(self, job: ClaimedJob, error: str) -> JobStatus:
+        """Record a failed try: queued again after the policy's backoff, or failed for good."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if job.attempts >= self.retry.max_attempts:
+                final = JobStatus.FAILED
+            else:
+                other = conn.execute(select(Job.id).where(
+                    Job.queueing_lock == job.queueing_lock, Job.status == JobStatus.QUEUED,
+                )).scalar()
+                final = JobStatus.FAILED if other is not None else JobStatus.QUEUED
+                if other is not None:
+                    error = f"{error} (retry superseded by queued job {other})"
+            values: dict[str, object] = {"status": final, "last_error": error[:4000],
+                                         "lease_expires_at": None}
+            if final == JobStatus.QUEUED:
+                values["run_after"] = now + self.retry.delay(job.attempts)
+            else:
+                values["finished_at"] = now
+            conn.execute(update(Job).where(self._owned(job)).values(**values))
+        logger.warning("job %s (%s) try %d failed: %s -> %s", job.id, job.queueing_lock,
+                       job.attempts, error, final.value)
+        return final
+
+    @staticmethod
+    def _owned(job: ClaimedJob) -> ColumnElement[bool]:
+        return and_(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.worker == job.worker,
+                    Job.attempts == job.attempts)

@@ -1,0 +1,223 @@
+"""The node's database schema (SQLAlchemy 2, typed): patients, studies, series, instances,
+associations (an audit of who sent what) and the job queue.
+
+Changes to this module need an Alembic migration in `storage/migrations/versions/`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always returned timezone-aware (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class SeriesStatus(enum.StrEnum):
+    RECEIVING = "receiving"  # instances arriving, or arrived since the last check
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    NOT_ELIGIBLE = "not_eligible"  # stored and indexed; not a series the triage model reads
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK constraint: portable and readable in SQL.
+    return Enum(cls, name=name, native_enum=False, length=16,
+                values_callable=lambda e: [m.value for m in e])
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("patient_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # PatientID + IssuerOfPatientID: the identity a PACS keys patients by.
+    patient_key: Mapped[str] = mapped_column(String(130))
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    __table_args__ = (Index("ix_series_status_last", "status", "last_received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[SeriesStatus] = mapped_column(_enum(SeriesStatus, "series_status"),
+                                                 default=SeriesStatus.RECEIVING)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Bumped on every new instance: a job remembers the revision it read, so instances that
+    # arrive while it runs make the series due again.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    image_type: Mapped[str] = mapped_column(String(128), default="")
+    image_position: Mapped[str] = mapped_column(String(96), default="")
+    image_orientation: Mapped[str] = mapped_column(String(192), default="")
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    file_path: Mapped[str] = mapped_column(String(200))
+    file_size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    association_pk: Mapped[int | None] = mapped_column(ForeignKey("association.id"), index=True)
+    # Same SOP Instance UID received again: the first copy is kept, the repeats counted.
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Association(Base):
+    """One accepted DICOM association: an audit of who sent what, and when."""
+
+    __tablename__ = "association"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    peer_host: Mapped[str] = mapped_column(String(64), default="")
+    peer_port: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # open / released / aborted
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    stored: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Job(Base):
+    """A unit of work in the queue (PS: procrastinate's design: status, attempts, lease, lock)."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        # One queued job per lock: a series is queued once however often it is found due.
+        Index(
+            "uq_job_queueing_lock_queued",
+            "queueing_lock",
+            unique=True,
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index("ix_job_status_run_after", "status", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    queueing_lock: Mapped[str] = mapped_column(String(100))
+    series_pk: Mapped[int | None] = mapped_column(ForeignKey("series.id"), index=True)
+    series_revision: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"),
+                                              default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
