@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Job, JobStatus, utcnow
@@ -71,7 +71,7 @@ class JobQueue:
             series_revision=series_revision, status=JobStatus.QUEUED, attempts=0,
             run_after=utcnow(), worker="", last_error="", created_at=utcnow(),
         ).on_conflict_do_nothing(
-            index_elements=["queueing_lock"], index_where=Job.status == JobStatus.QUEUED,
+            index_elements=["queueing_lock"], index_where=text("status = 'queued'"),
         ).returning(Job.id)
         job_id = conn.execute(stmt).scalar()
         if job_id is None:

@@ -67,20 +67,29 @@ class StoreHandlers:
     # -- association ------------------------------------------------------------------------
     def on_requested(self, event: Event) -> None:
         """Check the called and calling AE titles (and the caller's host) before negotiation."""
-        rq = event.assoc.requestor
-        calling, host = rq.ae_title.strip(), rq.address
-        called_ae = str(rq.primitive.called_ae_title if rq.primitive else "").strip()
-        if called_ae != self.ae_title:
-            logger.warning("association from %s (%s) rejected: called AE title %r is not %r",
-                           calling, host, called_ae, self.ae_title)
-            event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
-                                         status.REASON_CALLED_AE_NOT_RECOGNIZED)
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        if primitive is None:
             return
-        if self.allowed and not any(p.matches(calling, host) for p in self.allowed):
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        host = assoc.requestor.address
+        if called != self.ae_title:
+            logger.warning("association from %s (%s) rejected: called AE title %r is not %r",
+                           calling, host, called, self.ae_title)
+            self._reject(event, status.REASON_CALLED_AE_NOT_RECOGNIZED)
+        elif self.allowed and not any(p.matches(calling, host) for p in self.allowed):
             logger.warning("association from %s (%s) rejected: calling AE title not allowed",
                            calling, host)
-            event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
-                                         status.REASON_CALLING_AE_NOT_RECOGNIZED)
+            self._reject(event, status.REASON_CALLING_AE_NOT_RECOGNIZED)
+
+    @staticmethod
+    def _reject(event: Event, reason: int) -> None:
+        # As pynetdicom's own negotiation does: the A-ASSOCIATE-RJ must leave before the
+        # socket is closed, which kill() waits for.
+        event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
+                                     reason)
+        event.assoc.kill()
 
     def on_accepted(self, event: Event) -> None:
         rq = event.assoc.requestor
@@ -149,8 +158,8 @@ class StoreHandlers:
         context = event.context
         try:
             meta = _meta(event.dataset, request.AffectedSOPClassUID,
-                         request.AffectedSOPInstanceUID, context.abstract_syntax,
-                         context.transfer_syntax[0])
+                         request.AffectedSOPInstanceUID, str(context.abstract_syntax),
+                         str(context.transfer_syntax))
         except IngestError:
             raise
         except Exception as exc:  # any decoding failure is the sender's data

@@ -1,0 +1,68 @@
+"""Runs `ichtriage serve` as a real process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.peers import free_port
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    db_url: str
+    log: Path
+    ae_title: str = "ICHTRIAGE"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+@contextmanager
+def running_node(tmp: Path, *args: str, db_url: str | None = None, receivers: int = 2,
+                 settle: float = 0.5, env: dict[str, str] | None = None,
+                 ready_timeout: float = 60) -> Iterator[NodeProcess]:
+    """Start the node on a free loopback port; wait for its 'ready' line; stop it after."""
+    data_dir = tmp / "var"
+    port = free_port()
+    log = tmp / "node.log"
+    url = db_url or f"sqlite:///{data_dir / 'ichtriage.db'}"
+    cmd = [sys.executable, "-m", "node", "serve", "--data-dir", str(data_dir), "--db-url", url,
+           "--port", str(port), "--http-port", "0", "--settle-seconds", str(settle),
+           "--receivers", str(receivers), *args]
+    full_env = {**os.environ, "TCP_NODELAY": "1", "ICHTRIAGE_MIN_FREE_MB": "0", **(env or {})}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    node = NodeProcess(proc, port, data_dir, url, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while "ready:" not in node.log_text():
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited with {proc.returncode}:\n{node.log_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node not ready after {ready_timeout}s:\n{node.log_text()}")
+            time.sleep(0.05)
+        yield node
+    finally:
+        node.stop()

@@ -1,0 +1,196 @@
+"""The job queue and the settle scheduler, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from node.dicom.eligibility import EligibilityRules
+from node.scheduler import SeriesMonitor
+from storage.files import FileStore
+from storage.instances import InstanceMeta, InstanceStore
+from storage.jobs import ClaimedJob, JobQueue, RetryPolicy
+from storage.models import Job, JobStatus, Series, SeriesStatus, utcnow
+from storage.series import SeriesIndex
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def enqueue(engine: Engine, queue: JobQueue, lock: str) -> int | None:
+    with engine.begin() as conn:
+        return queue.enqueue(conn, kind="triage", queueing_lock=lock)
+
+
+def test_a_lock_is_queued_once(engine: Engine) -> None:
+    queue = JobQueue(engine)
+    first = enqueue(engine, queue, "series:1.2.3")
+    assert first is not None
+    assert enqueue(engine, queue, "series:1.2.3") is None
+    assert enqueue(engine, queue, "series:1.2.4") is not None
+    # once running, the same series may be queued again (new instances arrived meanwhile)
+    job = queue.claim("w1")
+    assert job is not None and job.id == first
+    assert enqueue(engine, queue, "series:1.2.3") is not None
+
+
+def test_claim_complete(engine: Engine) -> None:
+    queue = JobQueue(engine)
+    enqueue(engine, queue, "a")
+    job = queue.claim("w1")
+    assert job is not None and job.attempts == 1 and job.worker == "w1"
+    assert queue.claim("w2") is None  # nothing else runnable
+    assert queue.heartbeat(job)
+    assert queue.complete(job)
+    with engine.connect() as conn:
+        row = conn.execute(select(Job)).mappings().one()
+    assert row["status"] == JobStatus.DONE and row["finished_at"] is not None
+
+
+def test_failures_retry_with_backoff_then_fail_with_reason(engine: Engine) -> None:
+    queue = JobQueue(engine, retry=RetryPolicy(max_attempts=2, backoff_seconds=0.2))
+    enqueue(engine, queue, "a")
+    job = queue.claim("w1")
+    assert job is not None
+    assert queue.fail(job, "pixel data cannot be decoded") == JobStatus.QUEUED
+    assert queue.claim("w1") is None  # backing off
+    time.sleep(0.3)
+    job = queue.claim("w1")
+    assert job is not None and job.attempts == 2
+    assert queue.fail(job, "pixel data cannot be decoded") == JobStatus.FAILED
+    with engine.connect() as conn:
+        row = conn.execute(select(Job)).mappings().one()
+    assert row["status"] == JobStatus.FAILED
+    assert row["last_error"] == "pixel data cannot be decoded"
+    # a failed job does not block the queue
+    enqueue(engine, queue, "b")
+    nxt = queue.claim("w1")
+    assert nxt is not None and nxt.queueing_lock == "b"
+
+
+def test_an_expired_lease_is_taken_over(engine: Engine) -> None:
+    queue = JobQueue(engine, lease_seconds=0.2, retry=RetryPolicy(max_attempts=2))
+    enqueue(engine, queue, "a")
+    dead = queue.claim("dies-mid-job")
+    assert dead is not None
+    assert queue.claim("w2") is None
+    time.sleep(0.3)
+    taken = queue.claim("w2")
+    assert taken is not None and taken.id == dead.id and taken.attempts == 2
+    assert not queue.complete(dead)  # the dead worker's late answer is refused
+    assert queue.complete(taken)
+
+
+def test_a_job_whose_worker_always_dies_ends_failed(engine: Engine) -> None:
+    queue = JobQueue(engine, lease_seconds=0.1, retry=RetryPolicy(max_attempts=1))
+    enqueue(engine, queue, "a")
+    assert queue.claim("w1") is not None
+    time.sleep(0.2)
+    assert queue.claim("w2") is None
+    with engine.connect() as conn:
+        row = conn.execute(select(Job)).mappings().one()
+    assert row["status"] == JobStatus.FAILED and "lease expired" in row["last_error"]
+
+
+def test_concurrent_claims_never_share_a_job(engine: Engine) -> None:
+    queue = JobQueue(engine)
+    for i in range(20):
+        enqueue(engine, queue, f"s{i}")
+    claimed: list[ClaimedJob] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while (job := queue.claim(name)) is not None:
+            with lock:
+                claimed.append(job)
+            queue.complete(job)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(j.queueing_lock for j in claimed) == sorted(f"s{i}" for i in range(20))
+
+
+def test_retry_policy_checks_and_delays() -> None:
+    policy = RetryPolicy(max_attempts=5, backoff_seconds=2, backoff_factor=3,
+                         max_backoff_seconds=10)
+    assert [policy.delay(n) for n in (1, 2, 3)] == [
+        timedelta(seconds=2), timedelta(seconds=6), timedelta(seconds=10)]
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+# -- the settle scheduler ----------------------------------------------------------------------
+
+def _store_series(store: InstanceStore, series: str, n: int, *, sop_class: str = CT,
+                  modality: str = "CT", image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+                  first: int = 1) -> None:
+    for i in range(first, first + n):
+        store.store(InstanceMeta(sop_class_uid=sop_class, sop_uid=f"{series}.{i}",
+                                 study_uid="1.2.3", series_uid=series,
+                                 transfer_syntax_uid="1.2.840.10008.1.2.1", modality=modality,
+                                 body_part="HEAD", image_type=image_type), [b"x"])
+
+
+def _monitor(engine: Engine, settle: float = 0.0) -> SeriesMonitor:
+    return SeriesMonitor(SeriesIndex(engine), JobQueue(engine), EligibilityRules(min_slices=3),
+                         settle_seconds=settle)
+
+
+def _series(engine: Engine, uid: str) -> tuple[SeriesStatus, str]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Series.status, Series.status_reason)
+                           .where(Series.series_uid == uid)).one()
+    return row[0], row[1]
+
+
+def test_settled_series_are_queued_or_skipped_with_reason(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    _store_series(store, "1.2.3.1", 4)
+    _store_series(store, "1.2.3.2", 4, sop_class=MR, modality="MR")
+    _store_series(store, "1.2.3.3", 2)
+    _store_series(store, "1.2.3.4", 3, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
+    _store_series(store, "1.2.3.5", 3, image_type="DERIVED\\SECONDARY\\AXIAL")
+    decided = _monitor(engine).run_once()
+    assert decided["1.2.3.1"] == "queued"
+    assert "modality MR" in decided["1.2.3.2"]
+    assert "2 slice(s), fewer than 3" in decided["1.2.3.3"]
+    assert "localizer" in decided["1.2.3.4"]
+    assert "not ORIGINAL" in decided["1.2.3.5"]
+    assert _series(engine, "1.2.3.2") == (SeriesStatus.NOT_ELIGIBLE, decided["1.2.3.2"])
+    with engine.connect() as conn:
+        jobs = conn.execute(select(Job.queueing_lock, Job.status)).all()
+    assert jobs == [("series:1.2.3.1", JobStatus.QUEUED)]
+    assert _monitor(engine).run_once() == {}  # decided once
+
+
+def test_a_series_still_receiving_waits_for_the_settle_time(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    _store_series(store, "1.2.3.1", 4)
+    monitor = _monitor(engine, settle=30)
+    assert monitor.run_once() == {}
+    with engine.begin() as conn:  # as if the last slice came 31 s ago
+        conn.execute(update(Series).values(last_received_at=utcnow() - timedelta(seconds=31)))
+    assert monitor.run_once() == {"1.2.3.1": "queued"}
+
+
+def test_late_instances_queue_the_series_again(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    queue = JobQueue(engine)
+    _store_series(store, "1.2.3.1", 4)
+    monitor = _monitor(engine)
+    assert monitor.run_once() == {"1.2.3.1": "queued"}
+    job = queue.claim("w1")
+    assert job is not None and job.series_revision == 4
+    _store_series(store, "1.2.3.1", 2, first=5)  # two more slices while the job runs
+    assert _series(engine, "1.2.3.1")[0] == SeriesStatus.RECEIVING
+    assert monitor.run_once() == {"1.2.3.1": "queued"}
+    again = queue.claim("w2")
+    assert again is not None and again.series_revision == 6 and again.id != job.id

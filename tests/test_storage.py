@@ -1,0 +1,127 @@
+"""The instance store and file store, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, func, select, text
+
+from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
+from storage.files import FileStore
+from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
+from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study
+from storage.uids import validate_uid
+
+STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+ELE = "1.2.840.10008.1.2.1"
+
+
+def meta(sop: str, **kw: object) -> InstanceMeta:
+    values: dict[str, object] = dict(sop_class_uid=CT, sop_uid=sop, study_uid=STUDY,
+                                     series_uid=SERIES, transfer_syntax_uid=ELE,
+                                     patient_id="P1", patient_name="DOE^JANE", modality="CT")
+    values.update(kw)
+    return InstanceMeta(**values)  # type: ignore[arg-type]
+
+
+def count(engine: Engine, model: type[Base]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_store_writes_file_and_rows(engine: Engine, tmp_path: Path) -> None:
+    files = FileStore(tmp_path / "data")
+    store = InstanceStore(engine, files)
+    result = store.store(meta("1.2.3.4.5.1", instance_number=1), [b"HEAD", b"BODY"],
+                         calling_ae="CT1")
+    assert result.outcome is StoreOutcome.STORED
+    path = tmp_path / "data" / STUDY / SERIES / "1.2.3.4.5.1.dcm"
+    assert path.read_bytes() == b"HEADBODY"
+    assert files_under(tmp_path / "data") == [path]  # no temporary file left
+    with engine.connect() as conn:
+        inst = conn.execute(select(Instance)).mappings().one()
+        series = conn.execute(select(Series)).mappings().one()
+        study = conn.execute(select(Study)).mappings().one()
+        patient = conn.execute(select(Patient)).mappings().one()
+    assert (inst["file_path"], inst["file_size"], inst["calling_ae"]) == (
+        f"{STUDY}/{SERIES}/1.2.3.4.5.1.dcm", 8, "CT1")
+    assert (series["instance_count"], series["status"], series["revision"]) == (
+        1, SeriesStatus.RECEIVING, 1)
+    assert study["study_uid"] == STUDY and patient["patient_name"] == "DOE^JANE"
+    assert series["last_received_at"].tzinfo is not None
+
+
+def test_duplicate_keeps_first_copy_and_counts(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"first"])
+    again = store.store(meta("1.2.3.4.5.1"), [b"second"])
+    assert again.outcome is StoreOutcome.DUPLICATE
+    (only,) = files_under(tmp_path / "data")
+    assert only.read_bytes() == b"first"
+    with engine.connect() as conn:
+        assert conn.execute(select(Instance.duplicates)).scalar_one() == 1
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 1
+
+
+def test_many_series_share_patient_and_study(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    for i in range(3):
+        store.store(meta(f"1.2.3.4.5.{i + 1}"), [b"x"])
+        store.store(meta(f"1.2.3.4.6.{i + 1}", series_uid="1.2.3.4.6"), [b"x"])
+    assert (count(engine, Patient), count(engine, Study), count(engine, Series),
+            count(engine, Instance)) == (1, 1, 2, 6)
+
+
+@pytest.mark.parametrize("bad", ["1.2.abc", "1..2", "1.02.3", "1." + "2" * 70, "", "../../etc"])
+def test_invalid_uids_never_reach_a_path(bad: str) -> None:
+    with pytest.raises(InvalidUIDError):
+        validate_uid(bad)
+    with pytest.raises(InvalidUIDError):
+        meta(bad)
+    with pytest.raises(InvalidUIDError):
+        FileStore(Path("/nonexistent")).relative_path(STUDY, SERIES, bad)
+
+
+def test_database_failure_keeps_no_file(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"x"])
+    with engine.begin() as conn:  # a real database error: the table is gone
+        conn.execute(text("ALTER TABLE instance RENAME TO instance_away"))
+    with pytest.raises(DatabaseError):
+        store.store(meta("1.2.3.4.5.2"), [b"y"])
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE instance_away RENAME TO instance"))
+    assert [p.name for p in files_under(tmp_path / "data")] == ["1.2.3.4.5.1.dcm"]
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 1
+    # and the store goes on working afterwards
+    assert store.store(meta("1.2.3.4.5.3"), [b"z"]).outcome is StoreOutcome.STORED
+
+
+def test_full_disk_refuses_before_writing(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data", min_free_bytes=2**62))
+    with pytest.raises(DiskFullError):
+        store.store(meta("1.2.3.4.5.1"), [b"x"])
+    assert files_under(tmp_path / "data") == []
+    assert count(engine, Instance) == 0
+
+
+def test_over_long_values_are_clipped_not_refused(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1", accession_number="A" * 40, modality="CT" * 20), [b"x"])
+    with engine.connect() as conn:
+        assert conn.execute(select(Study.accession_number)).scalar_one() == "A" * 16
