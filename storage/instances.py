@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -88,6 +88,21 @@ class InstanceStore:
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_cache: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._cache_size = cache_size
+        # The receive path runs these for every instance: built once, with bound parameters,
+        # so SQLAlchemy compiles them once (profiling showed statement building dominating).
+        self._insert_instance = (
+            self._insert(Instance)
+            .values({c.name: bindparam(c.name) for c in Instance.__table__.c if c.name != "id"})
+            .on_conflict_do_nothing(index_elements=["sop_uid"])
+            .returning(Instance.id))
+        self._count_duplicate = (
+            update(Instance).where(Instance.sop_uid == bindparam("dup_sop"))
+            .values(duplicates=Instance.duplicates + 1)
+            .returning(Instance.id, Instance.series_pk, Instance.file_path))
+        self._bump_series = (
+            update(Series).where(Series.id == bindparam("bump_pk")).values(
+                instance_count=Series.instance_count + 1, last_received_at=bindparam("bump_now"),
+                revision=Series.revision + 1, status=SeriesStatus.RECEIVING, status_reason=""))
 
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
@@ -101,29 +116,16 @@ class InstanceStore:
                 series_pk, study_pk = self._cached_keys(meta.series_uid) or self._series_keys(
                     conn, meta, now)
                 fresh = (series_pk, study_pk)
-                instance_pk = conn.execute(
-                    self._insert(Instance)
-                    .values(**fit_columns(Instance, _instance_values(meta)), series_pk=series_pk, file_path=relative,
-                            file_size=tmp.stat().st_size, received_at=now, calling_ae=calling_ae,
-                            association_pk=association_pk, duplicates=0)
-                    .on_conflict_do_nothing(index_elements=["sop_uid"])
-                    .returning(Instance.id)
-                ).scalar()
+                instance_pk = conn.execute(self._insert_instance, fit_columns(Instance, {
+                    **_instance_values(meta), "series_pk": series_pk, "file_path": relative,
+                    "file_size": tmp.stat().st_size, "received_at": now,
+                    "calling_ae": calling_ae, "association_pk": association_pk, "duplicates": 0,
+                })).scalar()
                 if instance_pk is None:
-                    row = conn.execute(
-                        update(Instance).where(Instance.sop_uid == meta.sop_uid)
-                        .values(duplicates=Instance.duplicates + 1)
-                        .returning(Instance.id, Instance.series_pk, Instance.file_path)
-                    ).one()
+                    row = conn.execute(self._count_duplicate, {"dup_sop": meta.sop_uid}).one()
                     tmp.unlink(missing_ok=True)
                     return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
-                conn.execute(
-                    update(Series).where(Series.id == series_pk).values(
-                        instance_count=Series.instance_count + 1, last_received_at=now,
-                        revision=Series.revision + 1, status=SeriesStatus.RECEIVING,
-                        status_reason="")
-                )
-                conn.execute(update(Study).where(Study.id == study_pk).values(last_received_at=now))
+                conn.execute(self._bump_series, {"bump_pk": series_pk, "bump_now": now})
                 self.files.commit_temp(tmp, relative)
                 moved = True
         except SQLAlchemyError as exc:
@@ -169,7 +171,7 @@ class InstanceStore:
             accession_number=meta.accession_number, study_id=meta.study_id,
             study_date=meta.study_date, study_time=meta.study_time,
             study_description=meta.study_description,
-            referring_physician=meta.referring_physician, created_at=now, last_received_at=now,
+            referring_physician=meta.referring_physician, created_at=now,
         ))).on_conflict_do_nothing(index_elements=["study_uid"]))
         study_pk = conn.execute(
             select(Study.id).where(Study.study_uid == meta.study_uid)).scalar_one()

@@ -114,7 +114,6 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")

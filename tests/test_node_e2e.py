@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, text
 
 from tests import factories, peers
 from tests.nodeproc import NodeProcess, running_node
@@ -29,8 +30,12 @@ PATIENT_NAME, PATIENT_ID = "SECRET^PERSON", "MRN-7734-XY"
 
 
 def rows(node: NodeProcess, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(node.data_dir / "ichtriage.db") as conn:
-        return conn.execute(sql).fetchall()
+    engine = create_engine(node.db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql)).all()]
+    finally:
+        engine.dispose()
 
 
 def stored_files(node: NodeProcess) -> list[Path]:
@@ -62,7 +67,12 @@ def scu(port: int, *contexts: str, calling: str = "PYSCU") -> object:
     return assoc
 
 
-def test_storescu_series_is_stored_indexed_and_queued(node: NodeProcess, tmp_path: Path) -> None:
+def test_storescu_series_is_stored_indexed_and_queued(db_url: str, tmp_path: Path) -> None:
+    with running_node(tmp_path, db_url=db_url) as node:
+        _store_index_queue(node, tmp_path)
+
+
+def _store_index_queue(node: NodeProcess, tmp_path: Path) -> None:
     series = factories.ct_series(10, patient_name=PATIENT_NAME, patient_id=PATIENT_ID)
     factories.write_series(tmp_path / "in", series)
     echo = peers.run_echoscu(node.port, aet="CT1", called_aet="ICHTRIAGE")

@@ -55,7 +55,6 @@ def upgrade() -> None:
     sa.Column('study_description', sa.String(length=64), nullable=False),
     sa.Column('referring_physician', sa.String(length=324), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['patient_pk'], ['patient.id'], name=op.f('fk_study_patient_pk_patient')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_study')),
     sa.UniqueConstraint('study_uid', name=op.f('uq_study_study_uid'))
