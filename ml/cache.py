@@ -1,0 +1,276 @@
+"""A memory-mapped cache of preprocessed slices, so DICOM is decoded once per dataset.
+
+cache_dir holds slices.u8 (uint8, shape (N, C, S, S): windowed values times 255) and index.json
+(image and series ids, positions, labels, windows, sizes, what was skipped, and a key). The key
+hashes the windows, sizes and the source files (path, size, mtime, labels): when any changes,
+build_cache rebuilds instead of serving stale pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ml.errors import SliceError
+from ml.rsna import ImageRecord
+from ml.windowing import WINDOWS, Window, load_slice, preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DATA_FILE = "slices.u8"
+INDEX_FILE = "index.json"
+
+
+@dataclass(frozen=True)
+class SkippedSlice:
+    image_id: str
+    path: str
+    reason: str
+
+
+class SliceCache:
+    """Read side of the cache: x float32 (C, S, S) in [0, 1] and y float32 (6,) per slice."""
+
+    def __init__(self, cache_dir: Path, index: dict[str, Any], data: np.ndarray) -> None:
+        self.cache_dir = cache_dir
+        self.key: str = index["key"]
+        self.windows = tuple(Window(**w) for w in index["windows"])
+        self.size: int = index["size"]
+        self.out_size: int | None = index["out_size"]
+        self.image_ids: list[str] = index["image_ids"]
+        self.series_uids: list[str] = index["series_uids"]
+        self.positions = np.array(index["positions"], dtype=np.float64)
+        self.labels = np.array(index["labels"], dtype=np.uint8).reshape(-1, 6)
+        self.skipped = tuple(SkippedSlice(**s) for s in index["skipped"])
+        self.data = data
+        self._order, self._rank = _series_order(self.series_uids, self.positions)
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike[str]) -> SliceCache:
+        cache_dir = Path(cache_dir)
+        index = json.loads((cache_dir / INDEX_FILE).read_text())
+        if index.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"{cache_dir}: cache version {index.get('version')}, expected {CACHE_VERSION}"
+            )
+        shape = tuple(index["shape"])
+        if shape[0] == 0:
+            data = np.zeros(shape, dtype=np.uint8)
+        else:
+            data = np.memmap(cache_dir / DATA_FILE, dtype=np.uint8, mode="r", shape=shape)
+        return cls(cache_dir, index, data)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.pixels(i), self.labels[i].astype(np.float32)
+
+    def pixels(self, i: int | np.ndarray) -> np.ndarray:
+        """Slice i (C, S, S), or slices i (len(i), C, S, S), as float32 in [0, 1]."""
+        x = np.asarray(self.data[i], dtype=np.float32)
+        x *= np.float32(1 / 255)
+        return x
+
+    def neighbors(self, i: int, k: int) -> np.ndarray:
+        """Indices of slices i-k .. i+k of i's series along its normal, repeating the end slices."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        order = self._order[self.series_uids[i]]
+        steps = np.clip(np.arange(self._rank[i] - k, self._rank[i] + k + 1), 0, len(order) - 1)
+        return order[steps]
+
+
+def _series_order(
+    series: list[str], positions: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    members: dict[str, list[int]] = {}
+    for i, uid in enumerate(series):
+        members.setdefault(uid, []).append(i)
+    order: dict[str, np.ndarray] = {}
+    rank = np.zeros(len(series), dtype=np.int64)
+    for uid, idx in members.items():
+        ids = np.array(idx, dtype=np.int64)
+        pos = positions[ids]
+        if np.all(np.isfinite(pos)):
+            ids = ids[np.argsort(pos, kind="stable")]
+        order[uid] = ids
+        rank[ids] = np.arange(len(ids))
+    return order, rank
+
+
+class SliceDataset:
+    """Map-style dataset for torch's DataLoader: (x (C*(2*context+1), S, S), y (6,)) tensors.
+
+    With context k each item stacks slices i-k .. i+k of the same series (2.5D input), nearest
+    first-to-last along the slice normal; the channels of one slice stay together.
+    """
+
+    def __init__(self, cache: SliceCache, context: int = 0) -> None:
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
+        self.cache = cache
+        self.context = context
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        x = self.cache.pixels(self.cache.neighbors(i, self.context))
+        x = x.reshape(-1, *x.shape[-2:])
+        return torch.from_numpy(x), torch.from_numpy(self.cache.labels[i].astype(np.float32))
+
+
+# --- building ------------------------------------------------------------------------------------
+
+
+def _as_windows(windows: Sequence[Window | str]) -> tuple[Window, ...]:
+    if isinstance(windows, str) or not windows:
+        raise ValueError(
+            f"windows must be a non-empty sequence of windows or names, got {windows!r}"
+        )
+    out = []
+    for w in windows:
+        if isinstance(w, str):
+            if w not in WINDOWS:
+                raise ValueError(f"windows: unknown window {w!r}; known: {', '.join(WINDOWS)}")
+            w = WINDOWS[w]
+        out.append(w)
+    return tuple(out)
+
+
+def cache_key(
+    records: Sequence[ImageRecord], windows: Sequence[Window], size: int, out_size: int | None
+) -> str:
+    """Changes when the windows, sizes, files (path, size, mtime) or labels change."""
+    digest = hashlib.sha256()
+    settings = [CACHE_VERSION, [[w.name, w.center, w.width] for w in windows], size, out_size]
+    digest.update(json.dumps(settings).encode())
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"\n{r.image_id}|{r.path}|{stamp}|{r.labels.tolist()}".encode())
+    return digest.hexdigest()
+
+
+def _encode(
+    path: str, windows: tuple[Window, ...], size: int, out_size: int | None
+) -> np.ndarray | str:
+    """One slice as uint8 (C, S, S), or the reason it cannot be used."""
+    try:
+        _, hu = load_slice(path)
+        if hu.shape[0] != 1:
+            raise SliceError(f"{path}: {hu.shape[0]} frames; the cache takes single-frame slices")
+    except SliceError as exc:
+        return str(exc)
+    x = preprocess(hu, windows, size=size, out_size=out_size)[0]
+    np.multiply(x, 255, out=x)
+    np.rint(x, out=x)
+    return x.astype(np.uint8)
+
+
+def _encode_all(
+    paths: list[str], windows: tuple[Window, ...], size: int, out_size: int | None, workers: int
+) -> Iterator[np.ndarray | str]:
+    if workers <= 0:
+        for path in paths:
+            yield _encode(path, windows, size, out_size)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    n = len(paths)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(
+            _encode, paths, [windows] * n, [size] * n, [out_size] * n,
+            chunksize=max(1, min(64, math.ceil(n / (4 * workers)))),
+        )  # fmt: skip
+
+
+def build_cache(
+    records: Sequence[ImageRecord],
+    cache_dir: str | os.PathLike[str],
+    *,
+    windows: Sequence[Window | str],
+    size: int,
+    out_size: int | None = None,
+    workers: int = 0,
+) -> SliceCache:
+    """Decode and preprocess every record once into cache_dir, or reuse a cache with the same key.
+
+    Slices that cannot be decoded are skipped, counted and logged with their reason; they never
+    stop the build. workers > 0 decodes in that many processes.
+    """
+    wins = _as_windows(windows)
+    cache_dir = Path(cache_dir)
+    key = cache_key(records, wins, size, out_size)
+    try:
+        cache = SliceCache.open(cache_dir)
+        if cache.key == key:
+            logger.info("cache %s is current (%d slices)", cache_dir, len(cache))
+            return cache
+        logger.info("cache %s is stale; rebuilding", cache_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.info("building cache %s for %d slices", cache_dir, len(records))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # a crash mid-build leaves no valid cache
+    side = out_size or size
+    shape = (len(wins), side, side)
+    partial = cache_dir / (DATA_FILE + ".partial")
+    kept: list[int] = []
+    skipped: list[SkippedSlice] = []
+    with partial.open("wb") as out:
+        results = _encode_all([os.fspath(r.path) for r in records], wins, size, out_size, workers)
+        for i, result in enumerate(results):
+            if isinstance(result, str):
+                skipped.append(
+                    SkippedSlice(records[i].image_id, os.fspath(records[i].path), result)
+                )
+                continue
+            out.write(result.tobytes())
+            kept.append(i)
+    os.replace(partial, cache_dir / DATA_FILE)
+    if skipped:
+        logger.warning("cache %s: skipped %d of %d slices", cache_dir, len(skipped), len(records))
+        for s in skipped[:20]:
+            logger.warning("skipped %s: %s", s.image_id, s.reason)
+    index = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "windows": [{"name": w.name, "center": w.center, "width": w.width} for w in wins],
+        "size": size,
+        "out_size": out_size,
+        "shape": [len(kept), *shape],
+        "image_ids": [records[i].image_id for i in kept],
+        "study_uids": [records[i].study_uid for i in kept],
+        "series_uids": [records[i].series_uid for i in kept],
+        "positions": [_json_float(records[i].position) for i in kept],
+        "labels": [records[i].labels.astype(int).tolist() for i in kept],
+        "skipped": [asdict(s) for s in skipped],
+    }
+    tmp = cache_dir / (INDEX_FILE + ".partial")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, cache_dir / INDEX_FILE)
+    return SliceCache.open(cache_dir)
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
