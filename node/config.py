@@ -96,6 +96,12 @@ class Settings:
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
     check_interval: float = 0.5  # how often the scheduler looks for settled series
+    model: str = ""  # checkpoint file of the active model; empty: the shipped demo model
+    device: str = "auto"  # auto: CUDA when available, else CPU
+    workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
+    batch_size: int = 16
+    job_lease_seconds: float = 300.0
+    job_max_attempts: int = 3
 
     def __post_init__(self) -> None:
         _check_ae(self.ae_title, "ae_title")
@@ -111,6 +117,10 @@ class Settings:
             raise ConfigError("tls_ca needs tls_cert and tls_key")
         if self.receivers < 0 or self.min_slices < 1 or self.min_free_mb < 0:
             raise ConfigError("receivers and min_free_mb must be >= 0, min_slices >= 1")
+        if self.workers < 0 or self.batch_size < 1 or self.job_max_attempts < 1:
+            raise ConfigError("workers must be >= 0, batch_size and job_max_attempts >= 1")
+        if self.job_lease_seconds <= 0:
+            raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
 
     @property
     def database_url(self) -> str:

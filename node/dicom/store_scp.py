@@ -19,6 +19,7 @@ from pynetdicom.events import Event
 
 from node.config import AllowedPeer
 from node.dicom import status
+from node.dicom.meta import meta_from_dataset
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -195,23 +196,6 @@ def _uid(value: Any) -> str:
     return str(value or "").strip()[:64]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_class: str,
           transfer_syntax: str) -> InstanceMeta:
     """The index attributes of `ds`, checked against the request (PS3.4 B.2.3 statuses)."""
@@ -227,36 +211,7 @@ def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_clas
         raise IngestError(status.DATASET_DOES_NOT_MATCH,
                           f"SOP Instance UID {sop_uid} does not match the request's "
                           f"{_uid(affected_instance)}")
-    frames = _int(ds, "NumberOfFrames")
     try:
-        return InstanceMeta(
-            sop_class_uid=sop_class,
-            sop_uid=sop_uid,
-            study_uid=_uid(ds.get("StudyInstanceUID")),
-            series_uid=_uid(ds.get("SeriesInstanceUID")),
-            transfer_syntax_uid=str(transfer_syntax),
-            patient_id=_text(ds, "PatientID"),
-            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-            patient_name=_text(ds, "PatientName"),
-            birth_date=_text(ds, "PatientBirthDate"),
-            sex=_text(ds, "PatientSex"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_id=_text(ds, "StudyID"),
-            study_date=_text(ds, "StudyDate"),
-            study_time=_text(ds, "StudyTime"),
-            study_description=_text(ds, "StudyDescription"),
-            referring_physician=_text(ds, "ReferringPhysicianName"),
-            modality=_text(ds, "Modality"),
-            body_part=_text(ds, "BodyPartExamined"),
-            series_number=_int(ds, "SeriesNumber"),
-            series_description=_text(ds, "SeriesDescription"),
-            instance_number=_int(ds, "InstanceNumber"),
-            image_type=_text(ds, "ImageType"),
-            image_position=_text(ds, "ImagePositionPatient"),
-            image_orientation=_text(ds, "ImageOrientationPatient"),
-            rows=_int(ds, "Rows"),
-            columns=_int(ds, "Columns"),
-            number_of_frames=frames,
-        )
+        return meta_from_dataset(ds, transfer_syntax)
     except InvalidUIDError as exc:
         raise IngestError(status.CANNOT_UNDERSTAND, str(exc)) from exc

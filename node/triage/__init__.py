@@ -1,0 +1,1 @@
+"""Triage: the worker, the structured report, the outbox sender."""
