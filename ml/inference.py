@@ -1,0 +1,140 @@
+"""Series-level inference: HU slices in, per-slice and per-series probabilities out.
+
+This is what the node's worker calls: `Classifier.load(path)` once, then `predict_series` per
+series. Preprocessing follows the checkpoint's card (windows, 512 fit, resize, 2.5D context).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.checkpoint import ModelCard, load_checkpoint
+from ml.errors import ModelError, SliceError
+from ml.models import SeriesModel, architecture
+from ml.windowing import Window, preprocess, windows_by_name
+
+logger = logging.getLogger(__name__)
+
+FIT_SIZE = 512  # slices are centre padded/cropped to this before the resize (RSNA matrix)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as torch spells it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def stack_context(volume: torch.Tensor, indices: Sequence[int], context: int) -> torch.Tensor:
+    """2.5D input for the slices at `indices` of a (N, C, H, W) volume.
+
+    Returns (len(indices), C * (2 * context + 1), H, W): the channels of slices i - context ..
+    i + context, offset-major (all windows of the lowest neighbour first); neighbours past
+    either end repeat the edge slice.
+    """
+    if context < 0:
+        raise ValueError(f"context: must be >= 0, got {context}")
+    index = torch.as_tensor(list(indices), dtype=torch.long, device=volume.device)
+    if context == 0:
+        return volume[index]
+    last = volume.shape[0] - 1
+    parts = [volume[(index + offset).clamp(0, last)] for offset in range(-context, context + 1)]
+    return torch.cat(parts, dim=1)
+
+
+@dataclass(frozen=True)
+class SeriesPrediction:
+    per_slice: np.ndarray  # (N, L) probabilities, slices in the order given
+    series: np.ndarray  # (L,) max over slices per label
+    calls: dict[str, bool]  # per label: series[label] >= the card's threshold
+    key_slices: dict[str, int]  # per label: index of the slice with the highest probability
+
+
+class Classifier:
+    """A loaded checkpoint, ready to score series. Build with `Classifier.load`."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+        self._windows = _windows(card)
+        self._sequence = architecture(card.architecture).kind == "sequence"
+        if self._sequence and not isinstance(model, SeriesModel):
+            raise ModelError(f"{card.architecture}: sequence model expected, got {type(model)}")
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto") -> Classifier:
+        """Load once; device "auto" = CUDA when available."""
+        target = resolve_device(device)
+        model, card = load_checkpoint(path, device=target)
+        logger.info("classifier %s (%s) on %s", card.architecture, card.sha256[:12], target)
+        return cls(model, card, target)
+
+    def preprocess(self, slices: Iterable[np.ndarray]) -> torch.Tensor:
+        """(N, C, S, S) model-size stack of windowed slices, converted one slice at a time."""
+        out_size = None if self.card.input_size == FIT_SIZE else self.card.input_size
+        converted = []
+        for i, hu in enumerate(slices):
+            array = np.asarray(hu)
+            if array.ndim != 2 or array.size == 0:
+                raise SliceError(f"slice {i}: expected a 2-D HU array, got shape {array.shape}")
+            if not np.issubdtype(array.dtype, np.number):
+                raise SliceError(f"slice {i}: expected numbers, got dtype {array.dtype}")
+            if not np.isfinite(array).all():
+                raise SliceError(f"slice {i}: NaN or infinite HU values")
+            image = preprocess(array[None], self._windows, size=FIT_SIZE, out_size=out_size)
+            converted.append(torch.from_numpy(image[0]))
+        if not converted:
+            raise SliceError("no slices in the series")
+        return torch.stack(converted)
+
+    @torch.inference_mode()
+    def predict_series(
+        self, slices: Iterable[np.ndarray], *, batch_size: int = 16
+    ) -> SeriesPrediction:
+        """Score one series: `slices` are (H, W) HU arrays ordered inferior -> superior."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        volume = self.preprocess(slices)
+        logits = self._logits(volume, batch_size)
+        per_slice = torch.sigmoid(logits.float()).cpu().numpy()
+        series = per_slice.max(axis=0)
+        labels = self.card.labels
+        return SeriesPrediction(
+            per_slice=per_slice,
+            series=series,
+            calls={name: bool(series[j] >= self.card.thresholds[name]) for j, name in enumerate(labels)},
+            key_slices={name: int(per_slice[:, j].argmax()) for j, name in enumerate(labels)},
+        )
+
+    def _logits(self, volume: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(N, L) logits; the stack stays on the CPU and moves to the device batch by batch."""
+        n = volume.shape[0]
+        outputs = []
+        for start in range(0, n, batch_size):
+            x = stack_context(volume, range(start, min(n, start + batch_size)), self.card.context)
+            x = x.to(self.device, non_blocking=True)
+            if self._sequence:
+                assert isinstance(self.model, SeriesModel)
+                outputs.append(self.model.slice_features(x))
+            else:
+                outputs.append(self.model(x))
+        stacked = torch.cat(outputs)
+        if self._sequence:
+            assert isinstance(self.model, SeriesModel)
+            return self.model.sequence_logits(stacked[None])[0]
+        return stacked
+
+
+def _windows(card: ModelCard) -> tuple[Window, ...]:
+    try:
+        return windows_by_name(card.windows)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model card: {exc}") from exc

@@ -1,0 +1,343 @@
+"""Training loop: Adam on the RSNA-weighted BCE, one checkpoint per epoch, best by val score.
+
+Datasets yield `(x, y)`: for slice models x (C, H, W) float32 and y (L,) float32; for
+sequence models one series, x (T, C, H, W) and y (T, L), batched by `pad_series`. In
+`checkpoint_dir` the loop keeps `last.pt` (+ `last.train.pt`: optimizer, scaler, RNG and
+history for `resume`) and `best.pt` (lowest validation weighted log loss), which at the end
+gets the thresholds chosen on validation and the validation metrics in its card.
+
+The default model, `ichnet_seq`, trains best in two stages (as the RSNA 2019 winners did):
+first `ichnet` on slices; then `ichnet_seq` on series with `pretrained=<ichnet best.pt>` and
+`freeze_backbone=True`, which trains the GRU only and starts from the slice model's outputs.
+End to end from scratch it learns far slower (few, highly correlated batches of series).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import pickle
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ml.checkpoint import ModelCard, load_checkpoint, read_checkpoint, save_checkpoint
+from ml.errors import ModelError
+from ml.inference import resolve_device
+from ml.labels import LABEL_WEIGHTS, LABELS
+from ml.metrics import Metrics, choose_thresholds, evaluate, plot_roc
+from ml.models import DEFAULT_ARCHITECTURE, architecture, build_model, train_mode
+from ml.windowing import DEFAULT_WINDOWS, windows_by_name
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # x, y, mask (sequence only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    checkpoint_dir: Path
+    architecture: str = DEFAULT_ARCHITECTURE
+    epochs: int = 10  # total, also when resuming
+    batch_size: int = 16  # slices for slice models, series for sequence models
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"  # "auto": CUDA when available
+    amp: bool = True  # mixed precision, on CUDA only
+    freeze_backbone: bool = False  # train the head only, as the study did
+    pretrained: Path | None = None  # local state_dict file
+    input_size: int | None = None  # None: the architecture's
+    windows: tuple[str, ...] = DEFAULT_WINDOWS
+    context: int | None = None  # None: the architecture's
+    resume: bool = False
+    pos_weight: tuple[float, ...] | None = None  # per label, for BCE's positive term
+    min_sensitivity_any: float = 0.95  # operating point of "any" (see ml.metrics)
+    training_data: str = "unspecified"  # card text: what the data was, how many, which seed
+
+    def __post_init__(self) -> None:
+        spec = architecture(self.architecture)
+        windows_by_name(self.windows)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.context is not None and self.context < 0:
+            raise ValueError(f"context: must be >= 0, got {self.context}")
+        if self.input_size is not None and self.input_size < spec.min_input_size:
+            raise ValueError(f"input_size: {self.architecture} needs >= {spec.min_input_size}")
+        if self.pos_weight is not None and len(self.pos_weight) != len(LABELS):
+            raise ValueError(f"pos_weight: need {len(LABELS)} values, got {len(self.pos_weight)}")
+        if not 0 < self.min_sensitivity_any <= 1:
+            raise ValueError(f"min_sensitivity_any: must lie in (0, 1], got {self.min_sensitivity_any}")
+
+    def card(self) -> ModelCard:
+        """The card this run's checkpoints start from (thresholds 0.5, no metrics)."""
+        return ModelCard.new(
+            self.architecture, windows=self.windows, context=self.context,
+            input_size=self.input_size, training_data=self.training_data,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_checkpoint: Path  # final model: best epoch, with thresholds and metrics in its card
+    last_checkpoint: Path
+    train_state: Path
+    roc_plot: Path
+    card: ModelCard  # of best_checkpoint
+    metrics: Metrics  # validation, at the chosen thresholds
+    history: tuple[dict[str, Any], ...]  # one entry per epoch
+
+
+class WeightedBCEWithLogits(nn.Module):
+    """BCE on logits, each row weighted as the RSNA 2019 score (any 2, subtypes 1)."""
+
+    weights: torch.Tensor
+
+    def __init__(self, pos_weight: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(LABEL_WEIGHTS) / sum(LABEL_WEIGHTS))
+        self.pos_weight = None if pos_weight is None else torch.tensor(list(pos_weight))
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(
+            logits.float(), target, pos_weight=pos_weight, reduction="none"
+        )
+        rows = (loss * self.weights).sum(dim=-1)
+        return rows[mask].mean() if mask is not None else rows.mean()
+
+
+def collate_slices(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
+    x, y = zip(*batch, strict=True)
+    return torch.stack(x), torch.stack(y), None
+
+
+def pad_series(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
+    """Series of different lengths to (B, T, C, H, W), (B, T, L) and a (B, T) mask of real
+    slices; padding (zeros) goes at the end and the loss and metrics skip it."""
+    longest = max(x.shape[0] for x, _ in batch)
+    first_x, first_y = batch[0]
+    x = first_x.new_zeros((len(batch), longest, *first_x.shape[1:]))
+    y = first_y.new_zeros((len(batch), longest, *first_y.shape[1:]))
+    mask = torch.zeros(len(batch), longest, dtype=torch.bool)
+    for i, (xi, yi) in enumerate(batch):
+        x[i, : xi.shape[0]], y[i, : yi.shape[0]], mask[i, : xi.shape[0]] = xi, yi, True
+    return x, y, mask
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(dataset: Dataset[Any], config: TrainConfig, device: torch.device, *, seed: int | None) -> DataLoader[Any]:
+    sequence = architecture(config.architecture).kind == "sequence"
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=seed is not None,
+        generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+        num_workers=config.num_workers, worker_init_fn=_seed_worker,
+        collate_fn=pad_series if sequence else collate_slices,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+
+
+def _batches(loader: DataLoader[Any], device: torch.device, desc: str, progress: bool) -> Iterator[Batch]:
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False,
+               disable=not (progress and sys.stderr.isatty()))  # fmt: skip
+    for x, y, mask in bar:
+        yield (x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+               None if mask is None else mask.to(device))  # fmt: skip
+
+
+def _forward(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, amp: bool) -> torch.Tensor:
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+    with autocast:
+        return model(x) if mask is None else model(x, mask)
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, *, amp: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(labels, probabilities), each (rows, L); padded slices of series are left out."""
+    model.eval()
+    truths, probs = [], []
+    for x, y, mask in _batches(loader, device, "validate", progress):
+        prob = torch.sigmoid(_forward(model, x, mask, amp).float())
+        if mask is not None:
+            prob, y = prob[mask], y[mask]
+        truths.append(y.cpu().numpy())
+        probs.append(prob.cpu().numpy())
+    return np.concatenate(truths), np.concatenate(probs)
+
+
+def _train_epoch(
+    model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, criterion: WeightedBCEWithLogits, device: torch.device,
+    amp: bool, desc: str, progress: bool,
+) -> float:  # fmt: skip
+    train_mode(model)
+    total, rows = 0.0, 0
+    for x, y, mask in _batches(loader, device, desc, progress):
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(_forward(model, x, mask, amp), y, mask)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = int(mask.sum()) if mask is not None else x.shape[0]
+        total, rows = total + float(loss.detach()) * n, rows + n
+    return total / max(rows, 1)
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _save_state(path: Path, state: _State, config: TrainConfig, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler) -> None:  # fmt: skip
+    payload = {
+        "format": 1, "architecture": config.architecture, "epoch": state.epoch,
+        "best_loss": state.best_loss, "best_epoch": state.best_epoch, "history": state.history,
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _resume(paths: dict[str, Path], config: TrainConfig, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> _State:  # fmt: skip
+    if not paths["state"].is_file():
+        logger.info("resume: no %s, starting from epoch 0", paths["state"])
+        return _State()
+    try:
+        payload = torch.load(paths["state"], map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise ModelError(f"cannot read training state {paths['state']}: {exc}") from exc
+    if payload.get("architecture") != config.architecture:
+        raise ModelError(f"resume: {paths['state']} is for {payload.get('architecture')!r}, "
+                         f"not {config.architecture!r}")  # fmt: skip
+    card, state_dict = read_checkpoint(paths["last"])
+    expected = config.card()
+    if (card.in_channels, card.input_size) != (expected.in_channels, expected.input_size):
+        raise ModelError(f"resume: {paths['last']} was trained with other input settings")
+    model.load_state_dict(state_dict)
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    logger.info("resume: %s after epoch %d", config.architecture, payload["epoch"])
+    return _State(payload["epoch"], payload["best_loss"], payload["best_epoch"], payload["history"])
+
+
+def train(
+    config: TrainConfig,
+    train_set: Dataset[Any],
+    val_set: Dataset[Any],
+    *,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train `config.architecture`; `log` gets each epoch's history entry.
+
+    Seeds torch, numpy and random (global state) with `config.seed`; each epoch shuffles with
+    its own generator (seed + epoch), so a resumed run repeats an uninterrupted one.
+    """
+    for name, data in (("train_set", train_set), ("val_set", val_set)):
+        if isinstance(data, Sized) and len(data) == 0:
+            raise ValueError(f"{name}: is empty")
+    device = resolve_device(config.device)
+    amp = config.amp and device.type == "cuda"
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    card = config.card()
+    model = build_model(
+        config.architecture, in_channels=card.in_channels, input_size=card.input_size,
+        pretrained=config.pretrained, freeze_backbone=config.freeze_backbone,
+    ).to(device)  # fmt: skip
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    criterion = WeightedBCEWithLogits(config.pos_weight).to(device)
+    directory = config.checkpoint_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"best": directory / "best.pt", "last": directory / "last.pt",
+             "state": directory / "last.train.pt"}  # fmt: skip
+    state = _resume(paths, config, model, optimizer, scaler) if config.resume else _State()
+    val_loader = _loader(val_set, config, device, seed=None)
+
+    for epoch in range(state.epoch, config.epochs):
+        started = time.monotonic()
+        loader = _loader(train_set, config, device, seed=config.seed + epoch)
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        train_loss = _train_epoch(model, loader, optimizer, scaler, criterion, device, amp, desc, progress)
+        metrics = evaluate(*predict(model, val_loader, device, amp=amp, progress=progress))
+        entry = {
+            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics.loss,
+            "val_weighted_log_loss": metrics.weighted_log_loss, "val_auc": metrics.auc,
+            "seconds": round(time.monotonic() - started, 2),
+        }  # fmt: skip
+        state.epoch = epoch + 1
+        state.history.append(entry)
+        epoch_card = dataclasses.replace(card, metrics={"epoch": epoch + 1, "validation": metrics.to_dict()})
+        save_checkpoint(paths["last"], model, epoch_card)
+        if metrics.weighted_log_loss < state.best_loss or not paths["best"].is_file():
+            state.best_loss, state.best_epoch = metrics.weighted_log_loss, epoch + 1
+            save_checkpoint(paths["best"], model, epoch_card)
+        _save_state(paths["state"], state, config, optimizer, scaler)
+        logger.info("%s %s", config.architecture, entry)
+        if log is not None:
+            log(entry)
+    return _finish(config, paths, state, val_loader, device, amp)
+
+
+def _finish(config: TrainConfig, paths: dict[str, Path], state: _State,
+            val_loader: DataLoader[Any], device: torch.device, amp: bool) -> TrainResult:  # fmt: skip
+    """Choose thresholds on validation with the best model and write them into its card."""
+    model, card = load_checkpoint(paths["best"], device=device)
+    y, p = predict(model, val_loader, device, amp=amp)
+    thresholds = choose_thresholds(y, p, min_sensitivity={"any": config.min_sensitivity_any})
+    metrics = evaluate(y, p, thresholds)
+    card = dataclasses.replace(
+        card, thresholds=thresholds, sha256="", created_at="",
+        metrics={"epoch": state.best_epoch, "epochs": state.epoch, "validation": metrics.to_dict()},
+    )  # fmt: skip
+    card = save_checkpoint(paths["best"], model, card)
+    roc = plot_roc(y, p, config.checkpoint_dir / "best.roc.png")
+    return TrainResult(
+        best_checkpoint=paths["best"], last_checkpoint=paths["last"], train_state=paths["state"],
+        roc_plot=roc, card=card, metrics=metrics, history=tuple(state.history),
+    )  # fmt: skip
