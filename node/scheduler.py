@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from storage.jobs import JobQueue
 from storage.models import SeriesStatus, utcnow
@@ -61,11 +59,3 @@ class SeriesMonitor:
         logger.info("series %s complete (%d slices): queued for triage%s", series.series_uid,
                     facts.slices, "" if job is not None else " (already queued)")
         return "queued"
-
-
-def start_scheduler(monitor: SeriesMonitor, *, interval: float) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(monitor.run_once, "interval", seconds=interval, id="settle",
-                      max_instances=1, coalesce=True, next_run_time=utcnow())
-    scheduler.start()
-    return scheduler

@@ -220,3 +220,69 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TriageResult(Base):
+    """The model's reading of one series: the series-level probabilities and calls."""
+
+    __tablename__ = "triage_result"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    job_pk: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    series_revision: Mapped[int] = mapped_column(Integer, default=0)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    # JSON objects keyed by label: {"any": 0.97, ...} and {"any": true, ...}
+    probabilities: Mapped[str] = mapped_column(Text)
+    calls: Mapped[str] = mapped_column(Text)
+    positive: Mapped[bool] = mapped_column(default=False)
+    max_probability: Mapped[float] = mapped_column(default=0.0)
+    slices: Mapped[int] = mapped_column(Integer, default=0)
+    sr_sop_uid: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Seconds from the last received slice to the result, as measured by the worker.
+    latency_seconds: Mapped[float | None] = mapped_column()
+
+
+class SlicePrediction(Base):
+    """Per-slice probabilities behind a result, in slice order."""
+
+    __tablename__ = "slice_prediction"
+    __table_args__ = (UniqueConstraint("result_pk", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_pk: Mapped[int] = mapped_column(ForeignKey("triage_result.id", ondelete="CASCADE"),
+                                           index=True)
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instance.id"))
+    frame: Mapped[int] = mapped_column(Integer, default=0)
+    position: Mapped[int] = mapped_column(Integer)
+    probabilities: Mapped[str] = mapped_column(String(200))  # JSON list in LABELS order
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Delivery(Base):
+    """An instance to send to a remote node by C-STORE: the persistent outbox."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("sop_uid", "destination"),
+        Index("ix_delivery_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    file_path: Mapped[str] = mapped_column(String(200))
+    destination: Mapped[str] = mapped_column(String(300))  # AE@HOST:PORT
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"),
+                                                   default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -22,6 +22,12 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
     add("--log-level", help=f"(default: {DEFAULTS.log_level})")
 
 
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--model", help="checkpoint of the active model (default: the shipped demo model)")
+    add("--device", help=f"torch device: auto, cpu, cuda, cuda:1 (default: {DEFAULTS.device})")
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--ae-title", help=f"the node's AE title (default: {DEFAULTS.ae_title})")
@@ -41,11 +47,13 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--tls-ca", type=Path, help="PEM CA: require client certificates it signed")
     add("--min-slices", type=int,
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
+    add("--workers", type=int,
+        help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
-                "tls_ca", "min_slices")
+                "tls_ca", "min_slices", "workers", "model", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the node: DICOM receiver, scheduler, worker")
     _setting_flags(serve)
     _serve_flags(serve)
+    _model_flags(serve)
+
+    worker = sub.add_parser("worker", help="run triage workers only (sharing the node's database)")
+    _setting_flags(worker)
+    _model_flags(worker)
+    worker.add_argument("--workers", type=int, default=1, help="worker threads")
+
+    worklist = sub.add_parser("worklist", help="the studies, likely bleeds first")
+    _setting_flags(worklist)
+    worklist.add_argument("--json", action="store_true", help="one JSON array of studies")
+    worklist.add_argument("--limit", type=int, default=200, help="most recent studies shown")
+
+    from node.cli.admin import add_admin_parser
+
+    add_admin_parser(sub)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -68,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in SETTING_ARGS if hasattr(args, k)}
-    return load_settings(config_file=args.config, overrides=overrides)
+    return load_settings(config_file=getattr(args, "config", None), overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from node.serve import serve
 
         return serve(settings)
+    if args.command == "worklist":
+        from node.cli.worklist import print_worklist
+
+        return print_worklist(settings, as_json=args.json, limit=args.limit)
+    if args.command == "admin":
+        from node.cli.admin import run_admin
+
+        return run_admin(args, settings)
+    if args.command == "worker":
+        from node.serve import work
+
+        return work(settings, args.workers)
     if args.command == "db" and args.db_command == "upgrade":
         from node.logs import configure_logging
         from storage.db import upgrade

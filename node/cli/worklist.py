@@ -1,0 +1,39 @@
+"""`ichtriage worklist`: the studies as a table, or one JSON array."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from node.config import Settings
+from storage.db import make_engine, upgrade
+from storage.worklist import worklist
+
+SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+         "subarachnoid": "SAH", "subdural": "SDH"}
+
+
+def print_worklist(settings: Settings, *, as_json: bool, limit: int) -> int:
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        entries = worklist(engine, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        json.dump([e.to_dict() for e in entries], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    header = f"{'#':>3}  {'priority':8}  {'status':12}  {'patient':22}  {'accession':10}  findings"
+    print(header)
+    print("-" * len(header))
+    for e in entries:
+        found = [f"{SHORT[k]} {e.probabilities[k]:.2f}" for k, v in e.calls.items()
+                 if v and k in SHORT]
+        findings = ", ".join(found) or (
+            f"none (any {e.probabilities['any']:.2f})" if "any" in e.probabilities else e.reason)
+        print(f"{e.rank:>3}  {e.priority:8}  {e.status:12}  {e.patient_name[:22]:22}  "
+              f"{e.accession_number[:10]:10}  {findings}")
+    if not entries:
+        print("(no studies)")
+    return 0

@@ -1,0 +1,86 @@
+"""The persistent outbox: instances to send by C-STORE, each delivery recorded.
+
+A row per (SOP Instance UID, destination). Sending is retried with backoff while the remote
+node is down or refuses; rows survive restarts, so nothing queued is forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.models import Delivery, DeliveryStatus, utcnow
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    id: int
+    sop_uid: str
+    file_path: str
+    destination: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_seconds: float = 2.0
+    factor: float = 2.0
+    max_seconds: float = 300.0
+    max_attempts: int = 200  # about 16 hours at the longest wait
+
+    def __post_init__(self) -> None:
+        if self.first_seconds < 0 or self.factor < 1 or self.max_attempts < 1:
+            raise ValueError("first_seconds >= 0, factor >= 1 and max_attempts >= 1 required")
+
+    def delay(self, attempts: int) -> timedelta:
+        seconds = self.first_seconds * self.factor ** max(attempts - 1, 0)
+        return timedelta(seconds=min(seconds, self.max_seconds))
+
+
+class Outbox:
+    def __init__(self, engine: Engine, *, backoff: Backoff | None = None) -> None:
+        self.engine = engine
+        self.backoff = backoff or Backoff()
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def add(self, conn: Connection, *, sop_uid: str, file_path: str,
+            destinations: Iterable[str]) -> int:
+        """Queue an instance for each destination inside the caller's transaction."""
+        added = 0
+        for destination in destinations:
+            added += conn.execute(self._insert(Delivery).values(
+                sop_uid=sop_uid, file_path=file_path, destination=destination,
+                status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=utcnow(),
+                last_error="", created_at=utcnow(),
+            ).on_conflict_do_nothing(index_elements=["sop_uid", "destination"])).rowcount
+        return added
+
+    def due(self, *, limit: int = 50) -> list[PendingDelivery]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Delivery.id, Delivery.sop_uid, Delivery.file_path, Delivery.destination,
+                       Delivery.attempts)
+                .where(Delivery.status == DeliveryStatus.PENDING,
+                       Delivery.next_attempt_at <= utcnow())
+                .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)).all()
+        return [PendingDelivery(*row) for row in rows]
+
+    def sent(self, delivery: PendingDelivery) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Delivery).where(Delivery.id == delivery.id).values(
+                status=DeliveryStatus.SENT, attempts=delivery.attempts + 1, sent_at=utcnow(),
+                last_error=""))
+
+    def failed(self, delivery: PendingDelivery, error: str) -> DeliveryStatus:
+        attempts = delivery.attempts + 1
+        final = (DeliveryStatus.FAILED if attempts >= self.backoff.max_attempts
+                 else DeliveryStatus.PENDING)
+        with self.engine.begin() as conn:
+            conn.execute(update(Delivery).where(Delivery.id == delivery.id).values(
+                status=final, attempts=attempts, last_error=error[:2000],
+                next_attempt_at=utcnow() + self.backoff.delay(attempts)))
+        return final

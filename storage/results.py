@@ -1,0 +1,108 @@
+"""What the worker reads from and writes to the index for one triage job."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from storage.models import (
+    Instance,
+    Series,
+    SeriesStatus,
+    SlicePrediction,
+    Study,
+    TriageResult,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class SeriesInstance:
+    pk: int
+    sop_uid: str
+    file_path: str
+    instance_number: int | None
+    image_position: str
+    image_orientation: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+
+
+@dataclass(frozen=True)
+class SeriesForTriage:
+    pk: int
+    series_uid: str
+    study_uid: str
+    revision: int
+    last_received_at: datetime
+    instances: tuple[SeriesInstance, ...]
+
+
+@dataclass(frozen=True)
+class NewResult:
+    series_pk: int
+    job_pk: int | None
+    series_revision: int
+    model_name: str
+    model_version: str
+    probabilities: dict[str, float]
+    calls: dict[str, bool]
+    slices: Sequence[tuple[int, int, Sequence[float]]]  # (instance pk, frame, probabilities)
+    sr_sop_uid: str
+    latency_seconds: float | None
+
+
+class Results:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def series_for_triage(self, series_pk: int) -> SeriesForTriage:
+        with self.engine.connect() as conn:
+            head = conn.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.revision,
+                       Series.last_received_at)
+                .join(Study, Study.id == Series.study_pk).where(Series.id == series_pk)).one()
+            rows = conn.execute(
+                select(Instance.id, Instance.sop_uid, Instance.file_path, Instance.instance_number,
+                       Instance.image_position, Instance.image_orientation, Instance.rows,
+                       Instance.columns, Instance.number_of_frames)
+                .where(Instance.series_pk == series_pk).order_by(Instance.id)).all()
+        return SeriesForTriage(head[0], head[1], head[2], head[3], head[4],
+                               tuple(SeriesInstance(*r) for r in rows))
+
+    def set_series_status(self, series_pk: int, status: SeriesStatus, reason: str = "", *,
+                          revision: int | None = None, conn: Connection | None = None) -> bool:
+        """Set a series' status; with `revision`, only while no new instance has arrived."""
+        stmt = update(Series).where(Series.id == series_pk)
+        if revision is not None:
+            stmt = stmt.where(Series.revision == revision,
+                              Series.status != SeriesStatus.RECEIVING)
+        stmt = stmt.values(status=status, status_reason=reason[:2000])
+        if conn is not None:
+            return conn.execute(stmt).rowcount == 1
+        with self.engine.begin() as own:
+            return own.execute(stmt).rowcount == 1
+
+    @staticmethod
+    def add(conn: Connection, result: NewResult) -> int:
+        pk = conn.execute(insert(TriageResult).values(
+            series_pk=result.series_pk, job_pk=result.job_pk,
+            series_revision=result.series_revision, model_name=result.model_name[:64],
+            model_version=result.model_version[:64],
+            probabilities=json.dumps(result.probabilities), calls=json.dumps(result.calls),
+            positive=any(result.calls.values()),
+            max_probability=max(result.probabilities.values(), default=0.0),
+            slices=len(result.slices), sr_sop_uid=result.sr_sop_uid, created_at=utcnow(),
+            latency_seconds=result.latency_seconds,
+        ).returning(TriageResult.id)).scalar_one()
+        if result.slices:
+            conn.execute(insert(SlicePrediction), [
+                {"result_pk": pk, "instance_pk": inst, "frame": frame, "position": i,
+                 "probabilities": json.dumps([round(float(p), 6) for p in probs])}
+                for i, (inst, frame, probs) in enumerate(result.slices)])
+        return int(pk)
