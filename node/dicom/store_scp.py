@@ -11,7 +11,9 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -25,6 +27,8 @@ from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, Storag
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
 
 logger = logging.getLogger(__name__)
+
+PIXEL_DATA = 0x7FE00010
 
 
 class IngestError(Exception):
@@ -158,7 +162,7 @@ class StoreHandlers:
         request = _request(event)
         context = event.context
         try:
-            meta = _meta(event.dataset, request.AffectedSOPClassUID,
+            meta = _meta(_header(event), request.AffectedSOPClassUID,
                          request.AffectedSOPInstanceUID, str(context.abstract_syntax),
                          str(context.transfer_syntax))
         except IngestError:
@@ -186,6 +190,22 @@ class StoreHandlers:
         except (DiskFullError, DatabaseError, StorageError) as exc:
             raise IngestError(status.OUT_OF_RESOURCES, str(exc)) from exc
         return result.outcome
+
+
+def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >= PIXEL_DATA
+
+
+def _header(event: Event) -> Dataset:
+    """The data set up to its pixel data: what the index needs, without touching the pixels
+    (pynetdicom's `event.dataset` reads every element)."""
+    syntax = UID(str(event.context.transfer_syntax))
+    data = _request(event).DataSet
+    if syntax.is_deflated or data is None:
+        return event.dataset
+    data.seek(0)
+    return read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
+                        stop_when=_before_pixels, defer_size=4096)
 
 
 def _request(event: Event) -> C_STORE:
