@@ -51,7 +51,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READ_ONLY = "ichtriage_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for read-only work: on SQLite its transactions take no write lock, so
+    polling readers never hold up the receiving processes."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

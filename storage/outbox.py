@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.db import reader
 from storage.models import Delivery, DeliveryStatus, utcnow
 
 
@@ -60,7 +61,7 @@ class Outbox:
         return added
 
     def due(self, *, limit: int = 50) -> list[PendingDelivery]:
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             rows = conn.execute(
                 select(Delivery.id, Delivery.sop_uid, Delivery.file_path, Delivery.destination,
                        Delivery.attempts)

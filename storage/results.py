@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from storage.db import reader
 from storage.models import (
     Instance,
     Series,
@@ -62,7 +63,7 @@ class Results:
         self.engine = engine
 
     def series_for_triage(self, series_pk: int) -> SeriesForTriage:
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             head = conn.execute(
                 select(Series.id, Series.series_uid, Study.study_uid, Series.revision,
                        Series.last_received_at)

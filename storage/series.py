@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, select, update
 
+from storage.db import reader
 from storage.models import Instance, Series, SeriesStatus
 
 
@@ -35,7 +36,7 @@ class SeriesIndex:
 
     def settled(self, cutoff: datetime, *, limit: int = 100) -> list[SettledSeries]:
         """Series with new instances and none since `cutoff`, oldest first."""
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             rows = conn.execute(
                 select(Series.id, Series.series_uid, Series.revision)
                 .where(Series.status == SeriesStatus.RECEIVING, Series.last_received_at <= cutoff)
@@ -44,7 +45,7 @@ class SeriesIndex:
         return [SettledSeries(r[0], r[1], r[2]) for r in rows]
 
     def contents(self, series_pk: int) -> SeriesContents:
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             series = conn.execute(select(Series.modality, Series.body_part)
                                   .where(Series.id == series_pk)).one()
             classes = conn.execute(select(Instance.sop_class_uid).distinct()

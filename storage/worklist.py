@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, func, select
 
+from storage.db import reader
 from storage.models import Patient, Series, SeriesStatus, Study, TriageResult
 
 # The most pressing first: the study shows the first of these that any of its series has.
@@ -82,7 +83,7 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
         .where(Study.id.in_(select(recent.c.id)))
     )
     studies: dict[str, _Study] = {}
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         for row in conn.execute(query):
             s = studies.setdefault(row.study_uid, _Study(
                 row.study_uid, row.patient_name, row.patient_id, row.accession_number,
