@@ -41,16 +41,17 @@ class NodeProcess:
 
 @contextmanager
 def running_node(tmp: Path, *args: str, db_url: str | None = None, receivers: int = 2,
-                 settle: float = 0.5, env: dict[str, str] | None = None,
+                 settle: float = 0.5, workers: int = 0, env: dict[str, str] | None = None,
                  ready_timeout: float = 60) -> Iterator[NodeProcess]:
-    """Start the node on a free loopback port; wait for its 'ready' line; stop it after."""
+    """Start the node on a free loopback port; wait for its 'ready' line; stop it after.
+    Without triage workers by default, so tests of receiving see jobs as queued."""
     data_dir = tmp / "var"
     port = free_port()
     log = tmp / "node.log"
     url = db_url or f"sqlite:///{data_dir / 'ichtriage.db'}"
     cmd = [sys.executable, "-m", "node", "serve", "--data-dir", str(data_dir), "--db-url", url,
            "--port", str(port), "--http-port", "0", "--settle-seconds", str(settle),
-           "--receivers", str(receivers), *args]
+           "--receivers", str(receivers), "--workers", str(workers), *args]
     full_env = {**os.environ, "TCP_NODELAY": "1", "ICHTRIAGE_MIN_FREE_MB": "0", **(env or {})}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)

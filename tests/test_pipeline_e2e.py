@@ -72,7 +72,8 @@ def test_bleed_and_normal_reports_reach_the_pacs_and_rank_the_worklist(
         tmp_path: Path, orthanc: peers.OrthancServer) -> None:
     bleed = write_series(tmp_path / "bleed", seed=901, slices=24, size=512, subtypes=("subdural",))
     normal = write_series(tmp_path / "normal", seed=902, slices=24, size=512)
-    with running_node(tmp_path, "--destination", f"PACS@127.0.0.1:{orthanc.dicom_port}") as node:
+    with running_node(tmp_path, "--destination", f"PACS@127.0.0.1:{orthanc.dicom_port}",
+                      workers=1) as node:
         send(node, tmp_path / "normal")
         send(node, tmp_path / "bleed")
         wait_for(lambda: len(orthanc_srs(orthanc)) == 2, what="two SRs at Orthanc")
@@ -92,7 +93,8 @@ def test_a_pacs_that_is_down_gets_the_report_later_once(
         tmp_path: Path, orthanc: peers.OrthancServer) -> None:
     series = write_series(tmp_path / "in", seed=903, slices=10, size=128)
     orthanc.stop()
-    with running_node(tmp_path, "--destination", f"PACS@127.0.0.1:{orthanc.dicom_port}") as node:
+    with running_node(tmp_path, "--destination", f"PACS@127.0.0.1:{orthanc.dicom_port}",
+                      workers=1) as node:
         send(node, tmp_path / "in")
         wait_for(lambda: query(node, "select attempts from delivery where attempts >= 2"),
                  what="two failed deliveries")
@@ -110,7 +112,7 @@ def test_a_pacs_that_is_down_gets_the_report_later_once(
 def test_a_job_whose_worker_died_is_completed_once_by_another(tmp_path: Path) -> None:
     series = write_series(tmp_path / "in", seed=904, slices=10, size=128)
     env = {"ICHTRIAGE_JOB_LEASE_SECONDS": "2"}
-    with running_node(tmp_path, "--workers", "0", env=env) as node:
+    with running_node(tmp_path, workers=0, env=env) as node:
         send(node, tmp_path / "in")
         wait_for(lambda: query(node, "select status from job") == [("queued",)], what="the job")
         engine = create_engine(node.db_url)

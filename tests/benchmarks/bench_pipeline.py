@@ -61,7 +61,7 @@ def main() -> int:
         extra = ["--model", args.model] if args.model else []
         with orthanc_server(tmp / "orthanc", aet="PACS") as pacs, running_node(
                 tmp / "node", "--destination", f"PACS@127.0.0.1:{pacs.dicom_port}", *extra,
-                receivers=args.receivers, settle=args.settle) as node:
+                receivers=args.receivers, settle=args.settle, workers=1) as node:
             totals: list[float] = []
             for s in series:
                 before = len(pacs.instances())
