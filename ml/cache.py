@@ -87,6 +87,10 @@ class SliceCache:
         x *= np.float32(1 / 255)
         return x
 
+    def series_members(self) -> dict[str, np.ndarray]:
+        """Series UID -> indices of its slices along the slice normal, series in first-seen order."""
+        return {uid: order.copy() for uid, order in self._order.items()}
+
     def neighbors(self, i: int, k: int) -> np.ndarray:
         """Indices of slices i-k .. i+k of i's series along its normal, repeating the end slices."""
         if k < 0:

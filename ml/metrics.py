@@ -298,6 +298,7 @@ def plot_roc(
         axes.plot(fpr, tpr, label=f"{name} (AUC {auc(y[:, j], p[:, j]):.3f})")
     axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-    axes.legend(loc="lower right")
+    if axes.get_legend_handles_labels()[0]:  # no curve when every label has one class only
+        axes.legend(loc="lower right")
     figure.savefig(path, format="png")
     return path

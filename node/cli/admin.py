@@ -1,17 +1,279 @@
-"""`ichtriage admin`: data, training, evaluation and model management."""
+"""`ichtriage admin`: phantoms, training, evaluation, comparison and the demo model.
+
+torch and `ml` are imported inside the commands that need them, never when the parser is
+built: `ichtriage serve --help` stays fast and the receiving processes never load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from node.config import Settings
+from node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from ml.train import TrainConfig
+
+DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
+
+
+D = " (default: %(default)s)"
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
+    return names
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default: INFO, or the setting)")
+
+
+def _device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 "
+                        "(default: auto, or the setting): auto is CUDA when available")  # fmt: skip
+
+
+def _data(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--dicom-dir", type=Path, required=True, help="folder searched for <image id>.dcm files")
+    add("--labels", type=Path, required=True, help="labels in the RSNA stage_2_train.csv format")
+
+
+def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
+    add = parser.add_argument
+    add("--out", type=Path, required=True, help="folder for checkpoints and the cache")
+    add("--epochs", type=int, default=epochs, help="epochs" + D)
+    add("--batch-size", type=int, default=16, help="slices, or series for sequence models" + D)
+    add("--lr", type=float, default=1e-3, help="Adam learning rate" + D)
+    add("--input-size", type=int, metavar="PX", help="side the model sees (default: the architecture's)")
+    add("--windows", type=_names, default=_names(DEFAULT_WINDOWS), metavar="A,B,C",
+        help=f"display windows in channel order (default: {DEFAULT_WINDOWS})")
+    add("--context", type=int, metavar="K",
+        help="adjacent slices on each side stacked as channels (default: the architecture's)")
+    add("--val-fraction", type=float, default=0.15, help="patients held out for validation" + D)
+    add("--seed", type=int, default=0, help="patient split, weights and shuffling" + D)
+    add("--augment", action="store_true",
+        help="random left-right flips and shifts (up to 5%% of the side) in training")
+    add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
+        help="processes decoding DICOM and loading batches, 0: this one" + D)
+    _device(parser)
 
 
 def add_admin_parser(sub: Any) -> None:
     admin = sub.add_parser("admin", help="phantoms, training, evaluation, models")
-    admin.add_subparsers(dest="admin_command", required=True)
+    commands = admin.add_subparsers(dest="admin_command", required=True)
+    _phantoms_parser(commands)
+    _train_parser(commands)
+    _evaluate_parser(commands)
+    compare = commands.add_parser("compare",
+                                  help="train several architectures on one split, tabulate them")  # fmt: skip
+    compare.add_argument("--archs", type=_names, required=True, metavar="A,B,...",
+                         help="architectures, e.g. vanilla,alexnet,resnet18,ichnet,ichnet_seq")
+    _data(compare)
+    _training(compare, epochs=3)
+    _common(compare)
+    _demo_parser(commands)
+
+
+def _phantoms_parser(commands: Any) -> None:
+    phantoms = commands.add_parser("phantoms", help="write synthetic head-CT studies and labels.csv")
+    add = phantoms.add_argument
+    add("--out", type=Path, required=True, help="folder for <Study>/<Series>/ID_*.dcm, labels.csv")
+    add("--studies", type=int, required=True, help="studies, one series each")
+    add("--seed", type=int, required=True, help="the same seed writes the same files")
+    add("--slices", type=int, default=24, help="slices per series" + D)
+    add("--size", type=int, default=512, metavar="PX",
+        help="matrix; real head CT is 512, keep it for training" + D)
+    add("--positive-fraction", type=float, default=0.6, help="studies with a bleed" + D)
+    _common(phantoms)
+
+
+def _train_parser(commands: Any) -> None:
+    train = commands.add_parser("train", help="train one architecture on a patient split")
+    train.add_argument("--arch", required=True, help="e.g. ichnet, ichnet_seq, vanilla, resnet18")
+    _data(train)
+    _training(train, epochs=10)
+    train.add_argument("--pretrained", type=Path, metavar="PATH",
+                       help="local weights or checkpoint to start from")
+    train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _common(train)
+
+
+def _evaluate_parser(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="score a model on labelled DICOM, at image and series level"
+    )
+    evaluate.add_argument("--model", dest="model_ref", metavar="NAME_OR_PATH",
+                          help="checkpoint file, or 'demo' for the shipped model "
+                               "(default: the node's active model)")  # fmt: skip
+    _data(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object only")
+    evaluate.add_argument("--roc", type=Path, metavar="PNG", help="write image-level ROC curves")
+    _device(evaluate)
+    _common(evaluate)
+
+
+def _demo_parser(commands: Any) -> None:
+    demo = commands.add_parser("demo-model",
+                               help="generate phantoms and train the shipped demo model")  # fmt: skip
+    add = demo.add_argument
+    add("--out", type=Path, help="checkpoint to write (default: ichnet_demo.pt in the ml package)")
+    add("--seed", type=int, default=1, help="phantoms, split and training" + D)
+    add("--studies", type=int, default=400, help="phantom studies" + D)
+    add("--slices", type=int, default=24, help="slices per phantom series" + D)
+    add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
+    add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
+    add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
+    add("--work-dir", type=Path,
+        help="keep phantoms, caches and stages here (default: a temporary folder)")
+    add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
+        help="processes decoding DICOM and loading batches, 0: this one" + D)
+    _device(demo)
+    _common(demo)
 
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
-    raise SystemExit(f"ichtriage admin {args.admin_command}: not available")
+    from ml.errors import MLError
+
+    configure_logging(settings.log_level)
+    commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
+                "compare": _compare, "demo-model": _demo_model}  # fmt: skip
+    try:
+        return commands[args.admin_command](args, settings)
+    except (MLError, ValueError, OSError) as exc:  # bad input or data: say so, no traceback
+        print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _phantoms(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.phantom import write_dataset
+
+    csv_path = write_dataset(args.out, studies=args.studies, seed=args.seed, slices=args.slices,
+                             size=args.size, positive_fraction=args.positive_fraction)  # fmt: skip
+    print(f"wrote {args.studies} studies x {args.slices} slices ({args.size} px) under {args.out}")
+    print(f"labels: {csv_path}")
+    return 0
+
+
+def _config(args: argparse.Namespace, settings: Settings, architecture: str,
+            checkpoint_dir: Path) -> TrainConfig:  # fmt: skip
+    from ml.train import TrainConfig
+
+    return TrainConfig(
+        checkpoint_dir=checkpoint_dir, architecture=architecture, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, num_workers=args.loader_workers,
+        device=settings.device, input_size=args.input_size, windows=args.windows,
+        context=args.context, pretrained=getattr(args, "pretrained", None),
+        freeze_backbone=getattr(args, "freeze_backbone", False),
+        resume=getattr(args, "resume", False),
+        training_data=f"{args.labels} over {args.dicom_dir}; patient split seed {args.seed}, "
+                      f"{args.val_fraction:.0%} held out",
+    )  # fmt: skip
+
+
+def _epoch_line(entry: dict[str, Any]) -> str:
+    return (f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, validation "
+            f"weighted log loss {entry['val_weighted_log_loss']:.4f}, AUC {entry['val_auc']:.4f} "
+            f"({entry['seconds']:.0f} s)")  # fmt: skip
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.compare import load_split, train_on_split
+    from ml.evaluate import metric_lines
+    from ml.series import augmentation
+
+    config = _config(args, settings, args.arch, args.out)
+    split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
+    print(split.describe(), flush=True)
+    result = train_on_split(
+        config, split, cache_root=args.out / "cache", workers=args.loader_workers,
+        log=lambda entry: print(_epoch_line(entry), flush=True),
+        augment=augmentation(config.card().input_size) if args.augment else None,
+    )  # fmt: skip
+    print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
+    print("\n".join(metric_lines({"validation": result.metrics})))
+    print(f"\ncheckpoint: {result.best_checkpoint}")
+    return 0
+
+
+def _model_file(reference: str | None, settings: Settings) -> Path:
+    from ml.demo import shipped_checkpoint
+
+    if reference == "demo" or (reference is None and not settings.model):
+        return shipped_checkpoint()
+    return Path(reference or settings.model)
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.evaluate import evaluate_classifier, format_report, to_json
+    from ml.inference import Classifier
+    from ml.metrics import plot_roc
+    from ml.rsna import index_images, read_labels
+
+    path = _model_file(args.model_ref, settings)
+    classifier = Classifier.load(path, device=settings.device)
+    records = index_images(args.dicom_dir, read_labels(args.labels))
+    if not records:
+        raise ValueError(f"no .dcm file under {args.dicom_dir} has labels in {args.labels}")
+    evaluation = evaluate_classifier(classifier, records, batch_size=settings.batch_size)
+    if args.roc is not None:
+        plot_roc(evaluation.y, evaluation.prob, args.roc)
+    if args.json:
+        report = to_json(evaluation)
+        report["model"]["path"] = str(path)
+        print(json.dumps(report, allow_nan=False))
+        return 0
+    print(f"checkpoint: {path}")
+    print(format_report(evaluation))
+    if args.roc is not None:
+        print(f"ROC curves (image level): {args.roc}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.compare import TABLE_CSV, TABLE_MD, compare, load_split
+
+    split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
+    print(split.describe(), flush=True)
+    compare(
+        args.archs, split, _config(args, settings, args.archs[0], args.out), args.out,
+        workers=args.loader_workers, augment=args.augment,
+        log=lambda name, entry: print(f"{name} {_epoch_line(entry)}", flush=True),
+    )  # fmt: skip
+    print((args.out / TABLE_MD).read_text(encoding="utf-8"))
+    print(f"table: {args.out / TABLE_MD}, {args.out / TABLE_CSV}")
+    return 0
+
+
+def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.demo import DemoRecipe, shipped_checkpoint, train_demo_model
+    from ml.evaluate import model_summary
+
+    recipe = DemoRecipe(seed=args.seed, studies=args.studies, slices=args.slices,
+                        input_size=args.input_size, slice_epochs=args.epochs,
+                        series_epochs=args.series_epochs)  # fmt: skip
+    out = args.out or shipped_checkpoint()
+    print(f"training the demo model: {recipe.command()}", flush=True)
+    result = train_demo_model(
+        out, recipe=recipe, work_dir=args.work_dir, workers=args.loader_workers,
+        device=settings.device,
+        log=lambda name, entry: print(f"{name} {_epoch_line(entry)}", flush=True),
+    )  # fmt: skip
+    validation = result.card.metrics["validation"]
+    aucs = ", ".join(f"{name} {m['auc']:.4f}" for name, m in validation["per_label"].items()
+                     if m["auc"] is not None)  # fmt: skip
+    print(result.split)
+    print(f"validation (image level): weighted log loss {validation['weighted_log_loss']:.4f}; "
+          f"AUC {aucs}")
+    print(f"seconds: {json.dumps(result.seconds)}")
+    print(json.dumps(model_summary(result.card), indent=2))
+    print(f"checkpoint: {result.checkpoint} (card: {result.checkpoint}.json)")
+    return 0
