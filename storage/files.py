@@ -87,6 +87,21 @@ class FileStore:
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
         return StoredFile(path=final, relative=relative, size=final.stat().st_size)
 
+    def place_new(self, tmp: Path, relative: str) -> StoredFile | None:
+        """Give a temporary file its final name only if no file has it (a hard link never
+        replaces), durably; None when the name is taken. The temporary name is removed."""
+        final = self.path_of(relative)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot move {relative} into place: {exc}") from exc
+        tmp.unlink()
+        _fsync_dir(final.parent)
+        return StoredFile(path=final, relative=relative, size=final.stat().st_size)
+
     def remove(self, relative: str) -> None:
         self.path_of(relative).unlink(missing_ok=True)
 

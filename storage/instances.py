@@ -72,12 +72,17 @@ class StoreResult:
     file_path: str
 
 
+class _Conflict(Exception):
+    """Another association indexed the same SOP Instance UID at the same moment."""
+
+
 class InstanceStore:
     """Writes instances durably and indexes them.
 
     Protocol, so that success is never answered for anything not kept: write the bytes to a
-    fsynced temporary file; in one transaction upsert patient/study/series and insert the
-    instance; move the file into place; commit. If the commit fails the file is removed again.
+    fsynced temporary file; give it its final name with a hard link (which never replaces a
+    file) and fsync the folder; then, in one transaction, upsert patient/study/series and
+    insert the instance. If the transaction fails the file is removed again.
     A SOP Instance UID that is already stored keeps its first copy; the repeat is counted in
     `instance.duplicates` and answered as success (a sender's retry is not an error).
     """
@@ -108,7 +113,30 @@ class InstanceStore:
               association_pk: int | None = None) -> StoreResult:
         relative = self.files.relative_path(meta.study_uid, meta.series_uid, meta.sop_uid)
         tmp = self.files.write_temp(relative, list(chunks))
-        moved = False
+        # The file gets its name before the transaction, so no file work happens while the
+        # database's write lock is held (on SQLite, one writer for all receiving processes).
+        placed = self.files.place_new(tmp, relative)
+        if placed is None:
+            duplicate = self._duplicate(meta, relative)
+            if duplicate is not None:
+                tmp.unlink(missing_ok=True)
+                return duplicate
+            # A file without a row: left by a crash between naming and commit. Replace it.
+            placed = self.files.commit_temp(tmp, relative)
+        try:
+            return self._index(meta, relative, placed.size, calling_ae, association_pk)
+        except _Conflict:
+            # Both copies carry the same UID; the file under it belongs to the indexed row.
+            duplicate = self._duplicate(meta, relative)
+            if duplicate is None:
+                raise DatabaseError(f"indexing {meta.sop_uid}: conflicting rows") from None
+            return duplicate
+        except BaseException:
+            self.files.remove(relative)
+            raise
+
+    def _index(self, meta: InstanceMeta, relative: str, size: int, calling_ae: str,
+               association_pk: int | None) -> StoreResult:
         fresh: tuple[int, int] | None = None
         try:
             with self.engine.begin() as conn:
@@ -118,29 +146,29 @@ class InstanceStore:
                 fresh = (series_pk, study_pk)
                 instance_pk = conn.execute(self._insert_instance, fit_columns(Instance, {
                     **_instance_values(meta), "series_pk": series_pk, "file_path": relative,
-                    "file_size": tmp.stat().st_size, "received_at": now,
+                    "file_size": size, "received_at": now,
                     "calling_ae": calling_ae, "association_pk": association_pk, "duplicates": 0,
                 })).scalar()
                 if instance_pk is None:
-                    row = conn.execute(self._count_duplicate, {"dup_sop": meta.sop_uid}).one()
-                    tmp.unlink(missing_ok=True)
-                    return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
+                    raise _Conflict
                 conn.execute(self._bump_series, {"bump_pk": series_pk, "bump_now": now})
-                self.files.commit_temp(tmp, relative)
-                moved = True
         except SQLAlchemyError as exc:
-            if moved:
-                self.files.remove(relative)
-            tmp.unlink(missing_ok=True)
             raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0]}") from exc
-        except BaseException:
-            if moved:
-                self.files.remove(relative)
-            tmp.unlink(missing_ok=True)
-            raise
         self._remember(meta.series_uid, fresh)
         return StoreResult(StoreOutcome.STORED, instance_pk, series_pk, relative)
+
+    def _duplicate(self, meta: InstanceMeta, relative: str) -> StoreResult | None:
+        """Count a repeat of a stored instance (its first copy is kept); None if not stored."""
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(self._count_duplicate, {"dup_sop": meta.sop_uid}).first()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0]}") from exc
+        if row is None:
+            return None
+        return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
 
     def _cached_keys(self, series_uid: str) -> tuple[int, int] | None:
         cached = self._series_cache.get(series_uid)

@@ -125,3 +125,15 @@ def test_over_long_values_are_clipped_not_refused(engine: Engine, tmp_path: Path
     store.store(meta("1.2.3.4.5.1", accession_number="A" * 40, modality="CT" * 20), [b"x"])
     with engine.connect() as conn:
         assert conn.execute(select(Study.accession_number)).scalar_one() == "A" * 16
+
+
+def test_a_file_left_without_a_row_is_replaced(engine: Engine, tmp_path: Path) -> None:
+    """A crash between naming the file and committing its row leaves an orphan file."""
+    files = FileStore(tmp_path / "data")
+    orphan = files.path_of(files.relative_path(STUDY, SERIES, "1.2.3.4.5.1"))
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half a file")
+    result = InstanceStore(engine, files).store(meta("1.2.3.4.5.1"), [b"whole"])
+    assert result.outcome is StoreOutcome.STORED
+    assert orphan.read_bytes() == b"whole"
+    assert files_under(tmp_path / "data") == [orphan]
