@@ -95,7 +95,7 @@ class Settings:
     min_slices: int = 8
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
-    check_interval: float = 0.5  # how often the scheduler looks for settled series
+    check_interval: float = 0.25  # how often the scheduler looks for settled series and results to send
     model: str = ""  # checkpoint file of the active model; empty: the shipped demo model
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`

@@ -17,3 +17,4 @@ def configure_logging(level: str = "INFO") -> None:
     # C-FIND summaries: keep it to warnings whatever our own level is.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

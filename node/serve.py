@@ -101,8 +101,8 @@ def _start_sender(settings: Settings, services: Services,
     from storage.outbox import Outbox
 
     sender = DeliverySender(Outbox(services.engine), services.files, ae_title=settings.ae_title)
-    scheduler.add_job(sender.run_once, "interval", seconds=1.0, id="outbox", max_instances=1,
-                      coalesce=True, next_run_time=utcnow())
+    scheduler.add_job(sender.run_once, "interval", seconds=settings.check_interval, id="outbox",
+                      max_instances=1, coalesce=True, next_run_time=utcnow())
 
 
 def serve(settings: Settings) -> int:

@@ -47,6 +47,7 @@ def running_node(tmp: Path, *args: str, db_url: str | None = None, receivers: in
     Without triage workers by default, so tests of receiving see jobs as queued."""
     data_dir = tmp / "var"
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "node.log"
     url = db_url or f"sqlite:///{data_dir / 'ichtriage.db'}"
     cmd = [sys.executable, "-m", "node", "serve", "--data-dir", str(data_dir), "--db-url", url,

@@ -71,7 +71,7 @@ def main() -> int:
                 if sent.returncode != 0:
                     raise SystemExit(f"storescu failed: {sent.stderr}")
                 deadline = acked + 120
-                while len(pacs.instances()) < before + args.slices + 1:
+                while len(pacs.instances()) < before + 1:
                     if time.perf_counter() > deadline:
                         raise SystemExit("no SR at Orthanc within 120 s\n" + node.log_text())
                     time.sleep(0.02)
