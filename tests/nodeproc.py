@@ -7,12 +7,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
+
 from tests.peers import free_port
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
 
 
 @dataclass
@@ -23,6 +33,15 @@ class NodeProcess:
     db_url: str
     log: Path
     ae_title: str = "ICHTRIAGE"
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """Rows of `sql` from the node's database, as tuples."""
+        engine = create_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql)).all()]
+        finally:
+            engine.dispose()
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

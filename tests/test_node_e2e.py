@@ -16,10 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
-from sqlalchemy import create_engine, text
 
 from tests import factories, peers
-from tests.nodeproc import NodeProcess, running_node
+from tests.nodeproc import NodeProcess, running_node, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,26 +29,11 @@ PATIENT_NAME, PATIENT_ID = "SECRET^PERSON", "MRN-7734-XY"
 
 
 def rows(node: NodeProcess, sql: str) -> list[tuple[object, ...]]:
-    engine = create_engine(node.db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql)).all()]
-    finally:
-        engine.dispose()
+    return node.query(sql)
 
 
 def stored_files(node: NodeProcess) -> list[Path]:
     return sorted((node.data_dir / "data").rglob("*.dcm"))
-
-
-def wait_for(predicate: object, timeout: float = 20.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture

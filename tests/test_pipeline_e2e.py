@@ -7,19 +7,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from ml.phantom import write_series
 from node.triage.sr import read_triage_sr
 from storage.jobs import JobQueue
 from tests import peers
-from tests.nodeproc import NodeProcess, running_node
+from tests.nodeproc import NodeProcess, running_node, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,21 +28,8 @@ pytestmark = [
 ]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.1)
-
-
 def query(node: NodeProcess, sql: str) -> list[tuple[object, ...]]:
-    engine = create_engine(node.db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql)).all()]
-    finally:
-        engine.dispose()
+    return node.query(sql)
 
 
 def orthanc_srs(orthanc: peers.OrthancServer) -> dict[str, dict[str, tuple[float, bool]]]:
