@@ -9,10 +9,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import evt
@@ -21,7 +19,7 @@ from pynetdicom.events import Event
 
 from node.config import AllowedPeer
 from node.dicom import status
-from node.dicom.meta import meta_from_dataset
+from node.dicom.meta import encode_file_meta, meta_from_dataset
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -170,19 +168,15 @@ class StoreHandlers:
         except Exception as exc:  # any decoding failure is the sender's data
             raise IngestError(status.CANNOT_UNDERSTAND,
                               f"data set cannot be decoded: {type(exc).__name__}") from exc
-        file_meta = FileMetaDataset()
-        file_meta.MediaStorageSOPClassUID = UID(meta.sop_class_uid)
-        file_meta.MediaStorageSOPInstanceUID = UID(meta.sop_uid)
-        file_meta.TransferSyntaxUID = UID(meta.transfer_syntax_uid)
-        file_meta.ImplementationClassUID = event.assoc.ae.implementation_class_uid
-        file_meta.ImplementationVersionName = event.assoc.ae.implementation_version_name
-        file_meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title.strip()
-        header = DicomBytesIO()
-        header.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(header, file_meta, enforce_standard=True)
+        header = encode_file_meta(
+            sop_class_uid=meta.sop_class_uid, sop_uid=meta.sop_uid,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            implementation_class_uid=event.assoc.ae.implementation_class_uid,
+            implementation_version_name=event.assoc.ae.implementation_version_name or "",
+            source_ae_title=event.assoc.requestor.ae_title.strip())
         payload = request.DataSet.getvalue() if request.DataSet is not None else b""
         try:
-            result = self.store.store(meta, [header.getvalue(), payload],
+            result = self.store.store(meta, [header, payload],
                                       calling_ae=event.assoc.requestor.ae_title.strip(),
                                       association_pk=association_pk)
         except InvalidUIDError as exc:
