@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from ml.shipped import shipped_checkpoint
 from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool
@@ -26,16 +27,9 @@ from storage.series import SeriesIndex
 
 logger = logging.getLogger(__name__)
 
-DEMO_MODEL = "weights/ichnet_demo.pt"
-
-
 def model_path(settings: Settings) -> Path:
     """The active model's checkpoint: the configured file, else the shipped demo model."""
-    if settings.model:
-        return Path(settings.model)
-    import ml
-
-    return Path(ml.__file__).resolve().parent / DEMO_MODEL
+    return Path(settings.model) if settings.model else shipped_checkpoint()
 
 
 @dataclass

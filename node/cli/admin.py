@@ -205,7 +205,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:
-    from ml.demo import shipped_checkpoint
+    from ml.shipped import shipped_checkpoint
 
     if reference == "demo" or (reference is None and not settings.model):
         return shipped_checkpoint()
@@ -254,8 +254,9 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
-    from ml.demo import DemoRecipe, shipped_checkpoint, train_demo_model
+    from ml.demo import DemoRecipe, train_demo_model
     from ml.evaluate import model_summary
+    from ml.shipped import shipped_checkpoint
 
     recipe = DemoRecipe(seed=args.seed, studies=args.studies, slices=args.slices,
                         input_size=args.input_size, slice_epochs=args.epochs,

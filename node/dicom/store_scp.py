@@ -19,7 +19,7 @@ from pynetdicom.events import Event
 
 from node.config import AllowedPeer
 from node.dicom import status
-from node.dicom.meta import encode_file_meta, meta_from_dataset
+from node.dicom.meta import _uid, encode_file_meta, meta_from_dataset
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -204,10 +204,6 @@ def _header(event: Event) -> Dataset:
 
 def _request(event: Event) -> C_STORE:
     return cast(C_STORE, event.request)
-
-
-def _uid(value: Any) -> str:
-    return str(value or "").strip()[:64]
 
 
 def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_class: str,

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from ml.checkpoint import read_checkpoint
-from ml.demo import shipped_checkpoint
 from ml.labels import LABELS, SUBTYPES
+from ml.shipped import shipped_checkpoint
 
 STUDIES, SLICES, SIZE, INPUT = 4, 6, 64, 32
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ml.checkpoint import card_path, read_checkpoint
-from ml.demo import DemoRecipe, shipped_checkpoint
+from ml.demo import DemoRecipe
 from ml.inference import Classifier
 from ml.labels import LABELS
 from ml.phantom import make_volume
+from ml.shipped import shipped_checkpoint
 
 # held-out phantoms: seeds the recipe's generator never used (it draws studies from seed 1)
 SUBDURAL_SEED, NORMAL_SEED = 90210, 90211
