@@ -56,8 +56,9 @@ class FileStore:
                 f"file store {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
             )
 
-    def write_temp(self, relative: str, chunks: list[bytes]) -> Path:
-        """Write `chunks` to a fsynced temporary file beside the final path; return its path."""
+    def write_temp(self, relative: str, chunks: list[bytes], *, sync: bool = True) -> Path:
+        """Write `chunks` to a temporary file beside the final path; return its path. The
+        file is fsynced unless `sync` is false (then `publish` must be used to name it)."""
         size = sum(len(c) for c in chunks)
         self.check_space(size)
         final = self.path_of(relative)
@@ -68,7 +69,8 @@ class FileStore:
                 for chunk in chunks:
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -101,6 +103,25 @@ class FileStore:
         tmp.unlink()
         _fsync_dir(final.parent)
         return StoredFile(path=final, relative=relative, size=final.stat().st_size)
+
+    def publish(self, tmp: Path, relative: str) -> StoredFile | None:
+        """fsync a temporary file written with sync=False, then `place_new` it. When the
+        name is taken, None and the (now synced) temporary file is left for the caller."""
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left writing {relative}") from exc
+            raise StorageError(f"cannot write {relative}: {exc}") from exc
+        return self.place_new(tmp, relative)
+
+    def exists(self, relative: str) -> bool:
+        return self.path_of(relative).is_file()
 
     def remove(self, relative: str) -> None:
         self.path_of(relative).unlink(missing_ok=True)

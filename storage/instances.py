@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.errors import DatabaseError
-from storage.files import FileStore
+from storage.errors import DatabaseError, StorageError
+from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
 from storage.uids import validate_uid
 
@@ -79,20 +81,28 @@ class _Conflict(Exception):
 class InstanceStore:
     """Writes instances durably and indexes them.
 
-    Protocol, so that success is never answered for anything not kept: write the bytes to a
-    fsynced temporary file; give it its final name with a hard link (which never replaces a
-    file) and fsync the folder; then, in one transaction, upsert patient/study/series and
-    insert the instance. If the transaction fails the file is removed again.
+    Protocol, so that success is never answered for anything not kept: the bytes go to a
+    temporary file; while a helper thread fsyncs it, gives it its final name with a hard link
+    (which never replaces a file) and fsyncs the folder, this thread upserts
+    patient/study/series and inserts the instance in one transaction. `store` returns only
+    when both are done. If the transaction fails the file is removed; if the file fails the
+    row is removed again. A crash between the commit and the link leaves a row whose file is
+    missing: the sender, never having had its answer, sends again, and the resend restores the
+    file (see `_duplicate`).
     A SOP Instance UID that is already stored keeps its first copy; the repeat is counted in
     `instance.duplicates` and answered as success (a sender's retry is not an error).
     """
 
-    def __init__(self, engine: Engine, files: FileStore, *, cache_size: int = 2048) -> None:
+    def __init__(self, engine: Engine, files: FileStore, *, cache_size: int = 2048,
+                 flush_threads: int = 4) -> None:
         self.engine = engine
         self.files = files
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_cache: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._cache_size = cache_size
+        # fsync and link run here, beside the database transaction (both wait on the disk).
+        self._flusher = ThreadPoolExecutor(max_workers=flush_threads,
+                                           thread_name_prefix="file-flush")
         # The receive path runs these for every instance: built once, with bound parameters,
         # so SQLAlchemy compiles them once (profiling showed statement building dominating).
         self._insert_instance = (
@@ -109,31 +119,55 @@ class InstanceStore:
                 instance_count=Series.instance_count + 1, last_received_at=bindparam("bump_now"),
                 revision=Series.revision + 1, status=SeriesStatus.RECEIVING, status_reason=""))
 
+    def close(self) -> None:
+        self._flusher.shutdown(wait=True)
+
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
         relative = self.files.relative_path(meta.study_uid, meta.series_uid, meta.sop_uid)
-        tmp = self.files.write_temp(relative, list(chunks))
-        # The file gets its name before the transaction, so no file work happens while the
+        size = sum(len(chunk) for chunk in chunks)
+        tmp = self.files.write_temp(relative, list(chunks), sync=False)
+        # The file is named outside the transaction, so no file work happens while the
         # database's write lock is held (on SQLite, one writer for all receiving processes).
-        placed = self.files.place_new(tmp, relative)
-        if placed is None:
-            duplicate = self._duplicate(meta, relative)
-            if duplicate is not None:
-                tmp.unlink(missing_ok=True)
-                return duplicate
-            # A file without a row: left by a crash between naming and commit. Replace it.
-            placed = self.files.commit_temp(tmp, relative)
+        flushing = self._flusher.submit(self.files.publish, tmp, relative)
         try:
-            return self._index(meta, relative, placed.size, calling_ae, association_pk)
+            result = self._index(meta, relative, size, calling_ae, association_pk)
         except _Conflict:
-            # Both copies carry the same UID; the file under it belongs to the indexed row.
-            duplicate = self._duplicate(meta, relative)
-            if duplicate is None:
-                raise DatabaseError(f"indexing {meta.sop_uid}: conflicting rows") from None
-            return duplicate
+            return self._resent(meta, tmp, relative, _settled(flushing))
         except BaseException:
-            self.files.remove(relative)
+            if _settled(flushing) is not None:
+                self.files.remove(relative)
+            tmp.unlink(missing_ok=True)
             raise
+        try:
+            placed = flushing.result()
+        except BaseException:
+            self._unindex(result)
+            raise
+        if placed is None:
+            # A file without a row: left by a crash between naming and commit. Replace it.
+            self.files.commit_temp(tmp, relative)
+        return result
+
+    def _resent(self, meta: InstanceMeta, tmp: Path, relative: str,
+                placed: StoredFile | None) -> StoreResult:
+        """The SOP Instance UID is indexed already: count the repeat, keep the first copy
+        (or this one, when the first copy's file is missing)."""
+        duplicate = self._duplicate(meta)
+        if duplicate is None:  # the row went away again
+            raise DatabaseError(f"indexing {meta.sop_uid}: conflicting rows")
+        if placed is None:
+            tmp.unlink(missing_ok=True)  # the first copy is under this name
+            if not self.files.exists(duplicate.file_path):
+                raise StorageError(f"{meta.sop_uid} is indexed but neither its file nor "
+                                   "this copy could be kept")
+        elif duplicate.file_path != relative:
+            if self.files.exists(duplicate.file_path):
+                self.files.remove(relative)
+            else:
+                self._repoint(duplicate.instance_pk, relative)
+                return replace(duplicate, file_path=relative)
+        return duplicate
 
     def _index(self, meta: InstanceMeta, relative: str, size: int, calling_ae: str,
                association_pk: int | None) -> StoreResult:
@@ -158,7 +192,7 @@ class InstanceStore:
         self._remember(meta.series_uid, fresh)
         return StoreResult(StoreOutcome.STORED, instance_pk, series_pk, relative)
 
-    def _duplicate(self, meta: InstanceMeta, relative: str) -> StoreResult | None:
+    def _duplicate(self, meta: InstanceMeta) -> StoreResult | None:
         """Count a repeat of a stored instance (its first copy is kept); None if not stored."""
         try:
             with self.engine.begin() as conn:
@@ -169,6 +203,26 @@ class InstanceStore:
         if row is None:
             return None
         return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
+
+    def _unindex(self, result: StoreResult) -> None:
+        """Take back an indexed instance whose file could not be kept."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(Instance).where(Instance.id == result.instance_pk))
+                conn.execute(update(Series).where(Series.id == result.series_pk).values(
+                    instance_count=Series.instance_count - 1))
+        except SQLAlchemyError:
+            # The row stays without its file; a resend of the instance restores the file.
+            logger.exception("cannot take back the row of %s", result.file_path)
+
+    def _repoint(self, instance_pk: int, relative: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(Instance).where(Instance.id == instance_pk).values(
+                    file_path=relative))
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"re-pointing instance {instance_pk}: "
+                                f"{exc.__class__.__name__}") from exc
 
     def _cached_keys(self, series_uid: str) -> tuple[int, int] | None:
         cached = self._series_cache.get(series_uid)
@@ -213,6 +267,15 @@ class InstanceStore:
         series_pk = conn.execute(
             select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one()
         return series_pk, study_pk
+
+
+def _settled(flushing: Future[StoredFile | None]) -> StoredFile | None:
+    """The flushed file once its flush is over; None when its name was taken or it failed."""
+    try:
+        return flushing.result()
+    except Exception:  # the caller's own error is the one to report
+        logger.debug("flushing a file failed too", exc_info=True)
+        return None
 
 
 def fit_columns(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text
 
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
-from storage.files import FileStore
+from storage.files import FileStore, StoredFile
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study
 from storage.uids import validate_uid
@@ -137,3 +137,40 @@ def test_a_file_left_without_a_row_is_replaced(engine: Engine, tmp_path: Path) -
     assert result.outcome is StoreOutcome.STORED
     assert orphan.read_bytes() == b"whole"
     assert files_under(tmp_path / "data") == [orphan]
+
+
+def test_a_row_left_without_its_file_gets_the_resent_copy(engine: Engine,
+                                                          tmp_path: Path) -> None:
+    """A crash between committing the row and naming the file leaves a row without a file;
+    the sender, never answered, sends again, and that copy is kept."""
+    files = FileStore(tmp_path / "data")
+    store = InstanceStore(engine, files)
+    first = store.store(meta("1.2.3.4.5.1"), [b"lost"])
+    files.remove(first.file_path)
+    again = store.store(meta("1.2.3.4.5.1"), [b"resent"])
+    assert again.outcome is StoreOutcome.DUPLICATE
+    assert files.path_of(first.file_path).read_bytes() == b"resent"
+    assert files_under(tmp_path / "data") == [files.path_of(first.file_path)]
+
+
+class _FlushFails(FileStore):
+    """A file store whose disk fills up just as a file is being flushed."""
+
+    def publish(self, tmp: Path, relative: str) -> StoredFile | None:
+        tmp.unlink()
+        raise DiskFullError(f"no space left writing {relative}")
+
+
+def test_a_file_that_cannot_be_flushed_takes_its_row_back(engine: Engine,
+                                                          tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"x"])
+    failing = InstanceStore(engine, _FlushFails(tmp_path / "data"))
+    with pytest.raises(DiskFullError):
+        failing.store(meta("1.2.3.4.5.2"), [b"y"])
+    assert [p.name for p in files_under(tmp_path / "data")] == ["1.2.3.4.5.1.dcm"]
+    assert count(engine, Instance) == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 1
+    # and the instance is stored when it comes again
+    assert store.store(meta("1.2.3.4.5.2"), [b"y"]).outcome is StoreOutcome.STORED

@@ -3,42 +3,74 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 
+from node.dicom.header import WANTED, HeaderValues
 from storage.instances import InstanceMeta
 
 
 def meta_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceMeta:
     """Raises storage.errors.InvalidUIDError when a needed UID is missing or invalid."""
+    return meta_from_values(header_values(ds), transfer_syntax)
+
+
+def header_values(ds: Dataset) -> HeaderValues:
+    """The index attributes of a pydicom data set, as `node.dicom.header.read_header` gives
+    them from raw bytes: text stripped and multiple values joined by backslashes."""
+    values: HeaderValues = {}
+    for keyword, _vr, kind in WANTED.values():
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        if kind == "uid":
+            values[keyword] = _uid(value)
+        elif kind in ("int", "us"):
+            values[keyword] = _int(value)
+        else:
+            values[keyword] = _text(value)
+    return values
+
+
+def meta_from_values(values: HeaderValues, transfer_syntax: str) -> InstanceMeta:
+    """Raises storage.errors.InvalidUIDError when a needed UID is missing or invalid."""
+    def text(keyword: str) -> str:
+        return str(values.get(keyword) or "")
+
+    def number(keyword: str) -> int | None:
+        value = values.get(keyword)
+        return value if isinstance(value, int) else None
+
     return InstanceMeta(
-        sop_class_uid=_uid(ds.get("SOPClassUID")),
-        sop_uid=_uid(ds.get("SOPInstanceUID")),
-        study_uid=_uid(ds.get("StudyInstanceUID")),
-        series_uid=_uid(ds.get("SeriesInstanceUID")),
+        sop_class_uid=_uid(values.get("SOPClassUID")),
+        sop_uid=_uid(values.get("SOPInstanceUID")),
+        study_uid=_uid(values.get("StudyInstanceUID")),
+        series_uid=_uid(values.get("SeriesInstanceUID")),
         transfer_syntax_uid=str(transfer_syntax),
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-        patient_name=_text(ds, "PatientName"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        sex=_text(ds, "PatientSex"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_id=_text(ds, "StudyID"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician=_text(ds, "ReferringPhysicianName"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        instance_number=_int(ds, "InstanceNumber"),
-        image_type=_text(ds, "ImageType"),
-        image_position=_text(ds, "ImagePositionPatient"),
-        image_orientation=_text(ds, "ImageOrientationPatient"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        number_of_frames=_int(ds, "NumberOfFrames"),
+        patient_id=text("PatientID"),
+        issuer_of_patient_id=text("IssuerOfPatientID"),
+        patient_name=text("PatientName"),
+        birth_date=text("PatientBirthDate"),
+        sex=text("PatientSex"),
+        accession_number=text("AccessionNumber"),
+        study_id=text("StudyID"),
+        study_date=text("StudyDate"),
+        study_time=text("StudyTime"),
+        study_description=text("StudyDescription"),
+        referring_physician=text("ReferringPhysicianName"),
+        modality=text("Modality"),
+        body_part=text("BodyPartExamined"),
+        series_number=number("SeriesNumber"),
+        series_description=text("SeriesDescription"),
+        instance_number=number("InstanceNumber"),
+        image_type=text("ImageType"),
+        image_position=text("ImagePositionPatient"),
+        image_orientation=text("ImageOrientationPatient"),
+        rows=number("Rows"),
+        columns=number("Columns"),
+        number_of_frames=number("NumberOfFrames"),
     )
 
 
@@ -46,19 +78,15 @@ def _uid(value: object) -> str:
     return str(value or "").strip()[:64]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
+def _text(value: object) -> str:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
+        return "\\".join(str(v) for v in cast(Iterable[object], value))
     return str(value).strip()
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+def _int(value: object) -> int | None:
     try:
-        return int(value) if value not in (None, "") else None
+        return int(cast(Any, value)) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
 

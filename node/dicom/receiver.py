@@ -30,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Settings
 from node.dicom.ae import build_ae, server_tls_context
 from node.dicom.store_scp import StoreHandlers
+from node.dicom.transport import WakingRequestHandler
 from node.logs import configure_logging
 from storage.associations import AssociationLog
 from storage.db import make_engine
@@ -96,7 +97,8 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
 
     server = ae.make_server((settings.bind, 0), evt_handlers=handlers.bindings(),
                             ssl_context=server_tls_context(settings),
-                            server_class=DispatchedServer, on_finished=finished)
+                            server_class=DispatchedServer, on_finished=finished,
+                            request_handler=WakingRequestHandler)
     logger.debug("receiver %d (pid %d) ready", index, os.getpid())
     try:
         while True:

@@ -9,7 +9,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
@@ -19,7 +18,8 @@ from pynetdicom.events import Event
 
 from node.config import AllowedPeer
 from node.dicom import status
-from node.dicom.meta import _uid, encode_file_meta, meta_from_dataset
+from node.dicom.header import HeaderValues, RawHeaderError, read_header
+from node.dicom.meta import _uid, encode_file_meta, header_values, meta_from_values
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -160,7 +160,7 @@ class StoreHandlers:
         request = _request(event)
         context = event.context
         try:
-            meta = _meta(_header(event), request.AffectedSOPClassUID,
+            meta = _meta(_header_values(event), request.AffectedSOPClassUID,
                          request.AffectedSOPInstanceUID, str(context.abstract_syntax),
                          str(context.transfer_syntax))
         except IngestError:
@@ -190,27 +190,35 @@ def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag >= PIXEL_DATA
 
 
-def _header(event: Event) -> Dataset:
-    """The data set up to its pixel data: what the index needs, without touching the pixels
-    (pynetdicom's `event.dataset` reads every element)."""
+def _header_values(event: Event) -> HeaderValues:
+    """The index attributes of the received data set: read from its bytes where the raw
+    reader handles the encoding, else through pydicom, never touching the pixel data."""
     syntax = UID(str(event.context.transfer_syntax))
     data = _request(event).DataSet
-    if syntax.is_deflated or data is None:
-        return event.dataset
+    if data is None or syntax.is_deflated:
+        return header_values(event.dataset)
+    if syntax.is_little_endian:
+        buffer = data.getbuffer()
+        try:
+            return read_header(buffer, implicit_vr=syntax.is_implicit_VR)
+        except RawHeaderError as exc:
+            logger.debug("raw header reader declined (%s); reading with pydicom", exc)
+        finally:
+            buffer.release()
     data.seek(0)
-    return read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
-                        stop_when=_before_pixels, defer_size=4096)
+    return header_values(read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
+                                      stop_when=_before_pixels, defer_size=4096))
 
 
 def _request(event: Event) -> C_STORE:
     return cast(C_STORE, event.request)
 
 
-def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_class: str,
-          transfer_syntax: str) -> InstanceMeta:
-    """The index attributes of `ds`, checked against the request (PS3.4 B.2.3 statuses)."""
-    sop_class = _uid(ds.get("SOPClassUID"))
-    sop_uid = _uid(ds.get("SOPInstanceUID"))
+def _meta(values: HeaderValues, affected_class: Any, affected_instance: Any,
+          context_class: str, transfer_syntax: str) -> InstanceMeta:
+    """The index attributes, checked against the request (PS3.4 B.2.3 statuses)."""
+    sop_class = _uid(values.get("SOPClassUID"))
+    sop_uid = _uid(values.get("SOPInstanceUID"))
     if not sop_class or not sop_uid:
         raise IngestError(status.CANNOT_UNDERSTAND, "SOP Class or SOP Instance UID missing")
     if sop_class != _uid(affected_class) or sop_class != _uid(context_class):
@@ -222,6 +230,6 @@ def _meta(ds: Dataset, affected_class: Any, affected_instance: Any, context_clas
                           f"SOP Instance UID {sop_uid} does not match the request's "
                           f"{_uid(affected_instance)}")
     try:
-        return meta_from_dataset(ds, transfer_syntax)
+        return meta_from_values(values, transfer_syntax)
     except InvalidUIDError as exc:
         raise IngestError(status.CANNOT_UNDERSTAND, str(exc)) from exc

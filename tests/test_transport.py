@@ -1,0 +1,132 @@
+"""The node's pynetdicom acceptor (node.dicom.transport) behaves as pynetdicom's own."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.dicom.transport import WakingAssociation, WakingRequestHandler, encode_store_response
+from tests.factories import ct_slice
+from tests.peers import LOOPBACK
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def pynetdicom_bytes(rsp: C_STORE) -> bytes:
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = list(message.encode_msg(1, 0))
+    ((context_id, pdv),) = pdata.presentation_data_value_list
+    assert context_id == 1 and pdv[0] == 0x03
+    return bytes(pdv[1:])
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC000, 0xB007])
+@pytest.mark.parametrize("instance", ["1.2.3", "1.2.840.113619.2.55.3.604688119.9"])
+def test_store_response_bytes_match_pynetdicom(status: int, instance: str) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = instance
+    rsp.Status = status
+    assert encode_store_response(rsp) == pynetdicom_bytes(rsp)
+
+
+def test_responses_with_more_go_the_general_way() -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = "1.2.3"
+    rsp.Status = 0xC000
+    rsp.ErrorComment = "cannot understand"
+    assert encode_store_response(rsp) is None
+    request = C_STORE()
+    request.MessageID = 1
+    assert encode_store_response(request) is None
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ThreadedAssociationServer, list[Any]]]:
+    received: list[Any] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append((type(event.assoc).__name__, event.request.AffectedSOPInstanceUID))
+        return 0x0000 if len(received) != 2 else 0xA700
+
+    ae = AE("NODE")
+    ae.network_timeout = 1.0
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_supported_context(VERIFICATION)
+    srv = ae.make_server((LOOPBACK, 0), evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                         server_class=ThreadedAssociationServer,
+                         request_handler=WakingRequestHandler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, received
+    socketserver.TCPServer.shutdown(srv)  # make_server's servers are not the AE's to stop
+    srv.server_close()
+
+
+def scu() -> AE:
+    ae = AE("SCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(VERIFICATION)
+    return ae
+
+
+def wait_idle(srv: ThreadedAssociationServer, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while srv.active_associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.active_associations == []
+
+
+def test_stores_echoes_and_releases(server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, received = server
+    port = srv.server_address[1]
+    slices = [ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=i) for i in range(3)]
+    assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    statuses = [assoc.send_c_store(ds).Status for ds in slices]
+    assoc.release()
+    assert statuses == [0x0000, 0xA700, 0x0000]  # the handler's answer, either way encoded
+    assert received == [("WakingAssociation", ds.SOPInstanceUID) for ds in slices]
+    wait_idle(srv)
+
+
+def test_peer_abort_and_vanishing_peer_end_the_association(
+        server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, _ = server
+    port = srv.server_address[1]
+    assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
+    assert assoc.is_established
+    assoc.abort()
+    wait_idle(srv)
+    assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
+    assert assoc.is_established
+    assoc.dul.socket.socket.close()  # the peer's process dies without a word
+    wait_idle(srv)
+
+
+def test_idle_association_is_ended_by_the_network_timeout(
+        server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, _ = server
+    aborted = threading.Event()
+    assoc = scu().associate(LOOPBACK, srv.server_address[1], ae_title="NODE",
+                            evt_handlers=[(evt.EVT_ABORTED, lambda event: aborted.set())])
+    assert assoc.is_established
+    assert isinstance(srv.active_associations[0], WakingAssociation)
+    assert aborted.wait(10)  # network_timeout is 1 s: the node aborts, the peer sees it
+    wait_idle(srv)
+
