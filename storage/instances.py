@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -281,12 +282,17 @@ def _settled(flushing: Future[StoredFile | None]) -> StoredFile | None:
 def fit_columns(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
     """Clip strings to their column's length: a sender's over-long SH or LO value must not
     make the whole instance fail on a database that enforces lengths (PostgreSQL)."""
-    table = model.__table__
+    lengths = _column_lengths(model)
     out = {}
     for key, value in values.items():
-        length = getattr(table.c[key].type, "length", None)
+        length = lengths[key]
         out[key] = value[:length] if isinstance(value, str) and length else value
     return out
+
+
+@cache
+def _column_lengths(model: type[Base]) -> dict[str, int | None]:
+    return {c.name: getattr(c.type, "length", None) for c in model.__table__.c}
 
 
 def _instance_values(meta: InstanceMeta) -> dict[str, Any]:

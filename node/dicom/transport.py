@@ -3,14 +3,16 @@
 pynetdicom 3.0 runs two loops per association, each sleeping 1 ms whenever it has nothing to
 do: the upper layer (DUL) thread, which reads PDUs and sends what is queued, and the
 association thread, which serves DIMSE messages. A C-STORE therefore waits up to 1 ms before
-it is served and up to 1 ms more before its response leaves: a quarter of the time of a
-512 KB instance on loopback. Here both loops wait on what they serve instead (the socket and a
+it is served and up to 1 ms more before its response leaves, where a whole 512 KB instance
+takes about 6 ms on loopback. Here both loops wait on what they serve instead (the socket and a
 wake-up pipe; the DIMSE message queue), and return at once when it arrives. Timers (ARTIM,
 idle, release and abort checks) keep their polling, at the same or finer granularity.
 
 Each association also gets the server's presentation contexts as a new list of the same,
 read-only context objects rather than a deep copy (22 ms per association for the node's 171
-contexts; negotiation only reads them and builds new result contexts).
+contexts; negotiation only reads them and builds new result contexts); reads each PDU with
+as few system calls as the kernel allows (`BulkReadSocket`); and writes plain C-STORE
+responses without building a pydicom Dataset (`StoreResponseDIMSE`).
 
 The overridden methods follow pynetdicom 3.0.4 (pinned in pyproject.toml) line by line apart
 from the waits; tests/test_transport.py runs associations, releases and aborts through them.
@@ -261,6 +263,28 @@ class WakingAssociation(Association):
                 return
 
 
+class BulkReadSocket(AssociationSocket):
+    """Reads a PDU with as few system calls as the kernel allows (pynetdicom reads 4 KiB at
+    a time: 32 calls and copies per 128 KiB P-DATA-TF; 84 us against 19 us on loopback)."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        read = 0
+        try:
+            while read < nr_bytes:
+                count = sock.recv_into(view[read:], nr_bytes - read)
+                if not count:  # the peer closed: return what arrived, as pynetdicom does
+                    break
+                read += count
+        finally:
+            view.release()
+        if read < nr_bytes:
+            del buffer[read:]
+        return buffer
+
+
 class WakingRequestHandler(RequestHandler):
     """Builds each accepted association as a WakingAssociation."""
 
@@ -271,7 +295,7 @@ class WakingRequestHandler(RequestHandler):
         assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(AssociationSocket(assoc, client_socket=cast(Any, self.request)))
+        assoc.set_socket(BulkReadSocket(assoc, client_socket=cast(Any, self.request)))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local
