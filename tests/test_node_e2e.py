@@ -253,6 +253,24 @@ def test_concurrent_associations(node: NodeProcess) -> None:
     wait_for(lambda: rows(node, "select count(*) from job where status='queued'") == [(4,)])
 
 
+def test_open_associations_are_spread_over_the_receiving_processes(node: NodeProcess) -> None:
+    """Each new association goes to the process with the fewest open ones: four held open
+    at once land two and two (the count must last as long as the association does)."""
+    opened = []
+    for _ in range(4):
+        assoc = scu(node.port, Verification)
+        assert assoc.send_c_echo().Status == 0  # type: ignore[attr-defined]
+        opened.append(assoc)
+    for assoc in opened:
+        assoc.release()  # type: ignore[attr-defined]
+    wait_for(lambda: node.log_text().count(" released: ") == 4)
+    accepted = [line for line in node.log_text().splitlines() if " accepted" in line]
+    assert len(accepted) == 4
+    per_process = {name: sum(name in line for line in accepted)
+                   for name in ("ichtriage-receiver-0", "ichtriage-receiver-1")}
+    assert per_process == {"ichtriage-receiver-0": 2, "ichtriage-receiver-1": 2}
+
+
 def test_a_crashed_receiver_is_replaced(node: NodeProcess) -> None:
     listed = subprocess.run(["pgrep", "-P", str(node.proc.pid), "-f", "spawn_main"],
                             capture_output=True, text=True, check=True).stdout.split()

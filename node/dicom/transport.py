@@ -286,7 +286,16 @@ class BulkReadSocket(AssociationSocket):
 
 
 class WakingRequestHandler(RequestHandler):
-    """Builds each accepted association as a WakingAssociation."""
+    """Builds each accepted association as a WakingAssociation, and returns when it ends."""
+
+    def handle(self) -> None:
+        # pynetdicom's handle() starts the association's thread and returns at once, so the
+        # server's request (and whatever counts requests, such as the supervisor's tally of
+        # open associations per receiving process) would end long before the association.
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()
 
     def _create_association(self) -> Association:
         # pynetdicom 3.0.4 RequestHandler._create_association, with WakingAssociation and a

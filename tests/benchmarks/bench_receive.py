@@ -201,9 +201,12 @@ def start_target(name: str, stack: ExitStack, work: Path, args: argparse.Namespa
         return OrthancTarget(name, server)
     if name == "node":
         port = free_port()
+        # Store + index, as the other targets: no triage worker. With one, a series settles
+        # 2 s after its run and is triaged during whatever run comes next (the idle check
+        # cannot see work that has not started yet), taking CPU from that target.
         cmd = [args.ichtriage, "serve", "--data-dir", str(work / "node-data"),
                "--port", str(port), "--http-port", "0", "--settle-seconds", "2",
-               "--ae-title", NODE_AET]  # fmt: skip
+               "--workers", "0", "--ae-title", NODE_AET]  # fmt: skip
         ready = re.compile(r"\bready\b", re.IGNORECASE)
         pid = stack.enter_context(_process(cmd, work / "node.log", ready, args.node_timeout))
         wait_for_port(LOOPBACK, port, 10)
@@ -294,9 +297,11 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
               f"{args.repeats} rounds; associations {args.associations} "
               f"(the slices are split between the associations)", flush=True)  # fmt: skip
         for round_no in range(1, args.repeats + 1):
-            series_dir = work / f"series-{round_no}"
-            files = write_ct_series(series_dir, args.slices, seed=round_no)
             for assoc in args.associations:
+                # A new series (new UIDs) for every run: the node keeps its store, and a
+                # series it has seen would measure its duplicate path instead.
+                series_dir = work / f"series-{round_no}-{assoc}"
+                files = write_ct_series(series_dir, args.slices, seed=round_no * 100 + assoc)
                 for target in targets:
                     wait_idle(all_pids)
                     target.clear()
@@ -308,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
                     rates.setdefault((target.name, assoc), []).append(rate)
                     print(f"round {round_no} x{assoc} {target.name:9s} {elapsed:7.3f} s "
                           f"{rate:8.1f} slices/s", flush=True)  # fmt: skip
-            shutil.rmtree(series_dir)
+                shutil.rmtree(series_dir)
         wait_idle(all_pids)
     return rates
 
