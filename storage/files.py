@@ -25,8 +25,9 @@ class StoredFile:
 class FileStore:
     """Keeps DICOM files under `root`, one folder per study and series.
 
-    Every write goes to a temporary file in the target folder, is fsynced, then renamed into
-    place and the folder fsynced, so a file under its final name is always complete.
+    Every write goes to a temporary file in the target folder (`write_temp`), is fsynced, then
+    linked or renamed into place and the folder fsynced (`publish`, `commit_temp`), so a file
+    under its final name is always complete.
     """
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
@@ -56,9 +57,9 @@ class FileStore:
                 f"file store {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
             )
 
-    def write_temp(self, relative: str, chunks: list[bytes], *, sync: bool = True) -> Path:
-        """Write `chunks` to a temporary file beside the final path; return its path. The
-        file is fsynced unless `sync` is false (then `publish` must be used to name it)."""
+    def write_temp(self, relative: str, chunks: list[bytes]) -> Path:
+        """Write `chunks` to a temporary file beside the final path; return its path. Not yet
+        fsynced: `publish` does that before it names the file."""
         size = sum(len(c) for c in chunks)
         self.check_space(size)
         final = self.path_of(relative)
@@ -68,14 +69,9 @@ class FileStore:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
-                fh.flush()
-                if sync:
-                    os.fsync(fh.fileno())
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left writing {relative}") from exc
-            raise StorageError(f"cannot write {relative}: {exc}") from exc
+            raise _write_error(relative, exc) from exc
         return Path(tmp)
 
     def commit_temp(self, tmp: Path, relative: str) -> StoredFile:
@@ -105,8 +101,8 @@ class FileStore:
         return StoredFile(path=final, relative=relative, size=final.stat().st_size)
 
     def publish(self, tmp: Path, relative: str) -> StoredFile | None:
-        """fsync a temporary file written with sync=False, then `place_new` it. When the
-        name is taken, None and the (now synced) temporary file is left for the caller."""
+        """fsync a file from `write_temp`, then `place_new` it. When the name is taken,
+        None, and the (now synced) temporary file is left for the caller."""
         try:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -115,9 +111,7 @@ class FileStore:
                 os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left writing {relative}") from exc
-            raise StorageError(f"cannot write {relative}: {exc}") from exc
+            raise _write_error(relative, exc) from exc
         return self.place_new(tmp, relative)
 
     def exists(self, relative: str) -> bool:
@@ -125,6 +119,12 @@ class FileStore:
 
     def remove(self, relative: str) -> None:
         self.path_of(relative).unlink(missing_ok=True)
+
+
+def _write_error(relative: str, exc: OSError) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left writing {relative}")
+    return StorageError(f"cannot write {relative}: {exc}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -24,6 +24,8 @@ from storage.uids import validate_uid
 
 logger = logging.getLogger(__name__)
 
+FLUSH_THREADS = 4  # files being flushed at once, per store (one per association is plenty)
+
 
 @dataclass(frozen=True)
 class InstanceMeta:
@@ -94,15 +96,14 @@ class InstanceStore:
     `instance.duplicates` and answered as success (a sender's retry is not an error).
     """
 
-    def __init__(self, engine: Engine, files: FileStore, *, cache_size: int = 2048,
-                 flush_threads: int = 4) -> None:
+    def __init__(self, engine: Engine, files: FileStore, *, cache_size: int = 2048) -> None:
         self.engine = engine
         self.files = files
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._series_cache: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._cache_size = cache_size
         # fsync and link run here, beside the database transaction (both wait on the disk).
-        self._flusher = ThreadPoolExecutor(max_workers=flush_threads,
+        self._flusher = ThreadPoolExecutor(max_workers=FLUSH_THREADS,
                                            thread_name_prefix="file-flush")
         # The receive path runs these for every instance: built once, with bound parameters,
         # so SQLAlchemy compiles them once (profiling showed statement building dominating).
@@ -120,14 +121,11 @@ class InstanceStore:
                 instance_count=Series.instance_count + 1, last_received_at=bindparam("bump_now"),
                 revision=Series.revision + 1, status=SeriesStatus.RECEIVING, status_reason=""))
 
-    def close(self) -> None:
-        self._flusher.shutdown(wait=True)
-
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
         relative = self.files.relative_path(meta.study_uid, meta.series_uid, meta.sop_uid)
         size = sum(len(chunk) for chunk in chunks)
-        tmp = self.files.write_temp(relative, list(chunks), sync=False)
+        tmp = self.files.write_temp(relative, list(chunks))
         # The file is named outside the transaction, so no file work happens while the
         # database's write lock is held (on SQLite, one writer for all receiving processes).
         flushing = self._flusher.submit(self.files.publish, tmp, relative)

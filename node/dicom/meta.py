@@ -91,6 +91,12 @@ def _int(value: object) -> int | None:
         return None
 
 
+def uid_bytes(value: object) -> bytes:
+    """A UID as encoded in a data set: ASCII, padded to even length with a NUL (PS3.5 9.1)."""
+    raw = str(value).encode("ascii")
+    return raw + b"\0" * (len(raw) % 2)
+
+
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
@@ -103,20 +109,16 @@ def encode_file_meta(*, sop_class_uid: str, sop_uid: str, transfer_syntax_uid: s
     Written by hand because pydicom's general writer costs more than the rest of the receive
     path's header work together; the test checks it byte for byte against pydicom's.
     """
-    def ui(value: str) -> bytes:
-        raw = value.encode("ascii")
-        return raw + b"\0" * (len(raw) % 2)
-
     def text(value: str) -> bytes:
         raw = value.encode("ascii", "replace")
         return raw + b" " * (len(raw) % 2)
 
     body = b"".join([
         struct.pack("<HH2s2sI", 0x0002, 0x0001, b"OB", b"\0\0", 2) + b"\x00\x01",
-        _element(0x0002, 0x0002, b"UI", ui(sop_class_uid)),
-        _element(0x0002, 0x0003, b"UI", ui(sop_uid)),
-        _element(0x0002, 0x0010, b"UI", ui(transfer_syntax_uid)),
-        _element(0x0002, 0x0012, b"UI", ui(implementation_class_uid)),
+        _element(0x0002, 0x0002, b"UI", uid_bytes(sop_class_uid)),
+        _element(0x0002, 0x0003, b"UI", uid_bytes(sop_uid)),
+        _element(0x0002, 0x0010, b"UI", uid_bytes(transfer_syntax_uid)),
+        _element(0x0002, 0x0012, b"UI", uid_bytes(implementation_class_uid)),
         _element(0x0002, 0x0013, b"SH", text(implementation_version_name))
         if implementation_version_name else b"",
         _element(0x0002, 0x0016, b"AE", text(source_ae_title)) if source_ae_title else b"",

@@ -26,6 +26,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 from datetime import datetime
 from typing import Any, cast
 
@@ -38,6 +39,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from node.dicom.meta import uid_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class WakingDUL(DULServiceProvider):
         self.to_provider_queue = _WakingQueue(self.wake)
 
     def wake(self) -> None:
+        if threading.get_ident() == self.ident:
+            return  # the loop itself queued it, and looks at its queues before it waits
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
@@ -177,12 +182,12 @@ def encode_store_response(primitive: object) -> bytes | None:
     if not sop_class or not sop_instance or primitive.Status is None:
         return None
     body = b"".join([
-        _command_element(0x0002, _even_uid(sop_class)),
+        _command_element(0x0002, uid_bytes(sop_class)),
         _command_element(0x0100, _US.pack(0x8001)),  # C-STORE-RSP
         _command_element(0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
         _command_element(0x0800, _US.pack(0x0101)),  # no data set follows
         _command_element(0x0900, _US.pack(int(primitive.Status))),
-        _command_element(0x1000, _even_uid(sop_instance)),
+        _command_element(0x1000, uid_bytes(sop_instance)),
     ])
     return _command_element(0x0000, _UL.pack(len(body))) + body
 
@@ -194,11 +199,6 @@ _TAG_LENGTH = struct.Struct("<HHI")
 
 def _command_element(element: int, value: bytes) -> bytes:
     return _TAG_LENGTH.pack(0x0000, element, len(value)) + value
-
-
-def _even_uid(uid: object) -> bytes:
-    raw = str(uid).encode("ascii")
-    return raw + b"\0" * (len(raw) % 2)
 
 
 class WakingAssociation(Association):
