@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socketserver
 import threading
 import time
@@ -11,11 +12,17 @@ from typing import Any
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom.transport import WakingAssociation, WakingRequestHandler, encode_store_response
+from node.dicom.transport import (
+    StoreResponseDIMSE,
+    WakingAssociation,
+    WakingRequestHandler,
+    encode_store_response,
+)
 from tests.factories import ct_slice
 from tests.peers import LOOPBACK
 
@@ -102,6 +109,52 @@ def test_stores_echoes_and_releases(server: tuple[ThreadedAssociationServer, lis
     assoc.release()
     assert statuses == [0x0000, 0xA700, 0x0000]  # the handler's answer, either way encoded
     assert received == [("WakingAssociation", ds.SOPInstanceUID) for ds in slices]
+    wait_idle(srv)
+
+
+@pytest.fixture
+def general_responses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The responses the acceptor sent through pynetdicom's general encoder."""
+    sent: list[str] = []
+    general = DIMSEServiceProvider.send_msg
+
+    def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+        if isinstance(self, StoreResponseDIMSE):
+            sent.append(type(primitive).__name__)
+        general(self, primitive, context_id)
+
+    monkeypatch.setattr(DIMSEServiceProvider, "send_msg", send_msg)
+    return sent
+
+
+def store_three(port: int) -> list[int]:
+    slices = [ct_slice(study_uid="1.2.3", series_uid="1.2.3.5", index=i) for i in range(3)]
+    assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    statuses = [assoc.send_c_store(ds).Status for ds in slices]
+    assoc.release()
+    return statuses
+
+
+def test_store_responses_take_the_direct_path(
+        server: tuple[ThreadedAssociationServer, list[Any]], general_responses: list[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    srv, _ = server
+    caplog.set_level(logging.INFO, logger="pynetdicom")
+    assert store_three(srv.server_address[1]) == [0x0000, 0xA700, 0x0000]
+    assert general_responses == ["C_ECHO"]  # pynetdicom's log handlers are not bound
+    wait_idle(srv)
+
+
+def test_pynetdicom_debug_log_keeps_its_handlers(
+        server: tuple[ThreadedAssociationServer, list[Any]], general_responses: list[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    srv, _ = server
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    assert store_three(srv.server_address[1]) == [0x0000, 0xA700, 0x0000]
+    assert general_responses == ["C_ECHO", "C_STORE", "C_STORE", "C_STORE"]
+    assert "C-STORE RSP" in caplog.text or "C-STORE-RSP" in caplog.text
     wait_idle(srv)
 
 

@@ -32,6 +32,12 @@ from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
@@ -46,6 +52,20 @@ logger = logging.getLogger(__name__)
 
 # The longest either loop waits before it looks at its timers again.
 TIMER_TICK = 0.001
+
+# pynetdicom binds these to every association: they describe each PDU and DIMSE message for
+# its debug log, and while one is bound to EVT_DIMSE_SENT a response cannot take the direct
+# path below. They are left out unless pynetdicom's logger is at DEBUG.
+_PYNETDICOM_LOG_HANDLERS = {
+    evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
+    evt.EVT_DIMSE_SENT: standard_dimse_sent_handler,
+    evt.EVT_PDU_RECV: standard_pdu_recv_handler,
+    evt.EVT_PDU_SENT: standard_pdu_sent_handler,
+}
+
+
+def _pynetdicom_debugging() -> bool:
+    return logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -167,7 +187,9 @@ class StoreResponseDIMSE(DIMSEServiceProvider):
             return
         pdata = P_DATA()
         # Message control header 0x03: a command, and its last fragment (PS3.8 E.2).
-        pdata.presentation_data_value_list = [(context_id, b"\x03" + command)]
+        # pynetdicom's setter wants [ID, PDV] lists, whatever its type hint says.
+        item: Any = [context_id, b"\x03" + command]
+        pdata.presentation_data_value_list = [item]
         self.dul.send_pdu(pdata)
 
 
@@ -208,6 +230,9 @@ class WakingAssociation(Association):
         super().__init__(ae, mode)
         self.dul = WakingDUL(self)
         self.dimse = StoreResponseDIMSE(self)
+        if not _pynetdicom_debugging():
+            for event, handler in _PYNETDICOM_LOG_HANDLERS.items():
+                self.unbind(event, handler)
         # The timeout setters configure the providers: run them again for the new ones.
         self.acse_timeout = self.ae.acse_timeout
         self.dimse_timeout = self.ae.dimse_timeout
@@ -312,10 +337,12 @@ class WakingRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = list(server.contexts)
         assoc.requestor.address_info = self.remote
+        debugging = _pynetdicom_debugging()
         for event, handlers in server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
             elif isinstance(event, evt.NotificationEvent):
                 for handler, args in handlers:
-                    assoc.bind(event, handler, args)
+                    if debugging or handler is not _PYNETDICOM_LOG_HANDLERS.get(event):
+                        assoc.bind(event, handler, args)
         return assoc
