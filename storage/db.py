@@ -51,13 +51,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    if conn.get_execution_options().get(READ_ONLY):
+    options = conn.get_execution_options()
+    if options.get(SINGLE_STATEMENT):
+        return  # each statement is its own transaction, committed by SQLite as it ends
+    if options.get(READ_ONLY):
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "ichtriage_read_only"
+SINGLE_STATEMENT = "ichtriage_single_statement"
+
+
+def single_statements(engine: Engine) -> Engine | None:
+    """On SQLite, the engine for writes that are one statement each: no BEGIN, so SQLite takes
+    its write lock inside the statement and commits before the statement returns, and the lock
+    is never held while a Python thread waits for the GIL. None on other databases."""
+    if engine.dialect.name != "sqlite":
+        return None
+    return engine.execution_options(**{SINGLE_STATEMENT: True})
 
 
 def reader(engine: Engine) -> Engine:

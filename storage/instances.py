@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from storage.db import single_statements
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
@@ -86,8 +87,9 @@ class InstanceStore:
 
     Protocol, so that success is never answered for anything not kept: the bytes go to a
     temporary file; while a helper thread fsyncs it, gives it its final name with a hard link
-    (which never replaces a file) and fsyncs the folder, this thread upserts
-    patient/study/series and inserts the instance in one transaction. `store` returns only
+    (which never replaces a file) and fsyncs the folder, this thread inserts the instance in
+    one transaction (with its patient, study and series when the series is new; the database
+    bumps the series' counters itself). `store` returns only
     when both are done. If the transaction fails the file is removed; if the file fails the
     row is removed again. A crash between the commit and the link leaves a row whose file is
     missing: the sender, never having had its answer, sends again, and the resend restores the
@@ -107,19 +109,21 @@ class InstanceStore:
                                            thread_name_prefix="file-flush")
         # The receive path runs these for every instance: built once, with bound parameters,
         # so SQLAlchemy compiles them once (profiling showed statement building dominating).
-        self._insert_instance = (
+        # The instance's series is bumped by the database (trigger instance_indexed).
+        insert_instance = (
             self._insert(Instance)
             .values({c.name: bindparam(c.name) for c in Instance.__table__.c if c.name != "id"})
-            .on_conflict_do_nothing(index_elements=["sop_uid"])
-            .returning(Instance.id))
+            .on_conflict_do_nothing(index_elements=["sop_uid"]))
+        # SQLite reports the new key as lastrowid; asking for it with RETURNING would keep
+        # the write lock until the row is fetched.
+        self._returning = engine.dialect.name == "postgresql"
+        self._insert_instance = (insert_instance.returning(Instance.id) if self._returning
+                                 else insert_instance)
+        self._single = single_statements(engine)
         self._count_duplicate = (
             update(Instance).where(Instance.sop_uid == bindparam("dup_sop"))
             .values(duplicates=Instance.duplicates + 1)
             .returning(Instance.id, Instance.series_pk, Instance.file_path))
-        self._bump_series = (
-            update(Series).where(Series.id == bindparam("bump_pk")).values(
-                instance_count=Series.instance_count + 1, last_received_at=bindparam("bump_now"),
-                revision=Series.revision + 1, status=SeriesStatus.RECEIVING, status_reason=""))
 
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
@@ -170,26 +174,39 @@ class InstanceStore:
 
     def _index(self, meta: InstanceMeta, relative: str, size: int, calling_ae: str,
                association_pk: int | None) -> StoreResult:
-        fresh: tuple[int, int] | None = None
+        now = utcnow()
+        values = fit_columns(Instance, {
+            **_instance_values(meta), "series_pk": None, "file_path": relative,
+            "file_size": size, "received_at": now, "calling_ae": calling_ae,
+            "association_pk": association_pk, "duplicates": 0,
+        })
+        cached = self._cached_keys(meta.series_uid)
         try:
-            with self.engine.begin() as conn:
-                now = utcnow()
-                series_pk, study_pk = self._cached_keys(meta.series_uid) or self._series_keys(
-                    conn, meta, now)
-                fresh = (series_pk, study_pk)
-                instance_pk = conn.execute(self._insert_instance, fit_columns(Instance, {
-                    **_instance_values(meta), "series_pk": series_pk, "file_path": relative,
-                    "file_size": size, "received_at": now,
-                    "calling_ae": calling_ae, "association_pk": association_pk, "duplicates": 0,
-                })).scalar()
-                if instance_pk is None:
-                    raise _Conflict
-                conn.execute(self._bump_series, {"bump_pk": series_pk, "bump_now": now})
+            if cached is not None and self._single is not None:
+                # A known series on SQLite: the insert (and its trigger) is one transaction.
+                with self._single.connect() as conn:
+                    instance_pk = self._insert_row(conn, {**values, "series_pk": cached[0]})
+                keys = cached
+            else:
+                with self.engine.begin() as conn:
+                    keys = cached or self._series_keys(conn, meta, now)
+                    instance_pk = self._insert_row(conn, {**values, "series_pk": keys[0]})
+                    if instance_pk is None:
+                        raise _Conflict  # and a series made for it is rolled back
         except SQLAlchemyError as exc:
             raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0]}") from exc
-        self._remember(meta.series_uid, fresh)
-        return StoreResult(StoreOutcome.STORED, instance_pk, series_pk, relative)
+        if instance_pk is None:
+            raise _Conflict
+        self._remember(meta.series_uid, keys)
+        return StoreResult(StoreOutcome.STORED, instance_pk, keys[0], relative)
+
+    def _insert_row(self, conn: Connection, values: dict[str, Any]) -> int | None:
+        """The new instance's key; None when its SOP Instance UID is indexed already."""
+        result = conn.execute(self._insert_instance, values)
+        if self._returning:
+            return result.scalar()
+        return result.lastrowid if result.rowcount == 1 else None
 
     def _duplicate(self, meta: InstanceMeta) -> StoreResult | None:
         """Count a repeat of a stored instance (its first copy is kept); None if not stored."""

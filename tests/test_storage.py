@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
 from storage.files import FileStore, StoredFile
@@ -63,6 +63,22 @@ def test_store_writes_file_and_rows(engine: Engine, tmp_path: Path) -> None:
         1, SeriesStatus.RECEIVING, 1)
     assert study["study_uid"] == STUDY and patient["patient_name"] == "DOE^JANE"
     assert series["last_received_at"].tzinfo is not None
+
+
+def test_each_new_instance_bumps_its_series(engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"one"])
+    with engine.begin() as conn:  # the series was triaged; then more of it arrives
+        conn.execute(update(Series).values(status=SeriesStatus.DONE, status_reason="done"))
+    second = store.store(meta("1.2.3.4.5.2"), [b"two"])  # a known series: one statement
+    store.store(meta("1.2.3.4.5.2"), [b"two"])  # a repeat bumps nothing
+    with engine.connect() as conn:
+        series = conn.execute(select(Series)).mappings().one()
+        received = conn.execute(select(Instance.received_at).where(
+            Instance.id == second.instance_pk)).scalar_one()
+    assert (series["instance_count"], series["revision"], series["status"],
+            series["status_reason"]) == (2, 2, SeriesStatus.RECEIVING, "")
+    assert series["last_received_at"] == received and received.tzinfo is not None
 
 
 def test_duplicate_keeps_first_copy_and_counts(engine: Engine, tmp_path: Path) -> None:
