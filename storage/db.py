@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +52,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    options = conn.get_execution_options()
-    if options.get(SINGLE_STATEMENT):
-        return  # each statement is its own transaction, committed by SQLite as it ends
-    if options.get(READ_ONLY):
+    if conn.get_execution_options().get(READ_ONLY):
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "ichtriage_read_only"
-SINGLE_STATEMENT = "ichtriage_single_statement"
 
 
-def single_statements(engine: Engine) -> Engine | None:
-    """On SQLite, the engine for writes that are one statement each: no BEGIN, so SQLite takes
-    its write lock inside the statement and commits before the statement returns, and the lock
-    is never held while a Python thread waits for the GIL. None on other databases."""
-    if engine.dialect.name != "sqlite":
-        return None
-    return engine.execution_options(**{SINGLE_STATEMENT: True})
+def sqlite_driver_connection(engine: Engine) -> sqlite3.Connection:
+    """A connection of the driver itself to `engine`'s SQLite database, set up as the engine's
+    own are (autocommit at the driver, WAL, FULL sync, busy timeout, foreign keys), for the one
+    hot statement that goes around SQLAlchemy. Usable from any thread, one at a time."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    conn = sqlite3.connect(cargs[0], timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False, uri=bool(cparams.get("uri")))
+    _sqlite_pragmas(conn, None)
+    return conn
 
 
 def reader(engine: Engine) -> Engine:

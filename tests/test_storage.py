@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text, update
 
+from storage import instances
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
 from storage.files import FileStore, StoredFile
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -126,6 +128,30 @@ def test_database_failure_keeps_no_file(engine: Engine, tmp_path: Path) -> None:
         assert conn.execute(select(Series.instance_count)).scalar_one() == 1
     # and the store goes on working afterwards
     assert store.store(meta("1.2.3.4.5.3"), [b"z"]).outcome is StoreOutcome.STORED
+
+
+def test_a_held_write_lock_is_waited_for_then_given_up(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"x"])  # the series is known: the next goes direct
+    other = engine.connect()
+    other.begin()  # BEGIN IMMEDIATE: another process's writer holds the lock
+    release = threading.Timer(0.3, other.commit)
+    release.start()
+    assert store.store(meta("1.2.3.4.5.2"), [b"y"]).outcome is StoreOutcome.STORED
+    release.join()
+    monkeypatch.setattr(instances, "BUSY_TIMEOUT", 0.2)
+    other.begin()
+    with pytest.raises(DatabaseError, match="locked"):
+        store.store(meta("1.2.3.4.5.3"), [b"z"])
+    other.rollback()
+    other.close()
+    assert sorted(p.name for p in files_under(tmp_path / "data")) == [
+        "1.2.3.4.5.1.dcm", "1.2.3.4.5.2.dcm"]
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 2
 
 
 def test_full_disk_refuses_before_writing(engine: Engine, tmp_path: Path) -> None:
