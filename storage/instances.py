@@ -309,7 +309,8 @@ class _DirectInsert:
         self._engine = engine
         self._sql = str(compiled)
         columns = Instance.__table__.c
-        self._params = [(name, columns[name].type.bind_processor(engine.dialect))
+        dialect = engine.dialect
+        self._params = [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
                         for name in compiled.positiontup or ()]
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,19 @@ def test_each_new_instance_bumps_its_series(engine: Engine, tmp_path: Path) -> N
     assert (series["instance_count"], series["revision"], series["status"],
             series["status_reason"]) == (2, 2, SeriesStatus.RECEIVING, "")
     assert series["last_received_at"] == received and received.tzinfo is not None
+
+
+def test_timestamps_are_stored_alike_either_way(engine: Engine, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    monkeypatch.setattr(instances, "utcnow", lambda: datetime(2026, 11, 26, 23, 0, 1, tzinfo=UTC))
+    store.store(meta("1.2.3.4.5.1"), [b"one"])  # a new series: through SQLAlchemy
+    store.store(meta("1.2.3.4.5.2"), [b"two"])  # a known one: on SQLite, through the driver
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT CAST(received_at AS TEXT) FROM instance")).scalars()
+        assert len(set(stored)) == 1
+        received = conn.execute(select(Instance.received_at)).scalars()
+        assert set(received) == {datetime(2026, 11, 26, 23, 0, 1, tzinfo=UTC)}
 
 
 def test_duplicate_keeps_first_copy_and_counts(engine: Engine, tmp_path: Path) -> None:
