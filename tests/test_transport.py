@@ -20,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.dicom.transport import (
     StoreResponseDIMSE,
     WakingAssociation,
+    WakingDUL,
     WakingRequestHandler,
     encode_store_response,
 )
@@ -183,3 +184,33 @@ def test_idle_association_is_ended_by_the_network_timeout(
     assert aborted.wait(10)  # network_timeout is 1 s: the node aborts, the peer sees it
     wait_idle(srv)
 
+
+
+def test_an_idle_association_leaves_its_threads_asleep(
+        server: tuple[ThreadedAssociationServer, list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, _ = server
+    turns = {"upper layer": 0, "association": 0}
+    wait, expired = WakingDUL._wait, WakingDUL.idle_timer_expired
+
+    def counted_wait(self: WakingDUL) -> None:
+        turns["upper layer"] += 1
+        wait(self)
+
+    def counted_expired(self: WakingDUL) -> bool:
+        turns["association"] += 1  # once per turn of the association's reactor
+        return expired(self)
+
+    monkeypatch.setattr(WakingDUL, "_wait", counted_wait)
+    monkeypatch.setattr(WakingDUL, "idle_timer_expired", counted_expired)
+    assoc = scu().associate(LOOPBACK, srv.server_address[1], ae_title="NODE")
+    assert assoc.is_established
+    time.sleep(0.2)
+    before = dict(turns)
+    time.sleep(0.5)  # network_timeout is 1 s: still open after this
+    idle = {loop: turns[loop] - before[loop] for loop in turns}
+    assoc.release()
+    # Woken by their timers only, at most 100 times a second (pynetdicom's own loops turn
+    # every 1 ms: 500 times here).
+    assert all(count <= 50 for count in idle.values()), idle
+    wait_idle(srv)

@@ -4,9 +4,12 @@ pynetdicom 3.0 runs two loops per association, each sleeping 1 ms whenever it ha
 do: the upper layer (DUL) thread, which reads PDUs and sends what is queued, and the
 association thread, which serves DIMSE messages. A C-STORE therefore waits up to 1 ms before
 it is served and up to 1 ms more before its response leaves, where a whole 512 KB instance
-takes about 6 ms on loopback. Here both loops wait on what they serve instead (the socket and a
-wake-up pipe; the DIMSE message queue), and return at once when it arrives. Timers (ARTIM,
-idle, release and abort checks) keep their polling, at the same or finer granularity.
+takes about 4 ms on loopback; and every open association wakes its two threads 2000 times a
+second while idle (eight idle associations kept 0.66 of the machine's two cores busy). Here
+both loops wait on what they serve instead: the DUL on its socket and a wake-up pipe, the
+association on its DIMSE message queue, which the DUL also signals when it passes up a
+release or abort or stops. Timers (ARTIM, idle, release and abort checks) are looked at
+every TIMER_TICK; they count in seconds.
 
 Each association also gets the server's presentation contexts as a new list of the same,
 read-only context objects rather than a deep copy (22 ms per association for the node's 171
@@ -51,7 +54,7 @@ from node.dicom.meta import uid_bytes
 logger = logging.getLogger(__name__)
 
 # The longest either loop waits before it looks at its timers again.
-TIMER_TICK = 0.001
+TIMER_TICK = 0.05
 
 # pynetdicom binds these to every association: they describe each PDU and DIMSE message for
 # its debug log, and while one is bound to EVT_DIMSE_SENT a response cannot take the direct
@@ -80,6 +83,14 @@ class _WakingQueue(queue.Queue[Any]):
         self._wake()
 
 
+def _wake_reactor(assoc: Association) -> None:
+    """Wake the association's reactor (WakingAssociation) if it is waiting for a message."""
+    dimse = getattr(assoc, "dimse", None)
+    if dimse is not None:
+        with dimse.msg_queue.not_empty:
+            dimse.msg_queue.not_empty.notify_all()
+
+
 class WakingDUL(DULServiceProvider):
     """The upper layer reactor, sleeping in select() on its socket and a wake-up pipe."""
 
@@ -90,6 +101,8 @@ class WakingDUL(DULServiceProvider):
         self._wake_w.setblocking(False)
         self.event_queue = _WakingQueue(self.wake)
         self.to_provider_queue = _WakingQueue(self.wake)
+        # Association primitives (release, abort) are for the association's reactor.
+        self.to_user_queue = _WakingQueue(lambda: _wake_reactor(assoc))
 
     def wake(self) -> None:
         if threading.get_ident() == self.ident:
@@ -124,6 +137,7 @@ class WakingDUL(DULServiceProvider):
         finally:
             self._wake_r.close()
             self._wake_w.close()
+            _wake_reactor(self.assoc)  # it ends when the DUL has
 
     def _run(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider.run_reactor, waiting in _wait() instead of
@@ -238,6 +252,11 @@ class WakingAssociation(Association):
         self.dimse_timeout = self.ae.dimse_timeout
         self.network_timeout = self.ae.network_timeout
 
+    def kill(self) -> None:
+        self._kill = True
+        _wake_reactor(self)
+        super().kill()
+
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4 Association._run_reactor, waiting on the message queue instead
         # of sleeping a fixed 1 ms.
@@ -245,8 +264,8 @@ class WakingAssociation(Association):
         messages = self.dimse.msg_queue
         while not self._kill:
             with messages.not_empty:
-                if not messages._qsize():  # the queue's own lock is held: no qsize()
-                    messages.not_empty.wait(TIMER_TICK)
+                if not messages._qsize() and not self._kill and not self.dul.to_user_queue.qsize():
+                    messages.not_empty.wait(TIMER_TICK)  # the queue's own lock is held: _qsize
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
