@@ -6,15 +6,17 @@ import logging
 import socketserver
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.dicom.transport import (
@@ -22,6 +24,7 @@ from node.dicom.transport import (
     WakingAssociation,
     WakingDUL,
     WakingRequestHandler,
+    check_each_syntax_once,
     encode_store_response,
 )
 from tests.factories import ct_slice
@@ -214,3 +217,17 @@ def test_an_idle_association_leaves_its_threads_asleep(
     # every 1 ms: 500 times here).
     assert all(count <= 50 for count in idle.values()), idle
     wait_idle(srv)
+
+
+def test_remembered_syntax_checks_answer_as_pynetdicom_does() -> None:
+    check_each_syntax_once()
+    context = PresentationContext()
+    for _ in range(2):  # the second time from memory
+        context.abstract_syntax = CTImageStorage
+        assert context.abstract_syntax == CTImageStorage
+        assert isinstance(context.abstract_syntax, UID)
+        with warnings.catch_warnings(), pytest.raises(ValueError):
+            warnings.simplefilter("ignore")  # pydicom's own complaint about the length
+            context.abstract_syntax = "1.2." * 20  # over 64 characters
+        with pytest.raises(ValueError):
+            context.add_transfer_syntax("")
