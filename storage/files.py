@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ class FileStore:
             raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
+        self._folders: set[str] = set()  # series folders known to exist (saves a mkdir each)
+        self._names = itertools.count()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The path of an instance relative to the root; every UID is validated first."""
@@ -50,8 +52,11 @@ class FileStore:
 
     def check_space(self, incoming: int) -> None:
         """Raise DiskFullError unless `incoming` bytes fit above the free-space reserve."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root).free
+        try:
+            free = shutil.disk_usage(self.root).free
+        except FileNotFoundError:
+            self.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
         if free - incoming < self.min_free_bytes:
             raise DiskFullError(
                 f"file store {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
@@ -62,17 +67,40 @@ class FileStore:
         fsynced: `publish` does that before it names the file."""
         size = sum(len(c) for c in chunks)
         self.check_space(size)
-        final = self.path_of(relative)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=final.parent)
+        folder = os.path.join(self.root, os.path.dirname(relative))
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
+            tmp, fd = self._create_temp(folder)
+        except FileNotFoundError:  # the folder was removed since: make it again
+            os.makedirs(folder, exist_ok=True)
+            tmp, fd = self._create_temp(folder)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
+            raise _write_error(relative, exc) from exc
+        try:
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            os.unlink(tmp)
             raise _write_error(relative, exc) from exc
         return Path(tmp)
+
+    def _create_temp(self, folder: str) -> tuple[str, int]:
+        """A new file in `folder`, named for this process and a counter (never reused within
+        it; a name left by an earlier process is skipped)."""
+        while True:
+            tmp = os.path.join(folder, f".incoming-{os.getpid()}-{next(self._names)}.tmp")
+            try:
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                    0o600)
+            except FileExistsError:
+                continue
 
     def commit_temp(self, tmp: Path, relative: str) -> StoredFile:
         """Move a temporary file to its final name (replacing any file there) durably."""

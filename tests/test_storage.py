@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,6 +167,15 @@ def test_a_held_write_lock_is_waited_for_then_given_up(
         "1.2.3.4.5.1.dcm", "1.2.3.4.5.2.dcm"]
     with engine.connect() as conn:
         assert conn.execute(select(Series.instance_count)).scalar_one() == 2
+
+
+def test_a_series_folder_removed_meanwhile_is_made_again(engine: Engine,
+                                                        tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"one"])
+    shutil.rmtree(tmp_path / "data" / STUDY)  # say, an administrator cleaning up by hand
+    store.store(meta("1.2.3.4.5.2"), [b"two"])
+    assert [p.name for p in files_under(tmp_path / "data")] == ["1.2.3.4.5.2.dcm"]
 
 
 def test_full_disk_refuses_before_writing(engine: Engine, tmp_path: Path) -> None:
