@@ -116,7 +116,7 @@ class FileStore:
     def place_new(self, tmp: Path, relative: str) -> StoredFile | None:
         """Give a temporary file its final name only if no file has it (a hard link never
         replaces), durably; None when the name is taken. The temporary name is removed."""
-        final = self.path_of(relative)
+        final = os.path.join(self.root, relative)
         try:
             os.link(tmp, final)
         except FileExistsError:
@@ -124,9 +124,9 @@ class FileStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
-        tmp.unlink()
-        _fsync_dir(final.parent)
-        return StoredFile(path=final, relative=relative, size=final.stat().st_size)
+        os.unlink(tmp)
+        _fsync_dir(os.path.dirname(final))
+        return StoredFile(path=Path(final), relative=relative, size=os.stat(final).st_size)
 
     def publish(self, tmp: Path, relative: str) -> StoredFile | None:
         """fsync a file from `write_temp`, then `place_new` it. When the name is taken,
@@ -155,7 +155,7 @@ def _write_error(relative: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot write {relative}: {exc}")
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
