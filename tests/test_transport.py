@@ -102,17 +102,22 @@ def wait_idle(srv: ThreadedAssociationServer, timeout: float = 10.0) -> None:
     assert srv.active_associations == []
 
 
-def test_stores_echoes_and_releases(server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
-    srv, received = server
-    port = srv.server_address[1]
+def store_three(port: int) -> tuple[list[int], list[str]]:
+    """Echo, then store three slices over one association: their statuses and UIDs."""
     slices = [ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=i) for i in range(3)]
     assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     statuses = [assoc.send_c_store(ds).Status for ds in slices]
     assoc.release()
+    return statuses, [ds.SOPInstanceUID for ds in slices]
+
+
+def test_stores_echoes_and_releases(server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, received = server
+    statuses, sent = store_three(srv.server_address[1])
     assert statuses == [0x0000, 0xA700, 0x0000]  # the handler's answer, either way encoded
-    assert received == [("WakingAssociation", ds.SOPInstanceUID) for ds in slices]
+    assert received == [("WakingAssociation", uid) for uid in sent]
     wait_idle(srv)
 
 
@@ -131,34 +136,18 @@ def general_responses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
-def store_three(port: int) -> list[int]:
-    slices = [ct_slice(study_uid="1.2.3", series_uid="1.2.3.5", index=i) for i in range(3)]
-    assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0x0000
-    statuses = [assoc.send_c_store(ds).Status for ds in slices]
-    assoc.release()
-    return statuses
-
-
-def test_store_responses_take_the_direct_path(
+@pytest.mark.parametrize(("level", "general"), [
+    (logging.INFO, ["C_ECHO"]),  # pynetdicom's log handlers are not bound
+    (logging.DEBUG, ["C_ECHO", "C_STORE", "C_STORE", "C_STORE"]),  # they are, and log
+])
+def test_store_responses_take_the_direct_path_unless_pynetdicom_debugs(
         server: tuple[ThreadedAssociationServer, list[Any]], general_responses: list[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, level: int, general: list[str]) -> None:
     srv, _ = server
-    caplog.set_level(logging.INFO, logger="pynetdicom")
-    assert store_three(srv.server_address[1]) == [0x0000, 0xA700, 0x0000]
-    assert general_responses == ["C_ECHO"]  # pynetdicom's log handlers are not bound
-    wait_idle(srv)
-
-
-def test_pynetdicom_debug_log_keeps_its_handlers(
-        server: tuple[ThreadedAssociationServer, list[Any]], general_responses: list[str],
-        caplog: pytest.LogCaptureFixture) -> None:
-    srv, _ = server
-    caplog.set_level(logging.DEBUG, logger="pynetdicom")
-    assert store_three(srv.server_address[1]) == [0x0000, 0xA700, 0x0000]
-    assert general_responses == ["C_ECHO", "C_STORE", "C_STORE", "C_STORE"]
-    assert "C-STORE RSP" in caplog.text or "C-STORE-RSP" in caplog.text
+    caplog.set_level(level, logger="pynetdicom")
+    assert store_three(srv.server_address[1])[0] == [0x0000, 0xA700, 0x0000]
+    assert general_responses == general
+    assert ("C-STORE RSP" in caplog.text) == (level == logging.DEBUG)
     wait_idle(srv)
 
 
