@@ -17,7 +17,6 @@ from storage.uids import validate_uid
 class StoredFile:
     """A file that is complete and fsynced on disk under its final name."""
 
-    path: Path
     relative: str
     size: int
 
@@ -62,7 +61,7 @@ class FileStore:
                 f"file store {self.root} has {free} bytes free, reserve is {self.min_free_bytes}"
             )
 
-    def write_temp(self, relative: str, chunks: list[bytes]) -> Path:
+    def write_temp(self, relative: str, chunks: list[bytes]) -> str:
         """Write `chunks` to a temporary file beside the final path; return its path. Not yet
         fsynced: `publish` does that before it names the file."""
         size = sum(len(c) for c in chunks)
@@ -87,9 +86,9 @@ class FileStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            os.unlink(tmp)
+            self.discard(tmp)
             raise _write_error(relative, exc) from exc
-        return Path(tmp)
+        return tmp
 
     def _create_temp(self, folder: str) -> tuple[str, int]:
         """A new file in `folder`, named for this process and a counter (never reused within
@@ -102,18 +101,18 @@ class FileStore:
             except FileExistsError:
                 continue
 
-    def commit_temp(self, tmp: Path, relative: str) -> StoredFile:
+    def commit_temp(self, tmp: str, relative: str) -> StoredFile:
         """Move a temporary file to its final name (replacing any file there) durably."""
         final = self.path_of(relative)
         try:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            self.discard(tmp)
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
-        return StoredFile(path=final, relative=relative, size=final.stat().st_size)
+        return StoredFile(relative=relative, size=final.stat().st_size)
 
-    def place_new(self, tmp: Path, relative: str) -> StoredFile | None:
+    def place_new(self, tmp: str, relative: str) -> StoredFile | None:
         """Give a temporary file its final name only if no file has it (a hard link never
         replaces), durably; None when the name is taken. The temporary name is removed."""
         final = os.path.join(self.root, relative)
@@ -122,13 +121,13 @@ class FileStore:
         except FileExistsError:
             return None
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            self.discard(tmp)
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
         os.unlink(tmp)
         _fsync_dir(os.path.dirname(final))
-        return StoredFile(path=Path(final), relative=relative, size=os.stat(final).st_size)
+        return StoredFile(relative=relative, size=os.stat(final).st_size)
 
-    def publish(self, tmp: Path, relative: str) -> StoredFile | None:
+    def publish(self, tmp: str, relative: str) -> StoredFile | None:
         """fsync a file from `write_temp`, then `place_new` it. When the name is taken,
         None, and the (now synced) temporary file is left for the caller."""
         try:
@@ -138,9 +137,17 @@ class FileStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            self.discard(tmp)
             raise _write_error(relative, exc) from exc
         return self.place_new(tmp, relative)
+
+    @staticmethod
+    def discard(tmp: str) -> None:
+        """Remove a temporary file from `write_temp`, if it is still there."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
     def exists(self, relative: str) -> bool:
         return self.path_of(relative).is_file()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
@@ -144,7 +143,7 @@ class InstanceStore:
         except BaseException:
             if _settled(flushing) is not None:
                 self.files.remove(relative)
-            tmp.unlink(missing_ok=True)
+            self.files.discard(tmp)
             raise
         try:
             placed = flushing.result()
@@ -156,7 +155,7 @@ class InstanceStore:
             self.files.commit_temp(tmp, relative)
         return result
 
-    def _resent(self, meta: InstanceMeta, tmp: Path, relative: str,
+    def _resent(self, meta: InstanceMeta, tmp: str, relative: str,
                 placed: StoredFile | None) -> StoreResult:
         """The SOP Instance UID is indexed already: count the repeat, keep the first copy
         (or this one, when the first copy's file is missing)."""
@@ -164,7 +163,7 @@ class InstanceStore:
         if duplicate is None:  # the row went away again
             raise DatabaseError(f"indexing {meta.sop_uid}: conflicting rows")
         if placed is None:
-            tmp.unlink(missing_ok=True)  # the first copy is under this name
+            self.files.discard(tmp)  # the first copy is under this name
             if not self.files.exists(duplicate.file_path):
                 raise StorageError(f"{meta.sop_uid} is indexed but neither its file nor "
                                    "this copy could be kept")

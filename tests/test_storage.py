@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -222,8 +223,8 @@ def test_a_row_left_without_its_file_gets_the_resent_copy(engine: Engine,
 class _FlushFails(FileStore):
     """A file store whose disk fills up just as a file is being flushed."""
 
-    def publish(self, tmp: Path, relative: str) -> StoredFile | None:
-        tmp.unlink()
+    def publish(self, tmp: str, relative: str) -> StoredFile | None:
+        os.unlink(tmp)
         raise DiskFullError(f"no space left writing {relative}")
 
 
