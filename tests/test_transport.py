@@ -14,56 +14,21 @@ import pytest
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.dicom.store_dimse import StoreDIMSE
 from node.dicom.transport import (
-    StoreResponseDIMSE,
     WakingAssociation,
     WakingDUL,
     WakingRequestHandler,
     check_each_syntax_once,
-    encode_store_response,
 )
 from tests.factories import ct_slice
 from tests.peers import LOOPBACK
 
 VERIFICATION = "1.2.840.10008.1.1"
-
-
-def pynetdicom_bytes(rsp: C_STORE) -> bytes:
-    message = C_STORE_RSP()
-    message.primitive_to_message(rsp)
-    (pdata,) = list(message.encode_msg(1, 0))
-    ((context_id, pdv),) = pdata.presentation_data_value_list
-    assert context_id == 1 and pdv[0] == 0x03
-    return bytes(pdv[1:])
-
-
-@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC000, 0xB007])
-@pytest.mark.parametrize("instance", ["1.2.3", "1.2.840.113619.2.55.3.604688119.9"])
-def test_store_response_bytes_match_pynetdicom(status: int, instance: str) -> None:
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 7
-    rsp.AffectedSOPClassUID = CTImageStorage
-    rsp.AffectedSOPInstanceUID = instance
-    rsp.Status = status
-    assert encode_store_response(rsp) == pynetdicom_bytes(rsp)
-
-
-def test_responses_with_more_go_the_general_way() -> None:
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 7
-    rsp.AffectedSOPClassUID = CTImageStorage
-    rsp.AffectedSOPInstanceUID = "1.2.3"
-    rsp.Status = 0xC000
-    rsp.ErrorComment = "cannot understand"
-    assert encode_store_response(rsp) is None
-    request = C_STORE()
-    request.MessageID = 1
-    assert encode_store_response(request) is None
 
 
 @pytest.fixture
@@ -128,7 +93,7 @@ def general_responses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     general = DIMSEServiceProvider.send_msg
 
     def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-        if isinstance(self, StoreResponseDIMSE):
+        if isinstance(self, StoreDIMSE):
             sent.append(type(primitive).__name__)
         general(self, primitive, context_id)
 
@@ -148,6 +113,26 @@ def test_store_responses_take_the_direct_path_unless_pynetdicom_debugs(
     assert store_three(srv.server_address[1])[0] == [0x0000, 0xA700, 0x0000]
     assert general_responses == general
     assert ("C-STORE RSP" in caplog.text) == (level == logging.DEBUG)
+    wait_idle(srv)
+
+
+def test_store_requests_are_read_directly(
+        server: tuple[ThreadedAssociationServer, list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, received = server
+    read_by_pynetdicom: list[str] = []
+    general = DIMSEMessage.message_to_primitive
+
+    def message_to_primitive(self: DIMSEMessage) -> Any:
+        read_by_pynetdicom.append(type(self).__name__)
+        return general(self)
+
+    monkeypatch.setattr(DIMSEMessage, "message_to_primitive", message_to_primitive)
+    statuses, sent = store_three(srv.server_address[1])
+    assert statuses == [0x0000, 0xA700, 0x0000]
+    assert [uid for _, uid in received] == sent
+    # the SCU's side reads its three responses through pynetdicom; the acceptor only its echo
+    assert sorted(read_by_pynetdicom) == ["C_ECHO_RQ", "C_ECHO_RSP"] + ["C_STORE_RSP"] * 3
     wait_idle(srv)
 
 

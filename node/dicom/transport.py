@@ -14,8 +14,8 @@ every TIMER_TICK; they count in seconds.
 Each association also gets the server's presentation contexts as a new list of the same,
 read-only context objects rather than a deep copy (22 ms per association for the node's 171
 contexts; negotiation only reads them and builds new result contexts); reads each PDU with
-as few system calls as the kernel allows (`BulkReadSocket`); and writes plain C-STORE
-responses without building a pydicom Dataset (`StoreResponseDIMSE`).
+as few system calls as the kernel allows (`BulkReadSocket`); and reads C-STORE requests and
+writes their responses without pydicom Datasets (`node.dicom.store_dimse`).
 
 The overridden methods follow pynetdicom 3.0.4 (pinned in pyproject.toml) line by line apart
 from the waits; tests/test_transport.py runs associations, releases and aborts through them.
@@ -29,7 +29,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import threading
 from datetime import datetime
 from typing import Any, cast
@@ -44,14 +43,11 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from node.dicom.meta import uid_bytes
+from node.dicom.store_dimse import StoreDIMSE
 
 logger = logging.getLogger(__name__)
 
@@ -225,69 +221,13 @@ class WakingDUL(DULServiceProvider):
             idle = False
 
 
-class StoreResponseDIMSE(DIMSEServiceProvider):
-    """Encodes plain C-STORE responses itself.
-
-    pynetdicom builds every response as a pydicom Dataset, validates and encodes it twice
-    (once for the group length): 0.3 ms of the receive path's CPU per instance. A C-STORE-RSP
-    without an error comment or offending element is seven fixed elements (PS3.7 9.3.1.2),
-    written here directly; tests/test_transport.py checks the bytes against pynetdicom's.
-    Everything else, and every response while an EVT_DIMSE_SENT handler is bound, goes the
-    general way.
-    """
-
-    def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
-        command = encode_store_response(primitive)
-        limit = self.maximum_pdu_size
-        if (command is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
-                or (limit and len(command) + 7 > limit)):
-            super().send_msg(primitive, context_id)
-            return
-        pdata = P_DATA()
-        # Message control header 0x03: a command, and its last fragment (PS3.8 E.2).
-        # pynetdicom's setter wants [ID, PDV] lists, whatever its type hint says.
-        item: Any = [context_id, b"\x03" + command]
-        pdata.presentation_data_value_list = [item]
-        self.dul.send_pdu(pdata)
-
-
-def encode_store_response(primitive: object) -> bytes | None:
-    """The command set of a plain C-STORE-RSP, implicit VR little endian; None when the
-    response carries more than the fixed elements."""
-    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
-        return None
-    if primitive.ErrorComment or primitive.OffendingElement:
-        return None
-    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
-    if not sop_class or not sop_instance or primitive.Status is None:
-        return None
-    body = b"".join([
-        _command_element(0x0002, uid_bytes(sop_class)),
-        _command_element(0x0100, _US.pack(0x8001)),  # C-STORE-RSP
-        _command_element(0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
-        _command_element(0x0800, _US.pack(0x0101)),  # no data set follows
-        _command_element(0x0900, _US.pack(int(primitive.Status))),
-        _command_element(0x1000, uid_bytes(sop_instance)),
-    ])
-    return _command_element(0x0000, _UL.pack(len(body))) + body
-
-
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
-_TAG_LENGTH = struct.Struct("<HHI")
-
-
-def _command_element(element: int, value: bytes) -> bytes:
-    return _TAG_LENGTH.pack(0x0000, element, len(value)) + value
-
-
 class WakingAssociation(Association):
     """An acceptor association whose reactor waits on its DIMSE message queue."""
 
     def __init__(self, ae: Any, mode: Any) -> None:
         super().__init__(ae, mode)
         self.dul = WakingDUL(self)
-        self.dimse = StoreResponseDIMSE(self)
+        self.dimse = StoreDIMSE(self)
         if not _pynetdicom_debugging():
             for event, handler in _PYNETDICOM_LOG_HANDLERS.items():
                 self.unbind(event, handler)
