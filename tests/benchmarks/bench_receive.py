@@ -329,21 +329,33 @@ def report(rates: dict[tuple[str, int], list[float]], associations: list[int]) -
             for a in associations
         )
         print(f"{name:10s} {cells}")
+    # Each ratio twice: of the medians, and the median of the ratios within each round (the
+    # two runs of a round ran minutes apart at most, on a shared machine whose speed drifts).
     for assoc in associations:
-        print(f"\nratios, {assoc} association(s): throughput A / throughput B")
+        print(f"\nratios, {assoc} association(s): throughput A / throughput B "
+              "(of the medians; median of the per-round ratios)")
         for a, b in RATIOS:
             if (a, assoc) in medians and (b, assoc) in medians:
                 r = medians[(a, assoc)] / medians[(b, assoc)]
                 words = f"{a} {r:.2f}x as fast" if r >= 1 else f"{a} {1 / r:.2f}x slower"
-                print(f"  {a:8s} vs {b:8s} {r:6.3f}  ({words})")
+                paired = _per_round(rates[(a, assoc)], rates[(b, assoc)])
+                print(f"  {a:8s} vs {b:8s} {r:6.3f}  ({words}); per round {paired}")
     if len(associations) > 1:
         base = associations[0]
-        print(f"\nscaling: throughput with n associations / with {base}, per target")
+        print(f"\nscaling: throughput with n associations / with {base}, per target "
+              "(of the medians; median of the per-round ratios)")
         for name in names:
             for assoc in associations[1:]:
                 if (name, assoc) in medians and (name, base) in medians:
                     r = medians[(name, assoc)] / medians[(name, base)]
-                    print(f"  {name:10s} x{assoc}/x{base} {r:6.3f}")
+                    paired = _per_round(rates[(name, assoc)], rates[(name, base)])
+                    print(f"  {name:10s} x{assoc}/x{base} {r:6.3f}; per round {paired}")
+
+
+def _per_round(numerators: list[float], denominators: list[float]) -> str:
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True)]
+    listed = " ".join(f"{r:.2f}" for r in ratios)
+    return f"{statistics.median(ratios):.3f} ({listed})"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
