@@ -15,6 +15,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.fsm import StateMachine
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -23,6 +24,7 @@ from node.dicom.transport import (
     WakingAssociation,
     WakingDUL,
     WakingRequestHandler,
+    _pdv_items,
     check_each_syntax_once,
 )
 from tests.factories import ct_slice
@@ -134,6 +136,38 @@ def test_store_requests_are_read_directly(
     # the SCU's side reads its three responses through pynetdicom; the acceptor only its echo
     assert sorted(read_by_pynetdicom) == ["C_ECHO_RQ", "C_ECHO_RSP"] + ["C_STORE_RSP"] * 3
     wait_idle(srv)
+
+
+@pytest.mark.parametrize(("level", "direct"), [(logging.INFO, True), (logging.DEBUG, False)])
+def test_data_pdus_skip_the_state_machine_unless_watched(
+        server: tuple[ThreadedAssociationServer, list[Any]],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        level: int, direct: bool) -> None:
+    srv, _ = server
+    caplog.set_level(level, logger="pynetdicom")  # at DEBUG pynetdicom logs every PDU
+    events: list[str] = []
+    do_action = StateMachine.do_action
+
+    def counted(self: StateMachine, event: str) -> None:
+        if isinstance(self.dul, WakingDUL):
+            events.append(event)
+        do_action(self, event)
+
+    monkeypatch.setattr(StateMachine, "do_action", counted)
+    assert store_three(srv.server_address[1])[0] == [0x0000, 0xA700, 0x0000]
+    wait_idle(srv)
+    # Evt10: P-DATA-TF received (an echo and three stores, each one PDU or more)
+    assert ("Evt10" in events) is not direct
+    assert "Evt6" in events and "Evt12" in events  # association and release still go there
+
+
+def test_pdv_items_must_fill_the_pdu_exactly() -> None:
+    two = b"\x00\x00\x00\x03\x01\x03A" + b"\x00\x00\x00\x04\x03\x02BC"
+    assert _pdv_items(two) == [[1, b"\x03A"], [3, b"\x02BC"]]
+    assert _pdv_items(two[:-1]) is None  # cut short
+    assert _pdv_items(two + b"\x00") is None  # trailing byte
+    assert _pdv_items(b"\x00\x00\x00\x01\x01") is None  # an item without its header
+    assert _pdv_items(b"") is None
 
 
 def test_peer_abort_and_vanishing_peer_end_the_association(
