@@ -13,6 +13,15 @@ from pynetdicom.pdu_primitives import P_DATA
 from node.dicom.store_dimse import encode_store_response, store_request
 
 
+def c_store(**values: object) -> C_STORE:
+    """A C-STORE primitive of a CT image with `values` set (the setters validate them)."""
+    primitive = C_STORE()
+    primitive.AffectedSOPClassUID = CTImageStorage
+    for name, value in values.items():
+        setattr(primitive, name, value)
+    return primitive
+
+
 def pynetdicom_bytes(rsp: C_STORE) -> bytes:
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
@@ -25,25 +34,15 @@ def pynetdicom_bytes(rsp: C_STORE) -> bytes:
 @pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC000, 0xB007])
 @pytest.mark.parametrize("instance", ["1.2.3", "1.2.840.113619.2.55.3.604688119.9"])
 def test_store_response_bytes_match_pynetdicom(status: int, instance: str) -> None:
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 7
-    rsp.AffectedSOPClassUID = CTImageStorage
-    rsp.AffectedSOPInstanceUID = instance
-    rsp.Status = status
+    rsp = c_store(MessageIDBeingRespondedTo=7, AffectedSOPInstanceUID=instance, Status=status)
     assert encode_store_response(rsp) == pynetdicom_bytes(rsp)
 
 
 def test_responses_with_more_go_the_general_way() -> None:
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 7
-    rsp.AffectedSOPClassUID = CTImageStorage
-    rsp.AffectedSOPInstanceUID = "1.2.3"
-    rsp.Status = 0xC000
-    rsp.ErrorComment = "cannot understand"
+    rsp = c_store(MessageIDBeingRespondedTo=7, AffectedSOPInstanceUID="1.2.3", Status=0xC000,
+                  ErrorComment="cannot understand")
     assert encode_store_response(rsp) is None
-    request = C_STORE()
-    request.MessageID = 1
-    assert encode_store_response(request) is None
+    assert encode_store_response(c_store(MessageID=1)) is None
 
 
 def received(request: C_STORE, extra: bytes = b"") -> DIMSEMessage:
@@ -72,15 +71,11 @@ def fields(primitive: C_STORE) -> tuple[object, ...]:
 @pytest.mark.parametrize("move", [False, True])
 @pytest.mark.parametrize("instance", ["1.2.3", "1.2.840.113619.2.55.3.604688119.99"])
 def test_store_requests_read_as_pynetdicom_reads_them(move: bool, instance: str) -> None:
-    request = C_STORE()
-    request.MessageID = 12
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = instance
-    request.Priority = 1
-    if move:
-        request.MoveOriginatorApplicationEntityTitle = "PACS"
-        request.MoveOriginatorMessageID = 3
-    request.DataSet = BytesIO(b"\x08\x00\x16\x00" + b"x" * 40000)  # spans several PDVs
+    originator = {"MoveOriginatorApplicationEntityTitle": "PACS",
+                  "MoveOriginatorMessageID": 3} if move else {}
+    request = c_store(MessageID=12, AffectedSOPInstanceUID=instance, Priority=1,
+                      DataSet=BytesIO(b"\x08\x00\x16\x00" + b"x" * 40000),  # several PDVs
+                      **originator)
     message = received(request)
     ours = store_request(message)
     assert ours is not None
@@ -89,10 +84,7 @@ def test_store_requests_read_as_pynetdicom_reads_them(move: bool, instance: str)
 
 
 def test_a_request_with_unexpected_elements_is_left_to_pynetdicom() -> None:
-    request = C_STORE()
-    request.MessageID = 12
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.3"
-    request.DataSet = BytesIO(b"\x08\x00\x16\x00")
+    request = c_store(MessageID=12, AffectedSOPInstanceUID="1.2.3",
+                      DataSet=BytesIO(b"\x08\x00\x16\x00"))
     # (0000,0600) Move Destination has no place in a C-STORE-RQ
     assert store_request(received(request, b"\x00\x00\x00\x06\x04\x00\x00\x00PACS")) is None
