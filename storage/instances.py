@@ -297,10 +297,10 @@ class _DirectInsert:
     Without BEGIN, SQLite takes its write lock inside the statement and commits before the
     statement returns, so the lock is never held while a Python thread waits for the GIL
     (with four associations, BEGIN IMMEDIATE had waited 4-8 ms per instance for a lock held
-    1 ms). Without SQLAlchemy around it, the statement costs a quarter of the GIL time it did
-    (SQLAlchemy's connection, events and result set-up were a quarter of the receiving
-    process's GIL time). The SQL text, parameter order and value conversions are SQLAlchemy's
-    own, compiled once.
+    1 ms). Going around SQLAlchemy's connection, events and result set-up took the insert
+    from 26 % of the receiving process's GIL samples to 6 %. The SQL text, parameter order
+    and value conversions are SQLAlchemy's own, compiled once. A taken lock is tried again
+    every BUSY_POLL seconds (SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more).
     """
 
     def __init__(self, engine: Engine, statement: Any) -> None:
