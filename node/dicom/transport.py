@@ -67,10 +67,6 @@ _PYNETDICOM_LOG_HANDLERS = {
 }
 
 
-def _pynetdicom_debugging() -> bool:
-    return logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
-
-
 @functools.lru_cache(maxsize=1024)
 def _checked_uid(value: str | bytes, name: str, allow_empty: bool, allow_none: bool,
                  validate: bool, _conformance: bool) -> UID | None:
@@ -105,8 +101,8 @@ def check_each_syntax_once() -> None:
     proposed contexts, a third of the acceptor's GIL time per association. The same few
     hundred UIDs come every time, so pynetdicom's association modules get a memoised set_uid
     and validate_uid (same results under the same conformance setting; set_uid's failures
-    raise every time). DIMSE
-    primitives, whose UIDs are mostly new SOP Instance UIDs, keep the originals.
+    raise every time). DIMSE primitives, whose UIDs are mostly new SOP Instance UIDs, keep
+    the originals.
     """
     for module in (pdu_items, pdu_primitives, presentation):
         module.set_uid = _set_uid_once  # type: ignore[attr-defined]
@@ -200,12 +196,8 @@ class WakingDUL(DULServiceProvider):
         # established association goes straight to DIMSE (what action DT-2 does) instead of
         # becoming a PDU object, an event, a state machine turn and a primitive: a tenth of
         # a receiving process's GIL samples on four associations.
-        sock = cast(AssociationSocket, self.socket)
-        try:
-            header = bytes(sock.recv(6))
-        except (OSError, TimeoutError) as exc:
-            logger.error("connection closed before the entire PDU was received: %s", exc)
-            self.event_queue.put("Evt17")
+        header = self._receive(6)
+        if header is None:
             return
         try:
             pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
@@ -216,11 +208,8 @@ class WakingDUL(DULServiceProvider):
             logger.error("unknown PDU type received: 0x%02X", pdu_type)
             self.event_queue.put("Evt19")
             return
-        try:
-            body = sock.recv(pdu_length)
-        except (OSError, TimeoutError) as exc:
-            logger.error("connection closed before the entire PDU was received: %s", exc)
-            self.event_queue.put("Evt17")
+        body = self._receive(pdu_length)
+        if body is None:
             return
         if len(body) != pdu_length:
             logger.error("the received PDU is shorter than expected (%d of %d bytes)",
@@ -242,6 +231,15 @@ class WakingDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(pdu)
+
+    def _receive(self, count: int) -> bytes | bytearray | None:
+        """Up to `count` bytes from the peer; None (and Evt17 queued) if the connection broke."""
+        try:
+            return cast(AssociationSocket, self.socket).recv(count)
+        except (OSError, TimeoutError) as exc:
+            logger.error("connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")
+            return None
 
     def _data_goes_direct(self) -> bool:
         """Whether a P-DATA-TF may skip the state machine: the association is established
@@ -307,9 +305,6 @@ class WakingAssociation(Association):
         super().__init__(ae, mode)
         self.dul = WakingDUL(self)
         self.dimse = StoreDIMSE(self)
-        if not _pynetdicom_debugging():
-            for event, handler in _PYNETDICOM_LOG_HANDLERS.items():
-                self.unbind(event, handler)
         # The timeout setters configure the providers: run them again for the new ones.
         self.acse_timeout = self.ae.acse_timeout
         self.dimse_timeout = self.ae.dimse_timeout
@@ -419,12 +414,14 @@ class WakingRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = list(server.contexts)
         assoc.requestor.address_info = self.remote
-        debugging = _pynetdicom_debugging()
         for event, handlers in server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
             elif isinstance(event, evt.NotificationEvent):
                 for handler, args in handlers:
-                    if debugging or handler is not _PYNETDICOM_LOG_HANDLERS.get(event):
-                        assoc.bind(event, handler, args)
+                    assoc.bind(event, handler, args)
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            # bound by the association itself and copied from the server: unbind drops both
+            for event, handler in _PYNETDICOM_LOG_HANDLERS.items():
+                assoc.unbind(event, handler)
         return assoc
