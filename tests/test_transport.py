@@ -6,17 +6,15 @@ import logging
 import socketserver
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.fsm import StateMachine
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.dicom.store_dimse import StoreDIMSE
@@ -25,7 +23,6 @@ from node.dicom.transport import (
     WakingDUL,
     WakingRequestHandler,
     _pdv_items,
-    check_each_syntax_once,
 )
 from tests.factories import ct_slice
 from tests.peers import LOOPBACK
@@ -227,15 +224,3 @@ def test_an_idle_association_leaves_its_threads_asleep(
     wait_idle(srv)
 
 
-def test_remembered_syntax_checks_answer_as_pynetdicom_does() -> None:
-    check_each_syntax_once()
-    context = PresentationContext()
-    for _ in range(2):  # the second time from memory
-        context.abstract_syntax = CTImageStorage
-        assert context.abstract_syntax == CTImageStorage
-        assert isinstance(context.abstract_syntax, UID)
-        with warnings.catch_warnings(), pytest.raises(ValueError):
-            warnings.simplefilter("ignore")  # pydicom's own complaint about the length
-            context.abstract_syntax = "1.2." * 20  # over 64 characters
-        with pytest.raises(ValueError):
-            context.add_transfer_syntax("")

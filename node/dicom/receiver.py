@@ -29,8 +29,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Settings
 from node.dicom.ae import build_ae, server_tls_context
+from node.dicom.negotiation import negotiate_from_memory
 from node.dicom.store_scp import StoreHandlers
-from node.dicom.transport import WakingRequestHandler, check_each_syntax_once
+from node.dicom.transport import WakingRequestHandler
 from node.logs import configure_logging
 from storage.associations import AssociationLog
 from storage.db import make_engine
@@ -81,7 +82,7 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Header values a sender got slightly wrong must not stop the store; they are kept as sent.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    check_each_syntax_once()
+    negotiate_from_memory()
     engine = make_engine(settings.database_url)
     files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     handlers = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine),

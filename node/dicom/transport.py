@@ -23,7 +23,6 @@ from the waits; tests/test_transport.py runs associations, releases and aborts t
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import select
@@ -34,8 +33,7 @@ import threading
 from datetime import datetime
 from typing import Any, cast
 
-from pydicom.uid import UID
-from pynetdicom import _config, evt, pdu_items, pdu_primitives, presentation, utils
+from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
@@ -65,48 +63,6 @@ _PYNETDICOM_LOG_HANDLERS = {
     evt.EVT_PDU_RECV: standard_pdu_recv_handler,
     evt.EVT_PDU_SENT: standard_pdu_sent_handler,
 }
-
-
-@functools.lru_cache(maxsize=1024)
-def _checked_uid(value: str | bytes, name: str, allow_empty: bool, allow_none: bool,
-                 validate: bool, _conformance: bool) -> UID | None:
-    return _set_uid(value, name, allow_empty, allow_none, validate)
-
-
-def _set_uid_once(value: None | str | bytes | UID, name: str, allow_empty: bool = True,
-                  allow_none: bool = True, validate: bool = True) -> UID | None:
-    if isinstance(value, (str, bytes)):
-        return _checked_uid(value, name, allow_empty, allow_none, validate,
-                            _config.ENFORCE_UID_CONFORMANCE)
-    return _set_uid(value, name, allow_empty, allow_none, validate)
-
-
-@functools.lru_cache(maxsize=1024)
-def _uid_valid(uid: UID, _conformance: bool) -> bool:
-    return _validate_uid(uid)
-
-
-def _validate_uid_once(uid: UID) -> bool:
-    return _uid_valid(uid, _config.ENFORCE_UID_CONFORMANCE)
-
-
-_set_uid, _validate_uid = utils.set_uid, utils.validate_uid
-
-
-def check_each_syntax_once() -> None:
-    """Remember which abstract and transfer syntax UIDs pynetdicom has found valid.
-
-    Negotiating an association converts and checks every proposed UID several times over
-    (decoding the request, matching contexts, encoding the answer): with storescu's 120-odd
-    proposed contexts, a third of the acceptor's GIL time per association. The same few
-    hundred UIDs come every time, so pynetdicom's association modules get a memoised set_uid
-    and validate_uid (same results under the same conformance setting; set_uid's failures
-    raise every time). DIMSE primitives, whose UIDs are mostly new SOP Instance UIDs, keep
-    the originals.
-    """
-    for module in (pdu_items, pdu_primitives, presentation):
-        module.set_uid = _set_uid_once  # type: ignore[attr-defined]
-        module.validate_uid = _validate_uid_once  # type: ignore[attr-defined]
 
 
 class _WakingQueue(queue.Queue[Any]):
