@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, bindparam, insert, update
 
+from storage.db import DirectStatement
+from storage.errors import DatabaseError
 from storage.instances import fit_columns
 from storage.models import Association, utcnow
 
@@ -11,26 +13,41 @@ from storage.models import Association, utcnow
 class AssociationLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Built once: every association runs both (SQLAlchemy then compiles them once).
-        self._open = insert(Association).values(
+        # Built once: every association runs both (SQLAlchemy then compiles them once). On
+        # SQLite the driver runs them itself: each is its own transaction, and the write lock
+        # is not held while the association's thread waits for the interpreter lock.
+        opened = insert(Association).values(
             {c.name: bindparam(c.name) for c in Association.__table__.c
-             if c.name not in ("id", "ended_at")}).returning(Association.id)
+             if c.name not in ("id", "ended_at")})
+        self._open = opened.returning(Association.id)
         self._close = update(Association).where(Association.id == bindparam("pk")).values(
             {name: bindparam(name) for name in
              ("ended_at", "state", "stored", "failed", "duplicates")})
+        sqlite = engine.dialect.name == "sqlite"
+        self._direct_open = DirectStatement(engine, opened) if sqlite else None
+        self._direct_close = DirectStatement(engine, self._close) if sqlite else None
 
     def opened(self, *, calling_ae: str, called_ae: str, peer_host: str,
                peer_port: int | None) -> int:
-        with self.engine.begin() as conn:
-            pk = conn.execute(self._open, fit_columns(Association, dict(
-                calling_ae=calling_ae, called_ae=called_ae, peer_host=peer_host,
-                peer_port=peer_port, started_at=utcnow(), state="open", stored=0, failed=0,
-                duplicates=0,
-            ))).scalar_one()
+        values = fit_columns(Association, dict(
+            calling_ae=calling_ae, called_ae=called_ae, peer_host=peer_host,
+            peer_port=peer_port, started_at=utcnow(), state="open", stored=0, failed=0,
+            duplicates=0,
+        ))
+        if self._direct_open is not None:
+            pk, _count = self._direct_open.execute(values)
+        else:
+            with self.engine.begin() as conn:
+                pk = conn.execute(self._open, values).scalar_one()
+        if pk is None:
+            raise DatabaseError("recording an association gave no key")
         return int(pk)
 
     def closed(self, pk: int, *, state: str, stored: int, failed: int, duplicates: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(self._close, dict(pk=pk, ended_at=utcnow(), state=state,
-                                           stored=stored, failed=failed,
-                                           duplicates=duplicates))
+        values = dict(pk=pk, ended_at=utcnow(), state=state, stored=stored, failed=failed,
+                      duplicates=duplicates)
+        if self._direct_close is not None:
+            self._direct_close.execute(values)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(self._close, values)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How a DirectStatement waits for SQLite's write lock: tries again every BUSY_POLL seconds
+# (SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more), for up to BUSY_TIMEOUT.
+BUSY_POLL = 0.0002
+BUSY_TIMEOUT = 30.0
 
 
 def sqlite_url(path: Path) -> str:
@@ -63,13 +69,57 @@ READ_ONLY = "ichtriage_read_only"
 
 def sqlite_driver_connection(engine: Engine) -> sqlite3.Connection:
     """A connection of the driver itself to `engine`'s SQLite database, set up as the engine's
-    own are (autocommit at the driver, WAL, FULL sync, busy timeout, foreign keys), for the one
-    hot statement that goes around SQLAlchemy. Usable from any thread, one at a time."""
+    own are (autocommit at the driver, WAL, FULL sync, busy timeout, foreign keys), for the
+    hot statements that go around SQLAlchemy. Usable from any thread, one at a time."""
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     conn = sqlite3.connect(cargs[0], timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False, uri=bool(cparams.get("uri")))
     _sqlite_pragmas(conn, None)
     return conn
+
+
+class DirectStatement:
+    """One hot write statement on SQLite, run by the driver itself in autocommit.
+
+    Without BEGIN, SQLite takes its write lock inside the statement and commits before the
+    statement returns, so the lock is never held while a Python thread waits for the GIL
+    (with four associations, BEGIN IMMEDIATE had waited 4-8 ms per instance for a lock held
+    1 ms). Going around SQLAlchemy's connection, events and result set-up took the instance
+    insert from 26 % of the receiving process's GIL samples to 6 %. The SQL text, parameter
+    order and value conversions are SQLAlchemy's own, compiled once. One statement, so one
+    transaction: what must change together goes in one statement (or a trigger).
+    """
+
+    def __init__(self, engine: Engine, statement: Any) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        dialect = engine.dialect
+        self._engine = engine
+        self._sql = str(compiled)
+        self._params = [(name, compiled.binds[name].type.dialect_impl(dialect)
+                         .bind_processor(dialect)) for name in compiled.positiontup or ()]
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+
+    def execute(self, values: dict[str, Any]) -> tuple[int | None, int]:
+        """Run the statement with `values`; the cursor's lastrowid and rowcount."""
+        params = [convert(values[name]) if convert else values[name]
+                  for name, convert in self._params]
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = sqlite_driver_connection(self._engine)
+            conn.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        try:
+            while True:
+                try:
+                    cursor = conn.execute(self._sql, params)
+                    return cursor.lastrowid, cursor.rowcount
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                        raise
+                time.sleep(BUSY_POLL)
+        finally:
+            self._idle.put(conn)
 
 
 def reader(engine: Engine) -> Engine:

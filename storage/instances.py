@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import sqlite_driver_connection
+from storage.db import DirectStatement
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
@@ -121,7 +119,7 @@ class InstanceStore:
         self._returning = engine.dialect.name == "postgresql"
         self._insert_instance = (insert_instance.returning(Instance.id) if self._returning
                                  else insert_instance)
-        self._direct = (_DirectInsert(engine, insert_instance)
+        self._direct = (DirectStatement(engine, insert_instance)
                         if engine.dialect.name == "sqlite" else None)
         self._count_duplicate = (
             update(Instance).where(Instance.sop_uid == bindparam("dup_sop"))
@@ -187,7 +185,8 @@ class InstanceStore:
         try:
             if cached is not None and self._direct is not None:
                 # A known series on SQLite: the insert (and its trigger) is one transaction.
-                instance_pk = self._direct.insert({**values, "series_pk": cached[0]})
+                row, count = self._direct.execute({**values, "series_pk": cached[0]})
+                instance_pk = row if count == 1 else None  # None: the SOP UID is known
                 keys = cached
             else:
                 with self.engine.begin() as conn:
@@ -285,55 +284,6 @@ class InstanceStore:
         series_pk = conn.execute(
             select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one()
         return series_pk, study_pk
-
-
-BUSY_POLL = 0.0002
-BUSY_TIMEOUT = 30.0
-
-
-class _DirectInsert:
-    """The instance insert on SQLite, run by the driver itself in autocommit.
-
-    Without BEGIN, SQLite takes its write lock inside the statement and commits before the
-    statement returns, so the lock is never held while a Python thread waits for the GIL
-    (with four associations, BEGIN IMMEDIATE had waited 4-8 ms per instance for a lock held
-    1 ms). Going around SQLAlchemy's connection, events and result set-up took the insert
-    from 26 % of the receiving process's GIL samples to 6 %. The SQL text, parameter order
-    and value conversions are SQLAlchemy's own, compiled once. A taken lock is tried again
-    every BUSY_POLL seconds (SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more).
-    """
-
-    def __init__(self, engine: Engine, statement: Any) -> None:
-        compiled = statement.compile(dialect=engine.dialect)
-        self._engine = engine
-        self._sql = str(compiled)
-        columns = Instance.__table__.c
-        dialect = engine.dialect
-        self._params = [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
-                        for name in compiled.positiontup or ()]
-        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-
-    def insert(self, values: dict[str, Any]) -> int | None:
-        """The new row's key; None when its SOP Instance UID is indexed already."""
-        params = [convert(values[name]) if convert else values[name]
-                  for name, convert in self._params]
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = sqlite_driver_connection(self._engine)
-            conn.execute("PRAGMA busy_timeout=0")
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        try:
-            while True:
-                try:
-                    cursor = conn.execute(self._sql, params)
-                    return cursor.lastrowid if cursor.rowcount == 1 else None
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                        raise
-                time.sleep(BUSY_POLL)
-        finally:
-            self._idle.put(conn)
 
 
 def _settled(flushing: Future[StoredFile | None]) -> StoredFile | None:

@@ -13,11 +13,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text, update
 
-from storage import instances
+from storage import associations, db, instances
+from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
 from storage.files import FileStore, StoredFile
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
-from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study
+from storage.models import Association, Base, Instance, Patient, Series, SeriesStatus, Study
 from storage.uids import validate_uid
 
 STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
@@ -99,6 +100,30 @@ def test_timestamps_are_stored_alike_either_way(engine: Engine, tmp_path: Path,
         assert set(received) == {datetime(2026, 11, 26, 23, 0, 1, tzinfo=UTC)}
 
 
+def test_association_log_records_opening_and_end(engine: Engine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AssociationLog(engine)  # on SQLite through the driver, as the instance insert
+    opened_at = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
+    monkeypatch.setattr(associations, "utcnow", lambda: opened_at)
+    first = log.opened(calling_ae="CT1", called_ae="ICHTRIAGE", peer_host="127.0.0.1",
+                       peer_port=40001)
+    second = log.opened(calling_ae="A_TITLE_OVER_16_CHARS", called_ae="ICHTRIAGE",
+                        peer_host="127.0.0.1", peer_port=None)
+    assert second > first
+    monkeypatch.setattr(associations, "utcnow", lambda: opened_at.replace(second=7))
+    log.closed(first, state="released", stored=3, failed=1, duplicates=2)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Association.__table__).order_by(Association.id)).all()
+        assert [(r.calling_ae, r.peer_port, r.state, r.stored, r.failed, r.duplicates)
+                for r in rows] == [("CT1", 40001, "released", 3, 1, 2),
+                                   ("A_TITLE_OVER_16_", None, "open", 0, 0, 0)]
+        assert rows[0].started_at == opened_at and rows[0].ended_at == opened_at.replace(second=7)
+        assert rows[1].ended_at is None
+        # Stored as SQLAlchemy itself stores them (the readers compare them as text).
+        texts = conn.execute(text("SELECT CAST(started_at AS TEXT) FROM association")).scalars()
+        assert len(set(texts)) == 1
+
+
 def test_duplicate_keeps_first_copy_and_counts(engine: Engine, tmp_path: Path) -> None:
     store = InstanceStore(engine, FileStore(tmp_path / "data"))
     store.store(meta("1.2.3.4.5.1"), [b"first"])
@@ -158,7 +183,7 @@ def test_a_held_write_lock_is_waited_for_then_given_up(
     release.start()
     assert store.store(meta("1.2.3.4.5.2"), [b"y"]).outcome is StoreOutcome.STORED
     release.join()
-    monkeypatch.setattr(instances, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.2)
     other.begin()
     with pytest.raises(DatabaseError, match="locked"):
         store.store(meta("1.2.3.4.5.3"), [b"z"])
