@@ -98,6 +98,15 @@ class DirectStatement:
         self._params = [(name, compiled.binds[name].type.dialect_impl(dialect)
                          .bind_processor(dialect)) for name in compiled.positiontup or ()]
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        event.listen(engine, "engine_disposed", self._close_idle)
+
+    def _close_idle(self, _engine: Engine) -> None:
+        """Close the driver connections not in use, as `engine.dispose()` does its own."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def execute(self, values: dict[str, Any]) -> tuple[int | None, int]:
         """Run the statement with `values`; the cursor's lastrowid and rowcount."""

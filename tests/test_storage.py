@@ -7,11 +7,12 @@ import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, event, func, select, text, update
 
 from storage import associations, db, instances
 from storage.associations import AssociationLog
@@ -98,6 +99,56 @@ def test_timestamps_are_stored_alike_either_way(engine: Engine, tmp_path: Path,
         assert len(set(stored)) == 1
         received = conn.execute(select(Instance.received_at)).scalars()
         assert set(received) == {datetime(2026, 11, 26, 23, 0, 1, tzinfo=UTC)}
+
+
+def test_a_series_another_process_indexed_is_read_not_written(engine: Engine,
+                                                              tmp_path: Path) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    files = FileStore(tmp_path / "data")
+    first, second = InstanceStore(engine, files), InstanceStore(engine, files)  # two caches
+    first.store(meta("1.2.3.4.5.1"), [b"x"])
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        result = second.store(meta("1.2.3.4.5.2"), [b"y"])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert result.outcome is StoreOutcome.STORED
+    # One read through SQLAlchemy; the insert went by the driver; no write transaction.
+    assert statements == ["BEGIN", "SELECT"]
+    with engine.connect() as conn:
+        assert conn.execute(select(Instance.series_pk).distinct()).scalars().all() == [
+            result.series_pk]
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 2
+
+
+def test_dispose_closes_the_driver_connections_too(engine: Engine, tmp_path: Path) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the driver path is SQLite's")
+    database = str(engine.url.database)
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    store.store(meta("1.2.3.4.5.1"), [b"x"])
+    store.store(meta("1.2.3.4.5.2"), [b"y"])  # the series is known: through the driver
+
+    def open_on_database() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue  # listdir's own descriptor, closed by now
+            if target.startswith(database):
+                found.append(target)
+        return found
+
+    assert open_on_database()
+    engine.dispose()
+    assert open_on_database() == []
 
 
 def test_association_log_records_opening_and_end(engine: Engine,
