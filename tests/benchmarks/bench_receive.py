@@ -9,8 +9,13 @@ Targets, all on 127.0.0.1 with TCP_NODELAY=1 in every process's environment:
 Runs alternate between targets (node, bare, storescp, orthanc, node, ...) for ``--repeats``
 rounds; each round sends a freshly generated series (new UIDs) so no target ever sees a
 duplicate. Before each run every server must be idle (no CPU for a moment: the node's
-triage of the previous series must not steal time from the next run). Received files are
-removed between runs for bare, storescp and Orthanc; the node keeps its store.
+triage of the previous series must not steal time from the next run), and the disk must
+be quiet: received files are removed between runs for bare, storescp and Orthanc (the node
+keeps its store), then everything written is flushed (sync). Without that flush a run
+started while the kernel still wrote back the previous target's 100-500 MB, and a target
+that fsyncs each instance before answering (the node) waited behind it: the node's
+four-association rate fell from about 420 to about 345 slices/s when the other targets ran
+between its runs.
 
 With ``--associations 4`` the N slices are split over 4 storescu processes started at once
 (N/4 each, N in total), so slices/s compare directly with one association.
@@ -303,8 +308,9 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
                 series_dir = work / f"series-{round_no}-{assoc}"
                 files = write_ct_series(series_dir, args.slices, seed=round_no * 100 + assoc)
                 for target in targets:
-                    wait_idle(all_pids)
                     target.clear()
+                    os.sync()  # and the disk quiet: see the module's docstring
+                    wait_idle(all_pids)
                     elapsed = send(target, files, assoc, args.send_timeout)
                     got = target.received()
                     if got is not None and got != len(files):
