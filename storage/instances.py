@@ -213,7 +213,7 @@ class InstanceStore:
         Four associations sending one series to two receiving processes: the second process's
         first instances would otherwise queue for the write lock (BEGIN IMMEDIATE, SQLite's busy
         handler sleeping 1 to 100 ms between tries) against the first's stream of inserts, only
-        to find the series made: 45-60 ms stalls at the start of every such run."""
+        to find the series made."""
         with self._reader.connect() as conn:
             row = conn.execute(self._series_by_uid, {"uid": series_uid}).first()
         return (row[0], row[1]) if row is not None else None

@@ -3,9 +3,10 @@
 A scanner or a DCMTK storescu proposes the same presentation contexts on every association
 (storescu: 120-odd, each with up to three transfer syntaxes), and pynetdicom turns them into
 objects, checks every UID, matches them against the node's 171 contexts and encodes the
-answer, item by item: about 11 ms of one association's 27 ms of set-up CPU, taken under the
-interpreter lock from the associations already sending. `negotiate_from_memory()` makes
-pynetdicom remember, per receiving process:
+answer, item by item, under the interpreter lock that the associations already sending
+need too. `negotiate_from_memory()` makes pynetdicom remember, per receiving process (CPU
+per single-slice storescu association went from 19-23.5 ms to 11.7-13.3 ms;
+tests/benchmarks/bench_associations.py):
 
 - which UIDs it found valid (`set_uid`, `validate_uid` in its association modules) and
   which transfer syntaxes it would add to a context without a warning;
@@ -191,7 +192,7 @@ def _ac_item_bytes(context_id: int, result: int, syntax: UID) -> bytes:
     item.presentation_context_id = context_id
     item.result_reason = result
     item.transfer_syntax_sub_item = [_syntax_sub_item(syntax)]
-    return bytes(_ac_item_encode(item))
+    return _ac_item_encode(item)
 
 
 def _ac_item_encode_once(self: PresentationContextItemAC) -> bytes:
@@ -201,7 +202,7 @@ def _ac_item_encode_once(self: PresentationContextItemAC) -> bytes:
             and isinstance(subs[0].transfer_syntax_name, UID)):
         return _ac_item_bytes(self.presentation_context_id, self.result_reason,
                               subs[0].transfer_syntax_name)
-    return bytes(_ac_item_encode(self))
+    return _ac_item_encode(self)
 
 
 def negotiate_from_memory() -> None:
