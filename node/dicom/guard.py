@@ -215,6 +215,7 @@ class GuardedSocket(AssociationSocket):
         what = ("an association request" if self._request_deadline is not None
                 else f"a PDU ({read} of {count} bytes)")
         logger.warning("association from %s aborted: %s not received in time", self._host, what)
+        self._drop()
         raise PeerLimitError(f"{what} not received in time")
 
     def _refuse(self, why: str, reason: int) -> None:
@@ -223,7 +224,18 @@ class GuardedSocket(AssociationSocket):
             cast(socket.socket, self.socket).sendall(abort_pdu(reason))
         except OSError:
             pass  # the peer is gone already; the connection is dropped either way
+        self._drop()
         raise PeerLimitError(why)
+
+    def _drop(self) -> None:
+        """Close the connection: the upper layer takes the error for a connection the peer
+        closed (Evt17), and so does not close it itself."""
+        sock = cast(socket.socket, self.socket)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already reset by the peer
+        sock.close()
 
 
 class GuardedRequestHandler(RequestHandler):
