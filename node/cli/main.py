@@ -49,11 +49,33 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
     add("--workers", type=int,
         help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
+    _limit_flags(parser)
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    """What a peer may make the node hold or wait for (node.dicom.guard)."""
+    add = parser.add_argument
+    add("--max-pdu", type=int, help="largest P-DATA-TF accepted, bytes; 0 for unlimited "
+        f"(default: {DEFAULTS.max_pdu})")
+    add("--max-message-mb", type=int, help="largest data set of one message held in memory "
+        f"(default: {DEFAULTS.max_message_mb})")
+    add("--max-associations", type=int, help="open associations, node-wide "
+        f"(default: {DEFAULTS.max_associations})")
+    add("--max-associations-per-host", type=int, help="open associations from one host "
+        f"(default: {DEFAULTS.max_associations_per_host})")
+    add("--association-request-timeout", type=float, help="seconds from connection to a "
+        f"complete association request (default: {DEFAULTS.association_request_timeout})")
+    add("--network-timeout", type=float, help="seconds an association may sit idle, or a PDU "
+        f"take to arrive (default: {DEFAULTS.network_timeout})")
+    add("--receive-path", choices=("fast", "stock"), help="fast: the node's pynetdicom "
+        f"subclasses; stock: pynetdicom's own classes (default: {DEFAULTS.receive_path})")
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
-                "tls_ca", "min_slices", "workers", "model", "device")
+                "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
+                "max_message_mb", "max_associations", "max_associations_per_host",
+                "association_request_timeout", "network_timeout", "receive_path")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,6 +119,7 @@ class GuardedSocket(AssociationSocket):
         self._pdu_deadline = 0.0
         self._message_bytes = 0
         self._command_bytes = 0
+        self.received = 0  # bytes read so far
         # One wait per system call; the deadline is checked between calls, so a PDU that
         # trickles in ends within its deadline plus one wait.
         self._wait = min(limits.request_timeout, limits.pdu_timeout)
@@ -207,6 +208,7 @@ class GuardedSocket(AssociationSocket):
             if not received:
                 break  # the peer closed: return what arrived, as pynetdicom does
             read += received
+            self.received += received
         if read < len(buffer):
             del buffer[read:]
         return buffer
@@ -262,5 +264,12 @@ class GuardedRequestHandler(RequestHandler):
 
     def finish(self) -> None:
         assoc = getattr(self, "assoc", None)
-        if assoc is not None and assoc.is_alive():
+        if assoc is None:
+            return
+        if assoc.is_alive():
             assoc.join()
+        sock = assoc.dul.socket
+        if isinstance(sock, GuardedSocket) and not sock.received:
+            # pynetdicom's ARTIM timer ended it (PS3.8 9.1.5); say whose connection it was
+            logger.warning("connection from %s closed: no association request in %s s",
+                           self.client_address[0], sock.limits.request_timeout)
