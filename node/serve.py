@@ -21,8 +21,9 @@ from node.logs import configure_logging
 from node.scheduler import SeriesMonitor
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
-from storage.jobs import JobQueue, RetryPolicy
+from storage.jobs import JobQueue
 from storage.models import utcnow
+from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _start_triage(settings: Settings, services: Services, count: int,
         return TriageWorker(results=Results(services.engine), queue=services.queue, store=store,
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
-                            batch_size=settings.batch_size)
+                            ae_title=settings.ae_title, batch_size=settings.batch_size)
 
     return start_workers(count, make, stop)
 

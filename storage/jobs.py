@@ -17,29 +17,9 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, tex
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Job, JobStatus, utcnow
+from storage.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing job is tried, and how long to wait between tries."""
-
-    max_attempts: int = 3
-    backoff_seconds: float = 5.0
-    backoff_factor: float = 2.0
-    max_backoff_seconds: float = 300.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_seconds < 0 or self.backoff_factor < 1:
-            raise ValueError("backoff_seconds must be >= 0 and backoff_factor >= 1")
-
-    def delay(self, attempts: int) -> timedelta:
-        """Wait before the next try, after `attempts` tries so far."""
-        seconds = self.backoff_seconds * self.backoff_factor ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_backoff_seconds))
 
 
 @dataclass(frozen=True)

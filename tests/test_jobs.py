@@ -14,8 +14,9 @@ from node.dicom.eligibility import EligibilityRules
 from node.scheduler import SeriesMonitor
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
-from storage.jobs import ClaimedJob, JobQueue, RetryPolicy
+from storage.jobs import ClaimedJob, JobQueue
 from storage.models import Job, JobStatus, Series, SeriesStatus, utcnow
+from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

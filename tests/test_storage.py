@@ -317,3 +317,25 @@ def test_a_file_that_cannot_be_flushed_takes_its_row_back(engine: Engine,
         assert conn.execute(select(Series.instance_count)).scalar_one() == 1
     # and the instance is stored when it comes again
     assert store.store(meta("1.2.3.4.5.2"), [b"y"]).outcome is StoreOutcome.STORED
+
+
+def test_new_study_and_series_folders_are_made_durable(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent of every folder made is fsynced (the root for a new study, the study for a
+    new series), and the series folder once the file is named in it."""
+    from storage import files as files_module
+
+    synced: list[str] = []
+    real = files_module._fsync_dir
+    monkeypatch.setattr(files_module, "_fsync_dir",
+                        lambda path: (synced.append(os.path.normpath(path)), real(path)))
+    store = FileStore(tmp_path / "data")
+    store.root.mkdir()
+    relative = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert store.publish(store.write_temp(relative, [b"x"]), relative) is not None
+    root = os.path.normpath(store.root)
+    assert synced == [root, os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.4")]
+    synced.clear()
+    second = store.relative_path("1.2.3", "1.2.3.9", "1.2.3.9.5")  # a new series, same study
+    assert store.publish(store.write_temp(second, [b"y"]), second) is not None
+    assert synced == [os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.9")]

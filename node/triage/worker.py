@@ -101,9 +101,10 @@ def _normal_position(instance: SeriesInstance) -> float | None:
 class TriageWorker:
     def __init__(self, *, results: Results, queue: JobQueue, store: InstanceStore,
                  files: FileStore, outbox: Outbox, model: ModelHolder,
-                 destinations: Sequence[str], min_slices: int, batch_size: int = 16,
-                 name: str | None = None) -> None:
+                 destinations: Sequence[str], min_slices: int, ae_title: str,
+                 batch_size: int = 16, name: str | None = None) -> None:
         self.results = results
+        self.ae_title = ae_title  # the node's own: the calling AE title its SRs are stored with
         self.queue = queue
         self.store = store
         self.files = files
@@ -174,7 +175,7 @@ class TriageWorker:
                         **{f"threshold_{k}": f"{v:.4f}" for k, v in card.thresholds.items()}})
         sr = build_triage_sr(source, results, algorithm)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
-                                  [_encode(sr)], calling_ae="ICHTRIAGE")
+                                  [_encode(sr)], calling_ae=self.ae_title)
         latency = (utcnow() - series.last_received_at).total_seconds()
         new = NewResult(
             series_pk=series.pk, job_pk=job.id, series_revision=job.series_revision,
