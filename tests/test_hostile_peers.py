@@ -195,3 +195,37 @@ def test_data_set_over_the_message_limit_is_aborted(server: ThreadedAssociationS
     raw.close()
     good_association_works(server)
     wait_idle(server)
+
+
+def test_hand_parsed_length_fields_refuse_corrupt_bytes_cleanly() -> None:
+    """The raw header reader, the C-STORE command set reader and the PDV item reader, fed
+    corrupted and truncated encodings (seeded): each declines (RawHeaderError, None) or
+    reads; none raises anything else or reads past its input."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from node.dicom.fastpath.dimse import _command_elements
+    from node.dicom.fastpath.dul import _pdv_items
+    from node.dicom.header import RawHeaderError, read_header
+
+    rng = np.random.default_rng(5)
+    ds = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=1)
+    for implicit in (False, True):
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+        write_dataset(buffer, ds)
+        encoded = buffer.getvalue()[:4000]
+        for _ in range(1500):
+            corrupt = bytearray(encoded)
+            for at in rng.integers(0, len(corrupt), size=int(rng.integers(1, 7))):
+                corrupt[at] = int(rng.integers(0, 256))
+            data = bytes(corrupt[:int(rng.integers(0, len(corrupt) + 1))])
+            try:
+                values = read_header(data, implicit_vr=implicit)
+                assert isinstance(values, dict)
+            except RawHeaderError:
+                pass
+            elements = _command_elements(data)
+            assert elements is None or sum(len(v) + 8 for v in elements.values()) == len(data)
+            items = _pdv_items(data)
+            assert items is None or sum(len(v) + 5 for _, v in items) == len(data)
