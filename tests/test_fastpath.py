@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+import threading
 
 import pynetdicom
 import pytest
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from node.dicom import fastpath
 from node.dicom.fastpath import upstream
 from node.dicom.guard import GuardedRequestHandler
+from tests.peers import LOOPBACK
 
 
 def test_copied_upstream_methods_are_unchanged() -> None:
@@ -49,3 +54,70 @@ def test_another_version_falls_back_to_the_stock_path_with_one_warning(
 def test_an_unknown_path_is_an_error() -> None:
     with pytest.raises(ValueError, match="receive path"):
         fastpath.request_handler("turbo")
+
+
+def captured_request(calling: str) -> bytes:
+    """The A-ASSOCIATE-RQ a pynetdicom SCU calling as `calling` sends, with every storage
+    context in three transfer syntaxes (as a scanner proposes)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+    from pynetdicom import AE, StoragePresentationContexts
+
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    captured: list[bytes] = []
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        data = b""
+        while len(data) < 6 or len(data) < 6 + struct.unpack(">L", data[2:6])[0]:
+            data += conn.recv(65536)
+        captured.append(data)
+        conn.close()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    ae = AE(calling)
+    ae.acse_timeout = 2
+    for cx in StoragePresentationContexts[:100]:
+        ae.add_requested_context(cx.abstract_syntax, [JPEG2000Lossless, ExplicitVRLittleEndian,
+                                                      ImplicitVRLittleEndian])
+    ae.associate(LOOPBACK, port, ae_title="NODE")
+    thread.join()
+    listener.close()
+    return captured[0]
+
+
+def test_a_remembered_associate_request_reads_as_a_fresh_one() -> None:
+    raw = captured_request("SCANNER1")
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(raw)
+    for _ in range(3):  # what each association that sends these bytes does with it
+        assert A_ASSOCIATE_RQ(pdu.to_primitive()).encode() == raw
+    assert pdu.encode() == raw  # reading it left it as it was
+
+
+def test_associations_share_a_decoded_request_only_when_the_bytes_are_equal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom import AE, _config, evt
+
+    from node.dicom.fastpath import dul
+    from tests.scp import VERIFICATION, start_server, stop_server
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    monkeypatch.setattr(dul, "ASSOCIATE_REQUESTS", dul.AssociateRequests())
+    seen: list[str] = []
+    srv = start_server("fast", lambda event: 0)
+    srv.bind(evt.EVT_REQUESTED, lambda event: seen.append(
+        str(event.assoc.requestor.primitive.calling_ae_title).strip()))
+    try:
+        for calling in ("CT1", "CT1", "CT2", "CT1"):
+            ae = AE(calling)
+            ae.add_requested_context(VERIFICATION)
+            assoc = ae.associate(LOOPBACK, srv.server_address[1], ae_title="NODE")
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+    finally:
+        stop_server(srv)
+    assert seen == ["CT1", "CT1", "CT2", "CT1"]
+    assert len(dul.ASSOCIATE_REQUESTS._pdus) == 2  # one decoded request per distinct one

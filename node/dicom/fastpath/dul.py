@@ -24,12 +24,13 @@ import socket
 import ssl
 import struct
 import threading
+from collections import OrderedDict
 from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
@@ -55,6 +56,40 @@ class _WakingQueue(queue.Queue[Any]):
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_LENGTH = struct.Struct(">L")
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
+class AssociateRequests:
+    """The last few decoded A-ASSOCIATE-RQ PDUs, by their bytes (per receiving process).
+
+    A scanner or storescu sends the same request on every association (storescu: 9.6 KB,
+    120-odd presentation contexts); decoding it is a quarter of an association's set-up CPU.
+    pynetdicom only reads a decoded request (to_primitive() builds new objects each time;
+    tests/test_fastpath.py checks it leaves the PDU as it was), so one decoded copy serves
+    every association that sends those bytes.
+    """
+
+    SIZE = 32
+    LARGEST = 64 * 1024  # larger requests are decoded every time
+
+    def __init__(self) -> None:
+        self._pdus: OrderedDict[bytes, A_ASSOCIATE_RQ] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> A_ASSOCIATE_RQ | None:
+        with self._lock:
+            pdu = self._pdus.get(key)
+            if pdu is not None:
+                self._pdus.move_to_end(key)
+            return pdu
+
+    def put(self, key: bytes, pdu: A_ASSOCIATE_RQ) -> None:
+        with self._lock:
+            self._pdus[key] = pdu
+            while len(self._pdus) > self.SIZE:
+                self._pdus.popitem(last=False)
+
+
+ASSOCIATE_REQUESTS = AssociateRequests()
 
 
 def _pdv_items(body: bytes | bytearray) -> list[Any] | None:
@@ -121,6 +156,20 @@ class WakingDUL(DULServiceProvider):
                 pass
         except (BlockingIOError, OSError):
             pass
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        # pynetdicom 3.0.4 DULServiceProvider._decode_pdu, remembering A-ASSOCIATE-RQs
+        # (AssociateRequests) while no handler watches the data or the PDUs.
+        if (bytestream[:1] != b"\x01" or len(bytestream) > AssociateRequests.LARGEST
+                or any(self.assoc.get_handlers(e) for e in _PDU_EVENTS[:2])):
+            return cast(tuple[Any, str], super()._decode_pdu(bytestream))
+        key = bytes(bytestream)
+        pdu = ASSOCIATE_REQUESTS.get(key)
+        if pdu is None:
+            decoded, event = super()._decode_pdu(bytestream)
+            ASSOCIATE_REQUESTS.put(key, cast(A_ASSOCIATE_RQ, decoded))
+            return decoded, event
+        return pdu, "Evt6"
 
     def _read_pdu_data(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider._read_pdu_data, except that a P-DATA-TF on an

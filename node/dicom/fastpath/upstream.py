@@ -16,6 +16,10 @@ COPIED = {
     # copied, changed where the node's docstrings say
     "pynetdicom.dul:DULServiceProvider._read_pdu_data":
         "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
+    "pynetdicom.dul:DULServiceProvider._decode_pdu":
+        "fc71dd1bf853e1ce79d29b11731a26a4f6ee9eb697026ad611f8fc91f8aa69c9",
+    "pynetdicom.pdu:A_ASSOCIATE_RQ.to_primitive":
+        "92cb1a8bedf659e5ed93aafac546740e080a9e94cae90b22e150f407e4c05019",
     "pynetdicom.dul:DULServiceProvider.run_reactor":
         "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
     "pynetdicom.association:Association._run_reactor":
