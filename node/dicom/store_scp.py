@@ -143,8 +143,9 @@ class StoreHandlers:
             tally = self._tallies.pop(id(event.assoc), None)
         if tally is None:
             return
-        logger.info("association %s %s: %d stored, %d duplicate, %d failed", tally.pk, state,
-                    tally.stored, tally.duplicates, tally.failed)
+        logger.info("association %s from %s %s: %d stored, %d duplicate, %d failed", tally.pk,
+                    event.assoc.requestor.address, state, tally.stored, tally.duplicates,
+                    tally.failed)
         if tally.pk is not None:
             try:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
