@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -21,6 +24,7 @@ from node.logs import configure_logging
 from node.scheduler import SeriesMonitor
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
+from storage.instances import InstanceStore
 from storage.jobs import JobQueue
 from storage.models import utcnow
 from storage.retry import RetryPolicy
@@ -52,6 +56,41 @@ def open_services(settings: Settings) -> Services:
     return Services(engine, files, queue)
 
 
+# Rows received this long before the newest one are checked for their file at start-up: the
+# instances in flight at a crash were all received within seconds of each other.
+RECONCILE_WINDOW = timedelta(minutes=10)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs here. This process holds no job yet when it starts: a job
+    under its own pid is a former process's (pid 1 in a container, say)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def recover(services: Services, *, files_too: bool) -> None:
+    """Undo what a crash or SIGKILL left half-done, before anything receives or triages:
+    jobs of this host's workers whose process is gone are queued again at once; with
+    `files_too` (the node, not a stand-alone worker) temporary files of interrupted writes
+    are removed and rows whose file never got its name are taken back. One log line."""
+    jobs = services.queue.reclaim_dead(socket.gethostname(), _process_alive)
+    temporaries = rows = 0
+    if files_too:
+        temporaries = services.files.remove_temporaries()
+        rows = len(InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW))
+    if jobs or temporaries or rows:
+        logger.warning("recovered from an unclean stop: %d jobs of ended workers queued again "
+                       "(or failed), %d temporary files removed, %d rows without their file "
+                       "taken back", len(jobs), temporaries, rows)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -68,7 +107,6 @@ def _start_triage(settings: Settings, services: Services, count: int,
                   stop: threading.Event) -> list[threading.Thread]:
     """Triage workers (threads sharing one loaded model) and the outbox sender."""
     from node.triage.worker import ModelHolder, TriageWorker, start_workers
-    from storage.instances import InstanceStore
     from storage.outbox import Outbox
     from storage.results import Results
 
@@ -103,6 +141,7 @@ def _start_sender(settings: Settings, services: Services,
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     services = open_services(settings)
+    recover(services, files_too=True)
     if not settings.allow_ae and settings.bind not in ("127.0.0.1", "::1", "localhost"):
         logger.warning("listening on %s and accepting any calling AE title: set allow_ae",
                        settings.bind)
@@ -147,6 +186,7 @@ def work(settings: Settings, count: int) -> int:
     scheduler and the outbox, so results are sent once."""
     configure_logging(settings.log_level)
     services = open_services(settings)
+    recover(services, files_too=False)
     stop = _stop_on_signals()
     workers = _start_triage(settings, services, count, stop)
     logger.info("ready: %d triage workers on %s", len(workers), settings.device)

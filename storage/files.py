@@ -150,6 +150,17 @@ class FileStore:
         except FileNotFoundError:
             pass
 
+    def remove_temporaries(self) -> int:
+        """Remove the temporary files of writes a crash interrupted (never answered, so the
+        sender resends them); returns how many. For start-up, before anything receives."""
+        removed = 0
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".incoming-") and name.endswith(".tmp"):
+                    self.discard(os.path.join(folder, name))
+                    removed += 1
+        return removed
+
     def exists(self, relative: str) -> bool:
         return self.path_of(relative).is_file()
 

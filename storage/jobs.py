@@ -10,6 +10,7 @@ the claim runs under `BEGIN IMMEDIATE`, which serializes claimers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -136,7 +137,51 @@ class JobQueue:
                        job.attempts, error, final.value)
         return final
 
+    def reclaim_dead(self, host: str, alive: Callable[[int], bool]) -> list[int]:
+        """Queue again, at once, the running jobs of workers on `host` whose process is gone
+        (`alive(pid)` is False): a node restarted after a crash need not wait for their
+        leases to expire. A job already tried `retry.max_attempts` times fails instead (it may
+        be what crashed the node). Returns the ids of the jobs reclaimed or failed."""
+        now = utcnow()
+        done: list[int] = []
+        with self.engine.begin() as conn:
+            running = conn.execute(select(Job.id, Job.worker, Job.attempts, Job.queueing_lock)
+                                   .where(Job.status == JobStatus.RUNNING)).all()
+            for job_id, worker, attempts, lock in running:
+                process = worker_process(worker)
+                if process is None or process[0] != host or alive(process[1]):
+                    continue
+                queued = conn.execute(select(Job.id).where(
+                    Job.queueing_lock == lock, Job.status == JobStatus.QUEUED)).scalar()
+                if queued is not None:  # the series was queued again meanwhile: that one runs
+                    values: dict[str, object] = {
+                        "status": JobStatus.FAILED, "finished_at": now,
+                        "last_error": f"its worker {worker} ended mid-job; superseded by "
+                                      f"queued job {queued}"}
+                elif attempts >= self.retry.max_attempts:
+                    values = {
+                        "status": JobStatus.FAILED, "finished_at": now,
+                        "last_error": f"its worker's process ended on each of {attempts} tries "
+                                      f"(last {worker})"}
+                else:
+                    values = {"status": JobStatus.QUEUED, "run_after": now,
+                              "last_error": f"its worker {worker} ended mid-job; queued again"}
+                conn.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
+                                               Job.worker == worker)
+                             .values(lease_expires_at=None, **values))
+                done.append(job_id)
+        return done
+
     @staticmethod
     def _owned(job: ClaimedJob) -> ColumnElement[bool]:
         return and_(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.worker == job.worker,
                     Job.attempts == job.attempts)
+
+
+def worker_process(worker: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker named "host:pid:thread" (node.triage.worker's names); None for
+    a name of another form."""
+    parts = worker.split(":")
+    if len(parts) < 3 or not parts[-2].isdigit() or not parts[0]:
+        return None
+    return ":".join(parts[:-2]), int(parts[-2])
