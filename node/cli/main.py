@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ichtriage",
         description="A DICOM node that triages head CT for intracranial hemorrhage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node: DICOM receiver, scheduler, worker")
@@ -130,8 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     if args.command == "worklist":
         from node.cli.worklist import print_worklist
+        from storage.errors import DatabaseMissingError
 
-        return print_worklist(settings, as_json=args.json, limit=args.limit)
+        try:
+            return print_worklist(settings, as_json=args.json, limit=args.limit)
+        except DatabaseMissingError as exc:
+            print(f"ichtriage: {exc}", file=sys.stderr)
+            return 1
     if args.command == "admin":
         from node.cli.admin import run_admin
 
@@ -150,6 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _version() -> str:
+    """This node's version and those of the libraries its results depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in
+                          ("pynetdicom", "pydicom", "highdicom", "torch", "SQLAlchemy"))
+    return f"ichtriage {of('ichtriage')} ({libraries})"
 
 
 def _redact(url: str) -> str:
