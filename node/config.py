@@ -104,7 +104,7 @@ class Settings:
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
-    job_lease_seconds: float = 300.0
+    job_lease_seconds: float = 30.0  # renewed every third while the worker lives
     job_max_attempts: int = 3
 
     def __post_init__(self) -> None:

@@ -10,12 +10,15 @@ the claim runs under `BEGIN IMMEDIATE`, which serializes claimers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.models import Job, JobStatus, utcnow
 from storage.retry import RetryPolicy
@@ -35,7 +38,7 @@ class ClaimedJob:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, *, lease_seconds: float = 300.0,
+    def __init__(self, engine: Engine, *, lease_seconds: float = 30.0,
                  retry: RetryPolicy | None = None) -> None:
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -103,6 +106,30 @@ class JobQueue:
         with self.engine.begin() as conn:
             return conn.execute(update(Job).where(self._owned(job)).values(
                 lease_expires_at=utcnow() + self.lease)).rowcount == 1
+
+    @contextmanager
+    def kept_alive(self, job: ClaimedJob) -> Iterator[None]:
+        """Renew `job`'s lease every third of the lease while the block runs, so a short lease
+        (a dead worker's job is taken over soon) never runs out under a live one. A database
+        error in a renewal is logged and the next one tried."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease.total_seconds() / 3):
+                try:
+                    if not self.heartbeat(job):
+                        logger.warning("job %s: lease lost to another worker", job.id)
+                        return
+                except SQLAlchemyError as exc:
+                    logger.warning("job %s: lease not renewed: %s", job.id, exc)
+
+        thread = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def complete(self, job: ClaimedJob, conn: Connection | None = None) -> bool:
         """Mark done (inside `conn`'s transaction when given); False when the lease was lost."""

@@ -227,3 +227,16 @@ def test_worker_names_parse() -> None:
     assert worker_process("ct-node.local:123:140") == ("ct-node.local", 123)
     assert worker_process("fe80::1:77:9") == ("fe80::1", 77)
     assert worker_process("test") is None and worker_process(":1:2") is None
+
+
+def test_a_live_worker_keeps_its_short_lease(engine: Engine) -> None:
+    queue = JobQueue(engine, lease_seconds=0.3)
+    enqueue(engine, queue, "series:kept")
+    job = queue.claim("ct-node:1:1")
+    assert job is not None
+    with queue.kept_alive(job):
+        time.sleep(1.0)  # three leases long: renewed meanwhile
+        assert queue.claim("ct-node:2:1") is None
+    time.sleep(0.5)  # no longer renewed: the lease runs out and another worker takes it
+    taken = queue.claim("ct-node:2:1")
+    assert taken is not None and taken.id == job.id

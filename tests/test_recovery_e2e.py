@@ -31,9 +31,11 @@ def kill_tree(node: NodeProcess) -> None:
 
 def test_a_job_running_at_a_sigkill_is_done_soon_after_the_restart(tmp_path: Path) -> None:
     # The worker loads the model, then reads and classifies 24 full-size slices: seconds in
-    # which the job is "running" (lease: the default 300 s), and the kill comes then.
+    # which the job is "running", and the kill comes then. The lease is made long (600 s):
+    # only the restart's recovery can hand the job on in time.
     series = write_series(tmp_path / "in", seed=11, slices=24, size=512, subtypes=())
-    with running_node(tmp_path, workers=1, settle=0.3) as node:
+    lease = {"ICHTRIAGE_JOB_LEASE_SECONDS": "600"}
+    with running_node(tmp_path, workers=1, settle=0.3, env=lease) as node:
         held = peers.run_storescu(series.paths[0].parent, node.port, aet="CT1",
                                   called_aet="ICHTRIAGE")
         assert held.returncode == 0, held.stderr
@@ -42,9 +44,9 @@ def test_a_job_running_at_a_sigkill_is_done_soon_after_the_restart(tmp_path: Pat
         kill_tree(node)
     leftover = node.query("select status, worker from job")
     assert leftover[0][0] == "running"
-    with running_node(tmp_path, workers=1, settle=0.3) as again:
+    with running_node(tmp_path, workers=1, settle=0.3, env=lease) as again:
         wait_for(lambda: again.query("select status from job") == [("done",)], timeout=90,
-                 what="the job done after the restart (its lease has 300 s to run)")
+                 what="the job done after the restart (its lease has 600 s to run)")
         log = again.log_text()
         assert "1 jobs of ended workers queued again" in log
         assert again.query("select count(*) from triage_result") == [(1,)]

@@ -126,7 +126,8 @@ class TriageWorker:
         if job is None:
             return False
         try:
-            self.process(job)
+            with self.queue.kept_alive(job):
+                self.process(job)
         except (TriageError, MLError, StorageError, OSError, ValueError) as exc:
             self._failed(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
