@@ -23,7 +23,7 @@ from node.scheduler import Polls, SeriesMonitor
 from node.startup import StartupError, check_all
 from storage.associations import AssociationLog
 from storage.db import make_engine
-from storage.files import FileStore
+from storage.files import QUARANTINE, FileStore
 from storage.instances import InstanceStore
 from storage.jobs import JobQueue
 from storage.retry import RetryPolicy
@@ -77,16 +77,18 @@ def recover(services: Services, *, files_too: bool) -> None:
     `files_too` (the node, not a stand-alone worker) temporary files of interrupted writes
     are removed and rows whose file never got its name are taken back. One log line."""
     jobs = services.queue.reclaim_dead(socket.gethostname(), _process_alive)
-    temporaries = rows = cut = 0
+    temporaries = rows = orphans = cut = 0
     if files_too:
-        temporaries = services.files.remove_temporaries()
-        rows = len(InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW))
+        done = InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW)
+        temporaries, rows = done.temporaries, len(done.rows_taken_back)
+        orphans = len(done.files_quarantined)
         cut = AssociationLog(services.engine).close_left_open()
-    if jobs or temporaries or rows or cut:
+    if jobs or temporaries or rows or orphans or cut:
         logger.warning("recovered from an unclean stop: %d jobs of ended workers queued again "
                        "(or failed), %d temporary files removed, %d rows without their file "
-                       "taken back, %d associations cut off marked aborted", len(jobs),
-                       temporaries, rows, cut)
+                       "taken back, %d files without a row moved to %s, %d associations cut "
+                       "off marked aborted", len(jobs), temporaries, rows, orphans,
+                       QUARANTINE, cut)
 
 
 def _stop_on_signals() -> threading.Event:
