@@ -20,7 +20,7 @@ _counter = itertools.count()
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real PostgreSQL server for the session, on loopback, stopped at the end."""
     if not peers.have_postgres():
-        pytest.skip("PostgreSQL is not installed (deploy/system-packages.sh installs it)")
+        peers.missing_peer("PostgreSQL")
     with peers.postgres_server(tmp_path_factory.mktemp("pg")) as url:
         yield url
 

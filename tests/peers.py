@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,24 @@ def dcmtk_tool(name: str) -> str:
             _DCMTK_CACHE[name] = str(candidate)
             return str(candidate)
     raise RuntimeError(f"DCMTK program {name!r} not found on PATH (apt-get install dcmtk)")
+
+
+def missing_peer(what: str) -> NoReturn:
+    """A peer a test needs is not installed: a failure under CI (`CI=true`: an install step
+    broke, and a skip would hide it), a skip elsewhere."""
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is not installed (deploy/system-packages.sh installs it)")
+    pytest.skip(f"{what} is not installed")
+
+
+def needs(available: bool, what: str) -> Any:
+    """A pytest mark: skip without `what`, except under CI, where the test runs and fails."""
+    import pytest
+
+    return pytest.mark.skipif(not available and os.environ.get("CI") != "true",
+                              reason=f"{what} is not installed")
 
 
 def have_dcmtk() -> bool:

@@ -26,7 +26,7 @@ from tests.nodeproc import NodeProcess, running_node, wait_for
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not peers.have_dcmtk(), reason="DCMTK is not installed"),
+    peers.needs(peers.have_dcmtk(), "DCMTK"),
 ]
 
 PATIENT_NAME, PATIENT_ID = "SECRET^PERSON", "MRN-7734-XY"

@@ -17,6 +17,7 @@ from tests.peers import (
     have_dcmtk,
     have_orthanc,
     have_postgres,
+    needs,
     orthanc_server,
     postgres_server,
     run_echoscu,
@@ -25,9 +26,9 @@ from tests.peers import (
     wait_for_port,
 )
 
-needs_dcmtk = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK is not installed")
-needs_orthanc = pytest.mark.skipif(not have_orthanc(), reason="Orthanc is not installed")
-needs_postgres = pytest.mark.skipif(not have_postgres(), reason="PostgreSQL is not installed")
+needs_dcmtk = needs(have_dcmtk(), "DCMTK")
+needs_orthanc = needs(have_orthanc(), "Orthanc")
+needs_postgres = needs(have_postgres(), "PostgreSQL")
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from tests.nodeproc import NodeProcess, running_node, wait_for
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (peers.have_dcmtk() and peers.have_orthanc()),
-                       reason="DCMTK and Orthanc are needed"),
+    peers.needs(peers.have_dcmtk() and peers.have_orthanc(), "DCMTK or Orthanc"),
 ]
 
 

@@ -93,8 +93,7 @@ def test_a_sigkill_during_a_transfer_leaves_rows_and_files_agreeing(
         assert indexed == on_disk and len(indexed) == 40
 
 
-@pytest.mark.skipif(not peers.have_orthanc() and os.environ.get("CI") != "true",
-                    reason="Orthanc is not installed")
+@peers.needs(peers.have_orthanc(), "Orthanc")
 def test_results_pending_at_a_sigkill_are_delivered_once_after_the_restart(
         tmp_path: Path) -> None:
     """The PACS is down when the result is made; the node is killed; the PACS comes back and

@@ -42,6 +42,7 @@ from node.triage.sr import (
     build_triage_sr,
     read_triage_sr,
 )
+from tests import peers
 
 N_SLICES = 5
 WHEN = datetime(2026, 11, 26, 14, 30, 5)
@@ -283,7 +284,7 @@ def test_source_without_optional_study_attributes(source: list[Dataset]) -> None
 
 def test_dciodvfy_finds_no_errors(source: list[Dataset], tmp_path: Path) -> None:
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+        peers.missing_peer("dciodvfy (dicom3tools)")
     out = subprocess.run(["dciodvfy", str(_written(_build(source), tmp_path))],
                          capture_output=True, text=True, check=False)
     lines = (out.stdout + out.stderr).splitlines()
@@ -293,7 +294,7 @@ def test_dciodvfy_finds_no_errors(source: list[Dataset], tmp_path: Path) -> None
 
 def test_dsrdump_shows_the_tree(source: list[Dataset], tmp_path: Path) -> None:
     if shutil.which("dsrdump") is None:
-        pytest.skip("dsrdump (DCMTK) is not installed")
+        peers.missing_peer("dsrdump (DCMTK)")
     out = subprocess.run(["dsrdump", "+Pc", "+Pu", str(_written(_build(source), tmp_path))],
                          capture_output=True, text=True, check=True)
     dump = out.stdout
