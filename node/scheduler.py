@@ -9,12 +9,12 @@ puts the series back to `receiving`, and it is queued again once it settles.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import SchedulerNotRunningError
 
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from storage.jobs import JobQueue
@@ -74,43 +74,43 @@ class SeriesMonitor:
 
 
 class Polls:
-    """Periodic work of the supervisor on APScheduler, each run `interval` seconds after the
-    previous one ended.
+    """Periodic work of the supervisor on APScheduler: each function every `interval`
+    seconds, never two runs of one at once, and no warning when a run outlasts the interval.
 
-    An interval trigger fires on the clock: a run that takes longer than the interval (the
-    first ones at start, a database busy for a moment) makes APScheduler skip the next tick and
-    warn "maximum number of running instances reached", which an operator reads as trouble.
-    Here each run schedules the next when it ends, so runs never overlap and nothing is
-    skipped.
+    With max_instances=1, a run that takes longer than the interval (the first ones at start,
+    a database busy for a moment) makes APScheduler skip the next tick and warn "maximum
+    number of running instances reached", which an operator reads as trouble. Here a second
+    instance is allowed, and returns at once when the previous run is still going: the tick
+    is skipped without a word, as it should be.
     """
 
     def __init__(self, interval: float) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
-        self.interval = timedelta(seconds=interval)
+        self.interval = interval
         self.scheduler = BackgroundScheduler(daemon=True)
 
     def add(self, func: Callable[[], Any], name: str) -> None:
-        """Run `func` now (once started) and then `interval` after each run ends."""
-        self._schedule(func, name, utcnow())
+        """Run `func` now (once started) and then every `interval` seconds."""
+        busy = threading.Lock()
 
-    def _schedule(self, func: Callable[[], Any], name: str, when: Any) -> None:
         def run() -> None:
+            if not busy.acquire(blocking=False):
+                return  # the previous run is still going
             try:
                 func()
             except Exception:  # logged; the next run comes all the same
                 logger.exception("periodic %s failed", name)
-            try:
-                self._schedule(func, name, utcnow() + self.interval)
-            except SchedulerNotRunningError:
-                pass  # shutting down
+            finally:
+                busy.release()
 
-        self.scheduler.add_job(run, "date", run_date=when, id=name, replace_existing=True,
-                               misfire_grace_time=None)
+        self.scheduler.add_job(run, "interval", seconds=self.interval, id=name,
+                               max_instances=2, coalesce=True, next_run_time=utcnow())
 
     def start(self) -> None:
         self.scheduler.start()
 
     def shutdown(self) -> None:
+        """Stop: no new runs; waits for a run in progress."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

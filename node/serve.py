@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
-from node.dicom.receiver import ReceiverPool
+from node.dicom.receiver import ReceiverPool, ReceiverStartError
 from node.logs import configure_logging
 from node.scheduler import Polls, SeriesMonitor
 from node.startup import StartupError, check_all
@@ -156,9 +156,13 @@ def serve(settings: Settings) -> int:
     pool = ReceiverPool(settings)
     try:
         host, port = pool.start()
-    except OSError as exc:
-        logger.error("cannot start: cannot listen on %s:%d (bind, port): %s", settings.bind,
-                     settings.port, exc.strerror)
+    except (OSError, ReceiverStartError) as exc:
+        if isinstance(exc, ReceiverStartError):
+            logger.error("cannot start: %s", exc)
+        else:
+            logger.error("cannot start: cannot listen on %s:%d (bind, port): %s",
+                         settings.bind, settings.port, exc.strerror)
+        pool.stop(grace=0)
         services.engine.dispose()
         return 1
     polls = Polls(settings.check_interval)

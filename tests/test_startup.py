@@ -66,13 +66,13 @@ def test_version() -> None:
     assert done.stdout.startswith("ichtriage 0.1.0 (pynetdicom 3.0.4")
 
 
-def test_polls_run_again_after_each_run_ends_and_survive_a_failure(
+def test_polls_never_overlap_nor_warn_and_survive_a_failure(
         caplog: pytest.LogCaptureFixture) -> None:
     runs: list[tuple[float, float]] = []
     overlapping = threading.Event()
     busy = threading.Lock()
 
-    def slow() -> None:  # longer than the interval: an interval trigger would skip and warn
+    def slow() -> None:  # longer than the interval: APScheduler alone would skip and warn
         if not busy.acquire(blocking=False):
             overlapping.set()
             return
@@ -97,3 +97,22 @@ def test_polls_run_again_after_each_run_ends_and_survive_a_failure(
     assert all(later[0] >= earlier[1] for earlier, later in zip(runs, runs[1:], strict=False))
     assert "periodic slow failed" in caplog.text  # logged, and the runs went on
     assert "maximum number of running instances" not in caplog.text
+
+
+def test_polls_shut_down_while_a_run_is_in_progress() -> None:
+    """APScheduler holds its job store lock while shutdown waits for running jobs; a run that
+    ends then must not try to add its successor (both would wait for ever)."""
+    running = threading.Event()
+
+    def slow() -> None:
+        running.set()
+        time.sleep(0.5)
+
+    polls = Polls(0.01)
+    polls.add(slow, "slow")
+    polls.start()
+    assert running.wait(5)
+    stopper = threading.Thread(target=polls.shutdown)
+    stopper.start()
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()

@@ -48,6 +48,12 @@ logger = logging.getLogger(__name__)
 
 STOP = b"stop"
 DONE = b"done"
+READY = b"ready"
+READY_TIMEOUT = 120.0  # seconds a receiving process may take to import and open its services
+
+
+class ReceiverStartError(RuntimeError):
+    """A receiving process did not start; the message says which and why."""
 
 
 class DispatchedServer(ThreadedAssociationServer):
@@ -130,6 +136,8 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
 
     server = make_receiving_server(settings, handlers, on_finished=finished)
     logger.debug("receiver %d (pid %d) ready", index, os.getpid())
+    with send_lock:
+        channel.send(READY)
     try:
         while True:
             try:
@@ -199,11 +207,28 @@ class ReceiverPool:
         self.address = listener.getsockname()[:2]
         for index in range(self.settings.receiver_count):
             self._receivers.append(self._spawn(index))
+        for receiver in self._receivers:
+            self._wait_ready(receiver)
         for target in (self._accept_loop, self._done_loop):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
         return self.address
+
+    def _wait_ready(self, receiver: _Receiver) -> None:
+        """Until `receiver` serves: `ready:` means every receiving process can take an
+        association. Raises ReceiverStartError when it ends or says nothing in time."""
+        receiver.channel.settimeout(READY_TIMEOUT)
+        try:
+            message = receiver.channel.recv(64)
+        except TimeoutError:
+            message = b""
+        finally:
+            receiver.channel.settimeout(None)
+        if message != READY:
+            raise ReceiverStartError(
+                f"receiving process {receiver.index} did not start (exit code "
+                f"{receiver.process.exitcode}); its log lines above say why")
 
     def _spawn(self, index: int) -> _Receiver:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -295,6 +320,8 @@ class ReceiverPool:
                     msg = receiver.channel.recv(512)
                 except OSError:
                     msg = b""
+                if msg == READY:
+                    continue  # a replaced receiver is serving
                 if msg.startswith(DONE):
                     host = msg[len(DONE) + 1:].decode(errors="replace")
                     with receiver.lock:
