@@ -1,0 +1,107 @@
+"""Real-world series shapes built on the project's phantoms (issue 12): a localizer inside the
+series, a re-acquired slice, an Enhanced CT with frames in another order, missing slices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from ml.phantom import PhantomSeries
+
+# Per-slice attributes of the classic CT Image that an Enhanced CT keeps per frame instead
+_PER_FRAME = ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "WindowCenter",
+              "WindowWidth", "WindowCenterWidthExplanation", "RescaleIntercept", "RescaleSlope",
+              "RescaleType", "ImageOrientationPatient", "PixelSpacing", "SliceThickness")
+
+
+def add_localizer(series: PhantomSeries, out: Path, *, number: int = 0) -> Path:
+    """A coronal scout (ImageType ...\\LOCALIZER) in the same series, as a scanner sends it."""
+    ds = dcmread(series.paths[0])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImagePositionPatient = [-115.0, 0.0, 90.0]
+    ds.InstanceNumber = number
+    path = out / f"scout-{number}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def add_repeat(series: PhantomSeries, index: int, out: Path) -> Path:
+    """Slice `index` re-acquired: same position, a later AcquisitionNumber, a new UID and the
+    series' highest InstanceNumber; the other slices become acquisition 2."""
+    for path in series.paths:
+        ds = dcmread(path)
+        ds.AcquisitionNumber = 2
+        ds.save_as(path, enforce_file_format=True)
+    ds = dcmread(series.paths[index])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.AcquisitionNumber = 3
+    ds.InstanceNumber = len(series.paths) + 1
+    path = out / "repeat.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _functional_group(**items: Dataset) -> Dataset:
+    group = Dataset()
+    for keyword, item in items.items():
+        setattr(group, keyword, DicomSequence([item]))
+    return group
+
+
+def _item(**values: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def enhanced_ct(paths: Sequence[Path], out: Path, *, order: Sequence[int]) -> Path:
+    """One Enhanced CT Image (PS3.3 A.38) of the slices at `paths`, frames stored in `order`
+    (indices into `paths`), each frame with its own Plane Position and Frame Content."""
+    slices = [dcmread(p) for p in paths]
+    first = slices[0]
+    ds = Dataset()
+    for element in first:
+        if element.keyword not in _PER_FRAME and element.keyword != "PixelData":
+            ds.add(element)
+    uid = generate_uid()
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = uid
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.NumberOfFrames = len(order)
+    ds.ContentQualification = "RESEARCH"
+    ds.SharedFunctionalGroupsSequence = DicomSequence([_functional_group(
+        PixelMeasuresSequence=_item(PixelSpacing=first.PixelSpacing,
+                                    SliceThickness=first.SliceThickness),
+        PlaneOrientationSequence=_item(ImageOrientationPatient=first.ImageOrientationPatient),
+        PixelValueTransformationSequence=_item(RescaleIntercept=first.RescaleIntercept,
+                                               RescaleSlope=first.RescaleSlope,
+                                               RescaleType="HU"),
+        CTImageFrameTypeSequence=_item(FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]),
+    )])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence([_functional_group(
+        PlanePositionSequence=_item(ImagePositionPatient=slices[k].ImagePositionPatient),
+        FrameContentSequence=_item(DimensionIndexValues=[k + 1], StackID="1",
+                                   InStackPositionNumber=k + 1),
+    ) for k in order])
+    pixels = [slices[k].pixel_array for k in order]
+    ds.PixelData = np.stack(pixels).astype(pixels[0].dtype).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
