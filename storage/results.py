@@ -56,6 +56,8 @@ class NewResult:
     slices: Sequence[tuple[int, int, Sequence[float]]]  # (instance pk, frame, probabilities)
     sr_sop_uid: str
     latency_seconds: float | None
+    complete: bool = True  # False: the volume had a gap, short coverage or unread slices
+    notes: str = ""  # what the volume left out, and why it is incomplete
 
 
 class Results:
@@ -99,7 +101,8 @@ class Results:
             positive=any(result.calls.values()),
             max_probability=max(result.probabilities.values(), default=0.0),
             slices=len(result.slices), sr_sop_uid=result.sr_sop_uid, created_at=utcnow(),
-            latency_seconds=result.latency_seconds,
+            latency_seconds=result.latency_seconds, complete=result.complete,
+            notes=result.notes,
         ).returning(TriageResult.id)).scalar_one()
         if result.slices:
             conn.execute(insert(SlicePrediction), [

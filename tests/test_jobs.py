@@ -158,16 +158,21 @@ def test_settled_series_are_queued_or_skipped_with_reason(engine: Engine, tmp_pa
     _store_series(store, "1.2.3.3", 2)
     _store_series(store, "1.2.3.4", 3, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
     _store_series(store, "1.2.3.5", 3, image_type="DERIVED\\SECONDARY\\AXIAL")
+    # a scout among axial slices: the series is triaged, the scout left out by the worker
+    _store_series(store, "1.2.3.6", 4)
+    _store_series(store, "1.2.3.6", 1, image_type="ORIGINAL\\PRIMARY\\LOCALIZER", first=5)
     decided = _monitor(engine).run_once()
     assert decided["1.2.3.1"] == "queued"
     assert "modality MR" in decided["1.2.3.2"]
     assert "2 slice(s), fewer than 3" in decided["1.2.3.3"]
-    assert "localizer" in decided["1.2.3.4"]
+    assert decided["1.2.3.4"] == "localizer (scout) images only"
     assert "not ORIGINAL" in decided["1.2.3.5"]
+    assert decided["1.2.3.6"] == "queued"
     assert _series(engine, "1.2.3.2") == (SeriesStatus.NOT_ELIGIBLE, decided["1.2.3.2"])
     with engine.connect() as conn:
         jobs = conn.execute(select(Job.queueing_lock, Job.status)).all()
-    assert jobs == [("series:1.2.3.1", JobStatus.QUEUED)]
+    assert sorted(jobs) == [("series:1.2.3.1", JobStatus.QUEUED),
+                            ("series:1.2.3.6", JobStatus.QUEUED)]
     assert _monitor(engine).run_once() == {}  # decided once
 
 
