@@ -28,12 +28,13 @@ def _study(store: InstanceStore, n: int, name: str) -> int:
                    .scalar_one())
 
 
-def _result(engine: Engine, series_pk: int, p_any: float, positive: bool) -> None:
+def _result(engine: Engine, series_pk: int, p_any: float, positive: bool, *,
+            complete: bool = True, notes: str = "") -> None:
     probs = dict.fromkeys(LABELS, 0.01) | {"any": p_any, "subdural": p_any}
     calls = dict.fromkeys(LABELS, False) | {"any": positive, "subdural": positive}
     with engine.begin() as conn:
         Results.add(conn, NewResult(series_pk, None, 1, "ichnet_seq", "abc123", probs, calls,
-                                    [], "1.2.999", 3.2))
+                                    [], "1.2.999", 3.2, complete=complete, notes=notes))
     Results(engine).set_series_status(series_pk, SeriesStatus.DONE)
 
 
@@ -62,6 +63,23 @@ def test_positive_studies_first_most_probable_first(engine: Engine, tmp_path: Pa
     assert worklist(engine)[0].patient_name == "A^NEG"
 
 
+def test_a_negative_on_an_incomplete_volume_is_not_routine(engine: Engine,
+                                                           tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    routine = _study(store, 1, "A^WHOLE")
+    gap = _study(store, 2, "B^GAP")
+    bleed = _study(store, 3, "C^BLEED")
+    _result(engine, routine, 0.01, False)
+    _result(engine, gap, 0.01, False, complete=False,
+            notes="gap of 37.2 mm above slice 15 (about 5 slice(s) missing)")
+    _result(engine, bleed, 0.9, True)
+    entries = worklist(engine)
+    assert [(e.patient_name, e.priority, e.complete) for e in entries] == [
+        ("C^BLEED", "high", True), ("B^GAP", "incomplete", False), ("A^WHOLE", "routine", True)]
+    assert entries[1].reason == "gap of 37.2 mm above slice 15 (about 5 slice(s) missing)"
+    assert entries[2].reason == ""
+
+
 def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     from storage.db import make_engine, upgrade
 
@@ -78,3 +96,10 @@ def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     table = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url],
                            capture_output=True, text=True, check=True).stdout
     assert "Z^BLEED" in table and "SDH 0.90" in table and "high" in table
+
+
+def test_the_table_shows_a_12_character_accession_whole_and_marks_a_cut() -> None:
+    from node.cli.worklist import _cell
+
+    assert _cell("PH0000012345", 16) == "PH0000012345    "
+    assert _cell("A" * 30, 22) == "A" * 21 + "~"
