@@ -12,7 +12,38 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ml.phantom import PhantomSeries
+
+def restamp(paths: Sequence[Path], out: Path, tag: str) -> list[Path]:
+    """Copies of `paths` in `out` with Study, Series and SOP Instance UIDs derived from `tag`:
+    another study with the same images, so shapes of one phantom can go to one node."""
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in paths:
+        ds = dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, generate_uid(entropy_srcs=[tag, str(ds[keyword].value)]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = f"{ds.PatientID}-{tag}"[:64]
+        copy = out / path.name
+        ds.save_as(copy, enforce_file_format=True)
+        copies.append(copy)
+    return copies
+
+
+def by_position(paths: Sequence[Path]) -> list[Path]:
+    """Paths of a classic axial series, inferior to superior (the phantoms' order)."""
+    return sorted(paths, key=lambda p: float(dcmread(p, stop_before_pixels=True)
+                                             .ImagePositionPatient[2]))
+
+
+def interleave(paths: Sequence[Path]) -> None:
+    """Two interleaved acquisitions: even slices acquisition 1, odd slices acquisition 2, each
+    numbered from 1, so InstanceNumber order is not position order."""
+    for k, path in enumerate(by_position(paths)):
+        ds = dcmread(path)
+        ds.AcquisitionNumber = 1 + k % 2
+        ds.InstanceNumber = k // 2 + 1
+        ds.save_as(path, enforce_file_format=True)
 
 # Per-slice attributes of the classic CT Image that an Enhanced CT keeps per frame instead
 _PER_FRAME = ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "WindowCenter",
@@ -20,32 +51,34 @@ _PER_FRAME = ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "Window
               "RescaleType", "ImageOrientationPatient", "PixelSpacing", "SliceThickness")
 
 
-def add_localizer(series: PhantomSeries, out: Path, *, number: int = 0) -> Path:
+def add_localizer(paths: Sequence[Path], out: Path, *, number: int = 0) -> Path:
     """A coronal scout (ImageType ...\\LOCALIZER) in the same series, as a scanner sends it."""
-    ds = dcmread(series.paths[0])
+    ds = dcmread(paths[0])
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     ds.ImagePositionPatient = [-115.0, 0.0, 90.0]
     ds.InstanceNumber = number
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"scout-{number}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
 
 
-def add_repeat(series: PhantomSeries, index: int, out: Path) -> Path:
-    """Slice `index` re-acquired: same position, a later AcquisitionNumber, a new UID and the
-    series' highest InstanceNumber; the other slices become acquisition 2."""
-    for path in series.paths:
+def add_repeat(paths: Sequence[Path], index: int, out: Path) -> Path:
+    """Slice `index` (in position order) re-acquired: same position, a later AcquisitionNumber,
+    a new UID and the series' highest InstanceNumber; the other slices become acquisition 2."""
+    for path in paths:
         ds = dcmread(path)
         ds.AcquisitionNumber = 2
         ds.save_as(path, enforce_file_format=True)
-    ds = dcmread(series.paths[index])
+    ds = dcmread(by_position(paths)[index])
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.AcquisitionNumber = 3
-    ds.InstanceNumber = len(series.paths) + 1
+    ds.InstanceNumber = len(paths) + 1
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "repeat.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
