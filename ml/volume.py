@@ -256,6 +256,18 @@ def _stacking_axis(planes: list[Plane]) -> np.ndarray:
     return -normal if normal[2] < 0 else normal
 
 
+def slice_position(image_position_patient: Sequence[float],
+                   image_orientation_patient: Sequence[float]) -> float | None:
+    """mm along the slice normal turned superior: the key `assemble` orders slices by (so
+    training, which orders cached slices by it, sees them in the node's order). None when
+    the orientation is not six usable direction cosines."""
+    plane = Plane("", image_position_patient=tuple(image_position_patient),  # type: ignore[arg-type]
+                  image_orientation_patient=tuple(image_orientation_patient))
+    if len(image_position_patient) != 3 or _normal(plane) is None:
+        return None
+    return float(np.dot(np.asarray(image_position_patient, float), _stacking_axis([plane])))
+
+
 def _recency(plane: Plane) -> tuple[int, str, int, int]:
     return (plane.acquisition_number if plane.acquisition_number is not None else -1,
             plane.acquisition_datetime,

@@ -13,7 +13,15 @@ from pydicom import dcmread
 
 from ml.phantom import write_series
 from ml.planes import planes_of
-from ml.volume import Exclusion, Plane, VolumeRules, assemble, head_area, image_type_exclusion
+from ml.volume import (
+    Exclusion,
+    Plane,
+    VolumeRules,
+    assemble,
+    head_area,
+    image_type_exclusion,
+    slice_position,
+)
 from tests.shapes import enhanced_ct
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -247,3 +255,14 @@ def test_enhanced_ct_frames_in_any_stored_order_come_out_by_position(tmp_path: P
     # frame f holds slice order[f - 1]: by position, slice k is frame order.index(k) + 1
     assert [p.frame_number for p in volume.slices] == [order.index(k) + 1 for k in range(8)]
     assert volume.complete and not volume.excluded
+
+
+@pytest.mark.parametrize("orientation", [AXIAL, (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)])
+def test_slice_position_orders_as_assemble_does(orientation: tuple[float, ...]) -> None:
+    """Training orders cached slices by slice_position: the node's order, feet first too."""
+    planes = [replace(p, image_orientation_patient=orientation) for p in axial(12)]
+    shuffled = planes[::-1]
+    by_key = sorted(shuffled, key=lambda p: slice_position(p.image_position_patient or (),
+                                                           orientation) or 0.0)
+    assert uids(by_key) == uids(assemble(shuffled).slices) == uids(planes)
+    assert slice_position((0.0, 0.0, 1.0), (1.0, 0.0, 0.0)) is None
