@@ -3,8 +3,10 @@
 Studies of triage tools found that flags alone did not speed reading; reordering the worklist
 did. So: studies the model calls positive come first, the most probable first; then studies
 whose negative result is provisional (the volume had a gap, too little coverage or unread
-slices: priority "incomplete"); then every other study in order of arrival. A study's status sums up its series: the most pressing of
-receiving / queued / processing / failed, else done, else not eligible.
+slices: priority "incomplete"); then every other study in order of arrival. A study's status
+sums up its image series (reports, the node's own among them, are left out): the most pressing
+of receiving / queued / processing / failed, else done, else not eligible. Its last slice is
+the last image received, not a report.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ class WorklistEntry:
     probabilities: dict[str, float] = field(default_factory=dict)
     calls: dict[str, bool] = field(default_factory=dict)
     model_version: str = ""
-    last_slice_at: str = ""
+    last_slice_at: str = ""  # the last image received (reports are not images)
     result_at: str = ""
     seconds_to_result: float | None = None
     reason: str = ""  # why a series failed or was not triaged; what a result left out
     complete: bool | None = None  # whether the result shown read a complete volume
+    updated: bool = False  # the result shown supersedes an earlier one (the series grew)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,6 +60,7 @@ class _Result:
     latency: float | None
     complete: bool
     notes: str
+    updated: bool  # an earlier result on the same series was superseded by this one
 
 
 @dataclass
@@ -81,7 +85,8 @@ def worklist(engine: Engine, *, limit: int = 200) -> list[WorklistEntry]:
 
 
 def _load(engine: Engine, limit: int) -> dict[str, _Study]:
-    latest = (select(TriageResult.series_pk, func.max(TriageResult.id).label("result_pk"))
+    latest = (select(TriageResult.series_pk, func.max(TriageResult.id).label("result_pk"),
+                     func.count(TriageResult.id).label("results"))
               .group_by(TriageResult.series_pk).subquery())
     recent = (select(Study.id).join(Series, Series.study_pk == Study.id).group_by(Study.id)
               .order_by(func.max(Series.last_received_at).desc()).limit(limit).subquery())
@@ -90,7 +95,8 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
                Study.study_date, Study.study_description, Series.status, Series.status_reason,
                Series.first_received_at, Series.last_received_at, TriageResult.probabilities,
                TriageResult.calls, TriageResult.model_version, TriageResult.created_at,
-               TriageResult.latency_seconds, TriageResult.complete, TriageResult.notes)
+               TriageResult.latency_seconds, TriageResult.complete, TriageResult.notes,
+               latest.c.results, Series.modality)
         .join(Patient, Patient.id == Study.patient_pk)
         .join(Series, Series.study_pk == Study.id)
         .outerjoin(latest, latest.c.series_pk == Series.id)
@@ -103,6 +109,8 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
             s = studies.setdefault(row.study_uid, _Study(
                 row.study_uid, row.patient_name, row.patient_id, row.accession_number,
                 row.study_date, row.study_description))
+            if row.modality == "SR":  # reports (the node's own among them) are not images
+                continue
             s.statuses.append(str(row.status))
             if row.status in (SeriesStatus.FAILED, SeriesStatus.NOT_ELIGIBLE) and row.status_reason:
                 s.reasons.setdefault(str(row.status), []).append(row.status_reason)
@@ -111,7 +119,7 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
             if row.probabilities is not None:
                 candidate = _Result(json.loads(row.probabilities), json.loads(row.calls),
                                     row.model_version, row.created_at, row.latency_seconds,
-                                    bool(row.complete), row.notes or "")
+                                    bool(row.complete), row.notes or "", row.results > 1)
                 if s.result is None or _more_severe(candidate, s.result):
                     s.result = candidate
     return studies
@@ -163,4 +171,5 @@ def _entry(rank: int, s: _Study) -> WorklistEntry:
         seconds_to_result=round(r.latency, 3) if r and r.latency is not None else None,
         reason="; ".join(reasons),
         complete=r.complete if r else None,
+        updated=r.updated if r else False,
     )

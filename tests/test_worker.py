@@ -27,6 +27,7 @@ from storage.models import Delivery, Instance, Job, Series, SlicePrediction, Tri
 from storage.outbox import Outbox
 from storage.results import Results
 from storage.series import SeriesIndex
+from storage.worklist import worklist
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
@@ -166,3 +167,32 @@ def test_a_series_without_enough_usable_slices_is_not_eligible(node: Node, tmp_p
     assert reason.startswith("3 localizer image(s) left out; 3 usable slice(s), fewer than 4")
     assert node.rows(Job, Job.status) == [("done",)]
     assert node.rows(TriageResult, TriageResult.id) == []
+
+
+def test_a_series_that_grows_gets_a_result_that_supersedes_the_first(node: Node,
+                                                                     tmp_path: Path) -> None:
+    """Issue 12 row 7: the first half triaged, then the rest arrives."""
+    series = write_series(tmp_path / "in", seed=7, slices=16, size=32)
+    node.receive(list(series.paths[:8]))
+    node.monitor.run_once()
+    assert node.worker.run_once()
+    node.receive(list(series.paths[8:]))
+    assert node.monitor.run_once()[series.series_uid] == "queued"
+    assert node.worker.run_once()
+    with node.engine.connect() as conn:
+        results = conn.execute(select(TriageResult.sr_sop_uid, TriageResult.slices,
+                                      TriageResult.complete, TriageResult.notes)
+                               .order_by(TriageResult.id)).all()
+        paths = dict(conn.execute(select(Instance.sop_uid, Instance.file_path)).all())
+    (first, first_n, first_complete, _), (second, second_n, second_complete, notes) = results
+    assert (first_n, first_complete) == (8, False)  # half a head: provisional
+    assert (second_n, second_complete) == (16, True)
+    assert f"supersedes the earlier report {first}" in notes
+    sr = dcmread(node.files.path_of(paths[second]))
+    [study] = sr.PredecessorDocumentsSequence
+    [sr_series] = study.ReferencedSeriesSequence
+    [item] = sr_series.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == first and item.ReferencedSOPClassUID == SR_CLASS
+    assert "PredecessorDocumentsSequence" not in dcmread(node.files.path_of(paths[first]))
+    (entry,) = worklist(node.engine)
+    assert entry.updated and entry.complete and "supersedes" in entry.reason

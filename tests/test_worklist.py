@@ -80,6 +80,21 @@ def test_a_negative_on_an_incomplete_volume_is_not_routine(engine: Engine,
     assert entries[2].reason == ""
 
 
+def test_a_report_in_the_study_is_neither_its_last_slice_nor_its_status(
+        engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    series = _study(store, 8, "R^REPORTED")
+    _result(engine, series, 0.2, False)
+    (before,) = worklist(engine)
+    store.store(InstanceMeta(sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34", sop_uid="1.2.8.9.1",
+                             study_uid="1.2.8", series_uid="1.2.8.9",
+                             transfer_syntax_uid="1.2.840.10008.1.2.1", patient_name="R^REPORTED",
+                             patient_id="P8", modality="SR"), [b"x"])
+    (after,) = worklist(engine)
+    assert after.status == before.status == "done"  # the SR series is still 'receiving'
+    assert after.last_slice_at == before.last_slice_at != ""
+
+
 def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     from storage.db import make_engine, upgrade
 

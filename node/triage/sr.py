@@ -94,6 +94,7 @@ from node.triage.sr_inputs import (
     check_algorithm,
     check_notes,
     checked_frames,
+    checked_previous,
     checked_results,
     checked_source,
 )
@@ -124,6 +125,7 @@ def build_triage_sr(
     frames: Mapping[str, Sequence[int]] | None = None,
     complete: bool = True,
     notes: Sequence[str] = (),
+    previous_versions: Sequence[object] = (),
 ) -> Comprehensive3DSR:
     """Build the SR of `results` for the CT series whose instance headers are `source`.
 
@@ -132,7 +134,10 @@ def build_triage_sr(
     as Device Observer; by default a UID derived from the manufacturer, stable across runs.
     `frames` gives, per SOPInstanceUID of a multi-frame source, the frame numbers analysed.
     `complete` False makes the report PARTIAL; `notes` (ASCII lines) say what was used, left
-    out, or missing. Raises TypeError or ValueError naming the offending argument.
+    out, or missing. `previous_versions` are earlier reports on the series (anything with their
+    StudyInstanceUID, SeriesInstanceUID, SOPClassUID and SOPInstanceUID), named in the
+    Predecessor Documents Sequence (PS3.3 C.17.2): this report supersedes them.
+    Raises TypeError or ValueError naming the offending argument.
     """
     images = checked_source(source)
     ordered = checked_results(results, n_images=len(images))
@@ -173,6 +178,7 @@ def build_triage_sr(
             responsible_organization=PRIVATE_SCHEME_ORGANIZATION,
         )],
         specific_character_set=_character_set(images[0]),
+        previous_versions=checked_previous(previous_versions) or None,
     )
     if not complete:
         description = "provisional: " + (notes[0] if notes else "incomplete series")

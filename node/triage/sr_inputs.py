@@ -111,6 +111,22 @@ def checked_frames(frames: Mapping[str, Sequence[int]] | None,
     return checked
 
 
+def checked_previous(previous: Sequence[object]) -> list[Dataset]:
+    """Earlier reports as the datasets highdicom reads the predecessor references from."""
+    if isinstance(previous, (str, bytes)) or not isinstance(previous, Sequence):
+        raise TypeError('Argument "previous_versions" must be a sequence.')
+    items = []
+    for i, report in enumerate(previous):
+        item = Dataset()
+        for keyword in _SOURCE_UIDS:
+            value = getattr(report, keyword, None)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f'Argument "previous_versions[{i}]" lacks {keyword}.')
+            setattr(item, keyword, value)
+        items.append(item)
+    return items
+
+
 def check_notes(notes: Sequence[str]) -> None:
     if isinstance(notes, str) or not isinstance(notes, Sequence):
         raise TypeError('Argument "notes" must be a sequence of str.')

@@ -184,8 +184,12 @@ class TriageWorker:
             parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
                         "context": str(card.context)})
         notes = volume.notes()
+        earlier = self.results.earlier_report(series.pk)
+        if earlier is not None:  # the series grew, or was read again: say what this replaces
+            notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
         sr = build_triage_sr(source, results, algorithm, frames=frames,
-                             complete=volume.complete, notes=notes)
+                             complete=volume.complete, notes=notes,
+                             previous_versions=[earlier] if earlier is not None else [])
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae="ICHTRIAGE")
         latency = (utcnow() - series.last_received_at).total_seconds()
