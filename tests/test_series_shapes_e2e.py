@@ -72,6 +72,7 @@ def _shapes(root: Path) -> dict[str, list[Path]]:
                                       order=shuffled)]
     shapes["gap"] = copy("gap", [p for k, p in enumerate(bleed) if not 15 <= k <= 19])
     shapes["top_cut"] = copy("top_cut", normal[:19])
+    shapes["grow"] = copy("grow", bleed)  # the first 12 slices now, the rest later
     return shapes
 
 
@@ -93,14 +94,13 @@ def _collect(node: NodeProcess, shapes: dict[str, list[Path]]) -> dict[str, Outc
         (status,) = node.query(
             "select s.status from series s join study t on t.id = s.study_pk "
             f"where t.study_uid = '{study}' and s.modality = 'CT'")[0]
-        srs = node.query(
-            "select i.file_path from instance i join series s on s.id = i.series_pk "
-            f"join study t on t.id = s.study_pk where t.study_uid = '{study}' "
-            f"and i.sop_class_uid = '{SR_CLASS}'")
+        newest = ("(select max(r.id) from triage_result r join series s on s.id = r.series_pk "
+                  f"join study t on t.id = s.study_pk where t.study_uid = '{study}')")
+        srs = node.query("select i.file_path from instance i join triage_result r "
+                         f"on r.sr_sop_uid = i.sop_uid where r.id = {newest}")
         used = node.query(
             "select i.sop_uid, p.frame from slice_prediction p "
-            "join instance i on i.id = p.instance_pk join series s on s.id = i.series_pk "
-            f"join study t on t.id = s.study_pk where t.study_uid = '{study}' "
+            f"join instance i on i.id = p.instance_pk where p.result_pk = {newest} "
             "order by p.position")
         sr = dcmread(node.data_dir / "data" / str(srs[0][0])) if srs else Dataset()
         sent = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
@@ -115,14 +115,22 @@ def triaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outc
     root = tmp_path_factory.mktemp("shapes")
     shapes = _shapes(root)
     with running_node(root / "node", workers=1) as node:
-        for paths in shapes.values():
-            sent = peers.run_storescu(paths, node.port, aet="CT1", called_aet="ICHTRIAGE")
+        for name, paths in shapes.items():
+            first = paths[:12] if name == "grow" else paths
+            sent = peers.run_storescu(first, node.port, aet="CT1", called_aet="ICHTRIAGE")
             assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: node.query(
-            "select count(*) from series where modality = 'CT' and status in "
-            "('done', 'failed', 'not_eligible')") == [(len(shapes),)], timeout=600,
-            what="every shape triaged")
-        yield _collect(node, shapes)
+        decided = ("select count(*) from series where modality = 'CT' and status in "
+                   "('done', 'failed', 'not_eligible')")
+        wait_for(lambda: node.query(decided) == [(len(shapes),)], timeout=600,
+                 what="every shape triaged")
+        first_half = _collect(node, {"grow": shapes["grow"][:12]})["grow"]
+        sent = peers.run_storescu(shapes["grow"][12:], node.port, aet="CT1",
+                                  called_aet="ICHTRIAGE")  # row 7: the rest, another association
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: node.query("select count(*) from triage_result") == [(len(shapes) + 1,)]
+                 and node.query(decided) == [(len(shapes),)], timeout=300,
+                 what="the grown series triaged again")
+        yield {**_collect(node, shapes), "grow_first_half": first_half}
 
 
 def _sr_sources(sr: Dataset) -> list[str]:
@@ -216,11 +224,25 @@ def test_an_incomplete_volume_gets_no_confident_negative(triaged: dict[str, Outc
     assert outcome.sr.CompletionFlagDescription.startswith("provisional: ")
 
 
+def test_a_series_that_grows_gets_a_visibly_superseding_result(
+        triaged: dict[str, Outcome]) -> None:
+    """Row 7: an interim SR marked COMPLETE for 12 of 24 slices, the second naming nothing."""
+    first, final = triaged["grow_first_half"], triaged["grow"]
+    assert len(first.used) == 12 and first.sr.CompletionFlag == "PARTIAL"
+    assert len(final.used) == 24 and final.sr.CompletionFlag == "COMPLETE"
+    [study] = final.sr.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+        first.sr.SOPInstanceUID]
+    assert final.entry["updated"] is True and final.entry["complete"] is True
+    assert _calls(final) == _calls(triaged["bleed"]) and final.entry["priority"] == "high"
+
+
 def test_dsrdump_and_dciodvfy_accept_the_reports(triaged: dict[str, Outcome],
                                                  tmp_path: Path) -> None:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) is not installed")
-    for name in ("localizer", "enhanced", "gap"):
+    for name in ("localizer", "enhanced", "gap", "grow"):
         path = tmp_path / f"{name}.dcm"
         triaged[name].sr.save_as(path, enforce_file_format=True)
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
