@@ -30,6 +30,28 @@ def restamp(paths: Sequence[Path], out: Path, tag: str) -> list[Path]:
     return copies
 
 
+def set_patient_name(paths: Sequence[Path], name: str, *, declared: str | None,
+                     encoding: str, written: str | None = None) -> bytes:
+    """PatientName encoded in `encoding`, under Specific Character Set `declared` (None:
+    absent) as the header says it, and `written` as it is spelt in the file (a misspelling);
+    returns the name's bytes."""
+    raw = name.encode(encoding)
+    for path in paths:
+        ds = dcmread(path)
+        if "SpecificCharacterSet" in ds:
+            del ds.SpecificCharacterSet
+        ds.PatientName = raw.decode("latin-1")  # written back byte for byte (no charset)
+        if declared is not None:
+            ds.SpecificCharacterSet = "ISO_IR 100"  # a placeholder of the same length
+        ds.save_as(path, enforce_file_format=True)
+        if declared is not None:
+            data = path.read_bytes()
+            term = (written or declared).encode().ljust(10)
+            assert len(term) == 10, "terms of the placeholder's length only"
+            path.write_bytes(data.replace(b"ISO_IR 100", term, 1))
+    return raw
+
+
 def by_position(paths: Sequence[Path]) -> list[Path]:
     """Paths of a classic axial series, inferior to superior (the phantoms' order)."""
     return sorted(paths, key=lambda p: float(dcmread(p, stop_before_pixels=True)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,20 @@ from ml.phantom import write_dataset
 from node.triage.sr import read_triage_sr
 from tests import peers
 from tests.nodeproc import NodeProcess, running_node, wait_for
-from tests.shapes import add_localizer, add_repeat, by_position, enhanced_ct, interleave, restamp
+from tests.shapes import (
+    add_localizer,
+    add_repeat,
+    by_position,
+    enhanced_ct,
+    interleave,
+    restamp,
+    set_patient_name,
+)
 
 pytestmark = pytest.mark.slow
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+NAME = "\u5f20^\u4f1f"  # a Chinese name, family^given
+LOGS: dict[str, str] = {}  # the node's log, once it has stopped
 
 
 @dataclass(frozen=True)
@@ -34,8 +45,10 @@ class Outcome:
     entry: dict[str, Any]  # the study's worklist row (ichtriage worklist --json)
     series_status: str
     sr: Dataset
+    sr_path: Path | None
     used: list[tuple[str, int]]  # (SOP Instance UID, frame) of each slice read, in order
     sent: list[str]  # SOP Instance UIDs sent, in position order where that applies
+    sent_paths: list[Path]
 
 
 def _phantoms(root: Path) -> dict[str, list[Path]]:
@@ -73,7 +86,19 @@ def _shapes(root: Path) -> dict[str, list[Path]]:
     shapes["gap"] = copy("gap", [p for k, p in enumerate(bleed) if not 15 <= k <= 19])
     shapes["top_cut"] = copy("top_cut", normal[:19])
     shapes["grow"] = copy("grow", bleed)  # the first 12 slices now, the rest later
+    shapes["gb2312"] = copy("gb2312", normal)  # row 5: GB2312 bytes, no character set
+    set_patient_name(shapes["gb2312"], NAME, declared=None, encoding="gb2312")
+    shapes["misspelt"] = copy("misspelt", normal)  # row 5: "ISO IR 192" for ISO_IR 192
+    set_patient_name(shapes["misspelt"], NAME, declared="ISO_IR 192", encoding="utf-8",
+                     written="ISO IR 192")
     return shapes
+
+
+def _header(path: Path) -> Dataset:
+    """A sent file's header; the misspelt character set is on purpose there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Incorrect value for Specific Character Set")
+        return dcmread(path, stop_before_pixels=True)
 
 
 def _require_dcmtk() -> None:
@@ -90,7 +115,7 @@ def _collect(node: NodeProcess, shapes: dict[str, list[Path]]) -> dict[str, Outc
     entries = {e["study_uid"]: e for e in json.loads(out)}
     outcomes = {}
     for name, paths in shapes.items():
-        study = str(dcmread(paths[-1], stop_before_pixels=True).StudyInstanceUID)
+        study = str(_header(paths[-1]).StudyInstanceUID)
         (status,) = node.query(
             "select s.status from series s join study t on t.id = s.study_pk "
             f"where t.study_uid = '{study}' and s.modality = 'CT'")[0]
@@ -102,10 +127,11 @@ def _collect(node: NodeProcess, shapes: dict[str, list[Path]]) -> dict[str, Outc
             "select i.sop_uid, p.frame from slice_prediction p "
             f"join instance i on i.id = p.instance_pk where p.result_pk = {newest} "
             "order by p.position")
-        sr = dcmread(node.data_dir / "data" / str(srs[0][0])) if srs else Dataset()
-        sent = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
-        outcomes[name] = Outcome(entries[study], str(status), sr,
-                                 [(str(u), int(str(f))) for u, f in used], sent)
+        sr_path = node.data_dir / "data" / str(srs[0][0]) if srs else None
+        sr = dcmread(sr_path) if sr_path is not None else Dataset()
+        sent = [str(_header(p).SOPInstanceUID) for p in paths]
+        outcomes[name] = Outcome(entries[study], str(status), sr, sr_path,
+                                 [(str(u), int(str(f))) for u, f in used], sent, paths)
     return outcomes
 
 
@@ -130,7 +156,10 @@ def triaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outc
         wait_for(lambda: node.query("select count(*) from triage_result") == [(len(shapes) + 1,)]
                  and node.query(decided) == [(len(shapes),)], timeout=300,
                  what="the grown series triaged again")
-        yield {**_collect(node, shapes), "grow_first_half": first_half}
+        outcomes = {**_collect(node, shapes), "grow_first_half": first_half}
+        node.stop()
+        LOGS[str(root)] = node.log_text()
+        yield outcomes
 
 
 def _sr_sources(sr: Dataset) -> list[str]:
@@ -236,6 +265,29 @@ def test_a_series_that_grows_gets_a_visibly_superseding_result(
         first.sr.SOPInstanceUID]
     assert final.entry["updated"] is True and final.entry["complete"] is True
     assert _calls(final) == _calls(triaged["bleed"]) and final.entry["priority"] == "high"
+
+
+@pytest.mark.parametrize("shape", ["gb2312", "misspelt"])
+def test_the_sr_carries_the_patient_name_byte_for_byte(triaged: dict[str, Outcome],
+                                                       shape: str) -> None:
+    """Row 5: the SR's PatientName bytes differed from the images'."""
+    outcome = triaged[shape]
+    assert outcome.sr_path is not None and outcome.series_status == "done"
+    source = _header(triaged[shape].sent_paths[0])
+    sr = dcmread(outcome.sr_path, stop_before_pixels=True)
+    assert sr.get_item("PatientName").value == source.get_item("PatientName").value
+    expected = {"gb2312": None, "misspelt": "ISO_IR 192"}[shape]
+    assert sr.get("SpecificCharacterSet") == expected
+
+
+def test_a_misspelt_character_set_is_said_once_per_series(triaged: dict[str, Outcome]) -> None:
+    (log,) = LOGS.values()
+    series = str(_header(triaged["misspelt"].sent_paths[0]).SeriesInstanceUID)
+    said = [line for line in log.splitlines() if "Specific Character Set 'ISO IR 192'" in line]
+    assert len([line for line in said if f"series {series}:" in line]) == 1
+    # the worker's process says nothing else about it; the receiving processes still log it
+    # per decoded value (the receive path is not changed here)
+    assert [line for line in said if "MainProcess pydicom:" in line] == []
 
 
 def test_dsrdump_and_dciodvfy_accept_the_reports(triaged: dict[str, Outcome],

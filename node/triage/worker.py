@@ -27,6 +27,7 @@ from ml.inference import Classifier, SeriesPrediction
 from ml.volume import Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
+from node.triage.series_warnings import once_per_series
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
@@ -120,6 +121,10 @@ class TriageWorker:
         self.results.set_series_status(job.series_pk, SeriesStatus.PROCESSING,
                                        revision=job.series_revision)
         series = self.results.series_for_triage(job.series_pk)
+        with once_per_series(series.series_uid):
+            self._triage(job, series)
+
+    def _triage(self, job: ClaimedJob, series: SeriesForTriage) -> None:
         headers = read_headers(self.files, series.instances)
         volume = assemble(headers.planes, self.volume_rules, undecodable=headers.unreadable)
         if len(volume.slices) < self.volume_rules.min_slices:
