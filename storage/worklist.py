@@ -3,10 +3,17 @@
 Studies of triage tools found that flags alone did not speed reading; reordering the worklist
 did. So: studies the model calls positive come first, the most probable first; then studies
 whose negative result is provisional (the volume had a gap, too little coverage or unread
-slices: priority "incomplete"); then every other study in order of arrival. A study's status
-sums up its image series (reports, the node's own among them, are left out): the most pressing
-of receiving / queued / processing / failed, else done, else not eligible. Its last slice is
-the last image received, not a report.
+slices: priority "incomplete"); then every other study in order of arrival.
+
+A study with several triaged series (thin and thick, soft tissue and bone kernel, a repeat)
+shows the most severe result of its series: a positive call before a negative one, an
+incomplete negative before a complete one, then the higher probability of any hemorrhage.
+A triage list must not hide a bleed one series shows; the row names the series shown, lists
+every series' call, and says when they disagree.
+
+A study's status sums up its image series (reports, the node's own among them, are left out):
+the most pressing of receiving / queued / processing / failed, else done, else not eligible.
+Its last slice is the last image received, not a report.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ class WorklistEntry:
     reason: str = ""  # why a series failed or was not triaged; what a result left out
     complete: bool | None = None  # whether the result shown read a complete volume
     updated: bool = False  # the result shown supersedes an earlier one (the series grew)
+    # every triaged series of the study: number, description, call, completeness, p(any);
+    # the study shows the most severe of them (see _more_severe), the rest are listed here
+    series: list[dict[str, object]] = field(default_factory=list)
+    shown_series_uid: str = ""  # the series whose result the row shows
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -61,6 +72,15 @@ class _Result:
     complete: bool
     notes: str
     updated: bool  # an earlier result on the same series was superseded by this one
+    series_uid: str
+    series_number: int | None
+    series_description: str
+
+    def summary(self) -> dict[str, object]:
+        return {"series_uid": self.series_uid, "series_number": self.series_number,
+                "series_description": self.series_description,
+                "positive": any(self.calls.values()), "complete": self.complete,
+                "any": round(float(self.probabilities.get("any", 0.0)), 4)}
 
 
 @dataclass
@@ -76,6 +96,7 @@ class _Study:
     first_at: datetime | None = None
     last_at: datetime | None = None
     result: _Result | None = None
+    results: list[_Result] = field(default_factory=list)  # one per triaged series
 
 
 def worklist(engine: Engine, *, limit: int = 200) -> list[WorklistEntry]:
@@ -96,7 +117,8 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
                Series.first_received_at, Series.last_received_at, TriageResult.probabilities,
                TriageResult.calls, TriageResult.model_version, TriageResult.created_at,
                TriageResult.latency_seconds, TriageResult.complete, TriageResult.notes,
-               latest.c.results, Series.modality)
+               latest.c.results, Series.modality, Series.series_uid, Series.series_number,
+               Series.series_description)
         .join(Patient, Patient.id == Study.patient_pk)
         .join(Series, Series.study_pk == Study.id)
         .outerjoin(latest, latest.c.series_pk == Series.id)
@@ -119,7 +141,10 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
             if row.probabilities is not None:
                 candidate = _Result(json.loads(row.probabilities), json.loads(row.calls),
                                     row.model_version, row.created_at, row.latency_seconds,
-                                    bool(row.complete), row.notes or "", row.results > 1)
+                                    bool(row.complete), row.notes or "", row.results > 1,
+                                    row.series_uid, row.series_number,
+                                    row.series_description or "")
+                s.results.append(candidate)
                 if s.result is None or _more_severe(candidate, s.result):
                     s.result = candidate
     return studies
@@ -159,6 +184,9 @@ def _entry(rank: int, s: _Study) -> WorklistEntry:
     reasons = list(dict.fromkeys(s.reasons.get(status, [])))
     if status == "done" and r is not None and r.notes:
         reasons.insert(0, r.notes)
+    if len({any(x.calls.values()) for x in s.results}) > 1:
+        reasons.append(f"series disagree: shown is series {r.series_number if r else ''}, "
+                       f"the most severe of {len(s.results)}")
     return WorklistEntry(
         rank=rank, study_uid=s.study_uid, status=status, priority=_priority(s),
         patient_name=s.patient_name, patient_id=s.patient_id, accession_number=s.accession,
@@ -172,4 +200,7 @@ def _entry(rank: int, s: _Study) -> WorklistEntry:
         reason="; ".join(reasons),
         complete=r.complete if r else None,
         updated=r.updated if r else False,
+        series=[x.summary() for x in sorted(s.results, key=lambda x: (x.series_number or 0,
+                                                                       x.series_uid))],
+        shown_series_uid=r.series_uid if r else "",
     )

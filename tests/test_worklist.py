@@ -95,6 +95,26 @@ def test_a_report_in_the_study_is_neither_its_last_slice_nor_its_status(
     assert after.last_slice_at == before.last_slice_at != ""
 
 
+def test_a_study_shows_its_most_severe_series_and_lists_every_call(
+        engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    thick = _study(store, 9, "S^TWO_SERIES")
+    store.store(InstanceMeta(sop_class_uid=CT, sop_uid="1.2.9.2.1", study_uid="1.2.9",
+                             series_uid="1.2.9.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                             patient_name="S^TWO_SERIES", patient_id="P9", modality="CT",
+                             series_number=3), [b"x"])
+    with engine.connect() as conn:
+        thin = int(conn.execute(select(Series.id).where(Series.series_uid == "1.2.9.2"))
+                   .scalar_one())
+    _result(engine, thick, 0.05, False)
+    _result(engine, thin, 0.85, True)
+    (entry,) = worklist(engine)
+    assert entry.priority == "high" and entry.shown_series_uid == "1.2.9.2"
+    assert [(x["series_uid"], x["positive"]) for x in entry.series] == [
+        ("1.2.9.1", False), ("1.2.9.2", True)]
+    assert "series disagree: shown is series 3, the most severe of 2" in entry.reason
+
+
 def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     from storage.db import make_engine, upgrade
 
