@@ -93,6 +93,7 @@ class Settings:
     network_timeout: float = 60.0
     min_free_mb: int = 256  # refuse instances (0xA700) when less disk than this is free
     min_slices: int = 8
+    min_coverage_mm: float = 100.0  # less head than this along the slice normal: provisional
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
     check_interval: float = 0.25  # how often the scheduler looks for settled series and results to send
@@ -119,6 +120,8 @@ class Settings:
             raise ConfigError("receivers and min_free_mb must be >= 0, min_slices >= 1")
         if self.workers < 0 or self.batch_size < 1 or self.job_max_attempts < 1:
             raise ConfigError("workers must be >= 0, batch_size and job_max_attempts >= 1")
+        if self.min_coverage_mm < 0:
+            raise ConfigError(f"min_coverage_mm must be >= 0, got {self.min_coverage_mm}")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
 
