@@ -375,6 +375,6 @@ def _top_of_head_problem(slices: list[Plane], head_areas: Mapping[PlaneKey, floa
     top = areas[-1]
     assert top is not None
     if largest > 0 and top > rules.max_top_area_fraction * largest:
-        return (f"the top slice shows {top / largest:.0%} of the head's largest section: "
-                f"the vertex is not covered")
+        return (f"head cut off below the vertex (top slice {top / largest:.0%} of the widest "
+                f"head section)")
     return None

@@ -201,7 +201,9 @@ def test_localizers_in_the_series_are_left_out_and_the_bleed_is_found(
     assert len(axial) == left_out  # exactly the scouts were not read
     assert [u for u, _ in outcome.used] == _sr_sources(outcome.sr)
     assert outcome.sr.CompletionFlag == "COMPLETE"
-    assert f'"Comment")="{note}"' in _dump(outcome.sr, tmp_path)
+    dump = _dump(outcome.sr, tmp_path)
+    assert f'"Comment")="{note}"' in dump
+    assert f'"Comment")="24 of {24 + left_out} images of the series read, inferior to superior' in dump
 
 
 @pytest.mark.parametrize("shape", ["repeat_normal", "repeat_bleed"])
@@ -242,7 +244,7 @@ def test_enhanced_ct_frames_are_read_by_position_and_cited_by_number(
 
 
 @pytest.mark.parametrize(("shape", "reason"), [("gap", "gap of"),
-                                               ("top_cut", "vertex is not covered")])
+                                               ("top_cut", "head cut off below the vertex")])
 def test_an_incomplete_volume_gets_no_confident_negative(triaged: dict[str, Outcome],
                                                          shape: str, reason: str) -> None:
     """Row 4: five missing slices gave 'done / routine', SR COMPLETE, all Absent."""
@@ -250,7 +252,7 @@ def test_an_incomplete_volume_gets_no_confident_negative(triaged: dict[str, Outc
     assert outcome.entry["priority"] in ("high", "incomplete")
     assert outcome.entry["complete"] is False and reason in outcome.entry["reason"]
     assert outcome.sr.CompletionFlag == "PARTIAL"
-    assert outcome.sr.CompletionFlagDescription.startswith("provisional: ")
+    assert outcome.sr.CompletionFlagDescription.startswith(f"provisional: {reason}")
 
 
 def test_a_series_that_grows_gets_a_visibly_superseding_result(

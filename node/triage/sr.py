@@ -125,6 +125,7 @@ def build_triage_sr(
     frames: Mapping[str, Sequence[int]] | None = None,
     complete: bool = True,
     notes: Sequence[str] = (),
+    completion_description: str | None = None,
     previous_versions: Sequence[object] = (),
 ) -> Comprehensive3DSR:
     """Build the SR of `results` for the CT series whose instance headers are `source`.
@@ -133,8 +134,8 @@ def build_triage_sr(
     each label at most once and is written in LABELS order. `device_uid` identifies the node
     as Device Observer; by default a UID derived from the manufacturer, stable across runs.
     `frames` gives, per SOPInstanceUID of a multi-frame source, the frame numbers analysed.
-    `complete` False makes the report PARTIAL; `notes` (ASCII lines) say what was used, left
-    out, or missing. `previous_versions` are earlier reports on the series (anything with their
+    `complete` False makes the report PARTIAL, `completion_description` (else the first note)
+    saying why; `notes` (ASCII lines) say what was used, left out, or missing. `previous_versions` are earlier reports on the series (anything with their
     StudyInstanceUID, SeriesInstanceUID, SOPClassUID and SOPInstanceUID), named in the
     Predecessor Documents Sequence (PS3.3 C.17.2): this report supersedes them.
     Raises TypeError or ValueError naming the offending argument.
@@ -181,7 +182,8 @@ def build_triage_sr(
         previous_versions=checked_previous(previous_versions) or None,
     )
     if not complete:
-        description = "provisional: " + (notes[0] if notes else "incomplete series")
+        reason = completion_description or (notes[0] if notes else "incomplete series")
+        description = "provisional: " + reason
         sr.CompletionFlagDescription = description[:COMPLETION_DESCRIPTION_LENGTH]
     return sr
 

@@ -192,8 +192,13 @@ class TriageWorker:
         earlier = self.results.earlier_report(series.pk)
         if earlier is not None:  # the series grew, or was read again: say what this replaces
             notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
+        read_line = (f"{len(volume.slices)} of {len(headers.planes)} images of the series read, "
+                     f"inferior to superior" + (f", {volume.spacing_mm:.1f} mm apart"
+                                                if volume.spacing_mm else ""))
         sr = build_triage_sr(source, results, algorithm, frames=frames,
-                             complete=volume.complete, notes=notes,
+                             complete=volume.complete, notes=[read_line, *notes],
+                             completion_description=volume.problems[0] if volume.problems
+                             else None,
                              previous_versions=[earlier] if earlier is not None else [])
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae="ICHTRIAGE")
