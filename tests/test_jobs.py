@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 
-from node.dicom.eligibility import EligibilityRules
+from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from node.scheduler import SeriesMonitor
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
@@ -199,3 +199,19 @@ def test_late_instances_queue_the_series_again(engine: Engine, tmp_path: Path) -
     assert monitor.run_once() == {"1.2.3.1": "queued"}
     again = queue.claim("w2")
     assert again is not None and again.series_revision == 6 and again.id != job.id
+
+
+def test_multi_frame_ct_classes_and_mixed_image_types_are_eligible() -> None:
+    rules = EligibilityRules(min_slices=3)
+
+    def facts(sop_class: str, *types: str) -> SeriesFacts:
+        return SeriesFacts(modality="CT", body_part="HEAD", sop_classes=frozenset({sop_class}),
+                           image_types=frozenset(types), slices=24)
+
+    legacy = "1.2.840.10008.5.1.4.1.1.2.2"  # Legacy Converted Enhanced CT Image Storage
+    assert rules.reason_to_skip(facts(legacy, "ORIGINAL\\PRIMARY\\AXIAL")) is None
+    assert rules.reason_to_skip(facts(CT, "ORIGINAL\\PRIMARY\\VOLUME\\NONE")) is None
+    assert rules.reason_to_skip(facts(CT, "ORIGINAL\\PRIMARY\\AXIAL",
+                                      "DERIVED\\SECONDARY\\REFORMATTED")) is None
+    assert rules.reason_to_skip(facts(CT, "DERIVED\\SECONDARY\\REFORMATTED")) == (
+        "image type DERIVED\\SECONDARY\\REFORMATTED is not ORIGINAL axial")

@@ -339,7 +339,7 @@ def test_the_sr_keeps_the_sources_character_set_and_name_bytes(source: list[Data
 
 
 @pytest.mark.parametrize(("given", "written"), [
-    ("ISO IR 192", "ISO_IR 192"), ("ISO_IR 100", "ISO_IR 100"), (None, None),
+    ("ISO IR 192", "ISO_IR 192"), ("ISO_IR 100", "ISO_IR 100"), (None, None), ("", None),
     ("KLINGON", "ISO_IR 192")])
 def test_the_srs_character_set_follows_the_source(source: list[Dataset], given: str | None,
                                                   written: str | None) -> None:
@@ -350,6 +350,25 @@ def test_the_srs_character_set_follows_the_source(source: list[Dataset], given: 
         else:
             ds.SpecificCharacterSet = given
     assert _build(source).get("SpecificCharacterSet") == written
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce"),
+    ("GB18030", "\u5f20^\u4f1f"), ("ISO_IR 192", "\u5f20^\u4f1f")])
+def test_names_in_other_character_sets_keep_their_bytes(tmp_path: Path, charset: Any,
+                                                        name: str) -> None:
+    uids = {"study_uid": generate_uid(), "series_uid": generate_uid(), "frame_uid": generate_uid()}
+    source = []
+    for i in range(N_SLICES):
+        ds = _ct_slice(i, **uids)
+        ds.SpecificCharacterSet, ds.PatientName = charset, name
+        path = tmp_path / f"ct{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        source.append(pydicom.dcmread(path, stop_before_pixels=True))
+    written = _written(_build(source), tmp_path)
+    raw = pydicom.dcmread(written, stop_before_pixels=True).get_item("PatientName").value
+    assert raw == pydicom.dcmread(tmp_path / "ct0.dcm").get_item("PatientName").value
+    assert str(pydicom.dcmread(written).PatientName) == name
 
 
 def test_multi_frame_sources_are_cited_by_frame(tmp_path: Path) -> None:

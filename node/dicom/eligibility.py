@@ -17,6 +17,7 @@ from ml.volume import Exclusion, image_type_exclusion
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.2")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class SeriesFacts:
 @dataclass(frozen=True)
 class EligibilityRules:
     modalities: frozenset[str] = frozenset({"CT"})
-    sop_classes: frozenset[str] = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE})
+    sop_classes: frozenset[str] = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE,
+                                             LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE})
     body_parts: frozenset[str] = frozenset({"HEAD", "BRAIN", "SKULL", ""})
     min_slices: int = 8
 

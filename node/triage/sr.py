@@ -317,7 +317,7 @@ def _is_present(value: object, label: str) -> bool:
 def _character_set(ds: Dataset) -> str | list[str] | None:
     """The source's Specific Character Set, with misspelt terms written as the standard's."""
     value = ds.get("SpecificCharacterSet")
-    if value is None:
+    if value is None or value == "":
         return None
     terms = [value] if isinstance(value, str) else list(value)
     known = {v.value for v in SpecificCharacterSetValues}
@@ -326,7 +326,9 @@ def _character_set(ds: Dataset) -> str | list[str] | None:
         term = str(term).strip().upper()
         if term not in known:
             term = re.sub(r"^ISO[ _-]?IR[ _-]?", "ISO_IR ", term)
-        fixed.append(term if term in known or term == "" else None)
+        if term == "" and len(terms) > 1:  # the default repertoire, with code extensions
+            term = "ISO 2022 IR 6"  # the same repertoire, spelt as highdicom accepts it
+        fixed.append(term if term in known else None)
     if any(t is None for t in fixed):
         return "ISO_IR 192"  # an unknown term: names are re-encoded in UTF-8
     return cast(list[str], fixed) if len(fixed) > 1 else cast(str, fixed[0])
