@@ -315,7 +315,8 @@ def _measured(slices: list[Plane], positions: list[float], axis: np.ndarray,
                 irregular = True
     coverage = (positions[-1] - positions[0]) + (spacing or 0.0)
     tilt = _tilt(slices, axis)
-    problems = _problems(len(slices), coverage, gaps, excluded, rules)
+    unread = _unread_uncovered(excluded, axis, positions, rules)
+    problems = _problems(len(slices), coverage, gaps, unread, rules)
     if head_areas is not None and (top := _top_of_head_problem(slices, head_areas, rules)):
         problems.append(top)
     return Volume(
@@ -336,7 +337,24 @@ def _tilt(slices: list[Plane], axis: np.ndarray) -> float:
     return math.degrees(math.acos(min(1.0, abs(float(np.dot(direction / length, axis))))))
 
 
-def _problems(n: int, coverage: float, gaps: list[Gap], excluded: list[Excluded],
+def _unread_uncovered(excluded: list[Excluded], axis: np.ndarray, positions: list[float],
+                      rules: VolumeRules) -> int:
+    """Unread planes whose place no slice of the volume takes (another acquisition's image
+    at the same position stands in for an unread one)."""
+    count = 0
+    for item in excluded:
+        if item.reason != Exclusion.UNDECODABLE:
+            continue
+        plane = item.plane
+        if plane.image_position_patient is not None and _normal(plane) is not None:
+            at = float(np.dot(np.asarray(plane.image_position_patient), axis))
+            if any(abs(at - p) <= rules.duplicate_tolerance_mm for p in positions):
+                continue
+        count += 1
+    return count
+
+
+def _problems(n: int, coverage: float, gaps: list[Gap], unread: int,
               rules: VolumeRules) -> list[str]:
     problems = []
     if n < rules.min_slices:
@@ -346,7 +364,6 @@ def _problems(n: int, coverage: float, gaps: list[Gap], excluded: list[Excluded]
                         f"(about {gap.missing} slice(s) missing)")
     if coverage < rules.min_coverage_mm:
         problems.append(f"covers {coverage:.0f} mm, less than {rules.min_coverage_mm:.0f} mm")
-    unread = sum(e.reason == Exclusion.UNDECODABLE for e in excluded)
     if unread:
         problems.append(f"{unread} slice(s) could not be read")
     return problems
@@ -356,7 +373,8 @@ def _problems_of_empty(planes: Sequence[Plane], excluded: list[Excluded],
                        rules: VolumeRules) -> tuple[str, ...]:
     if not planes:
         return ("no images",)
-    return tuple(_problems(0, 0.0, [], excluded, rules))
+    unread = sum(e.reason == Exclusion.UNDECODABLE for e in excluded)
+    return tuple(_problems(0, 0.0, [], unread, rules))
 
 
 def head_area(hu: np.ndarray, rules: VolumeRules | None = None) -> float:

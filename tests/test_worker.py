@@ -196,3 +196,25 @@ def test_a_series_that_grows_gets_a_result_that_supersedes_the_first(node: Node,
     assert "PredecessorDocumentsSequence" not in dcmread(node.files.path_of(paths[first]))
     (entry,) = worklist(node.engine)
     assert entry.updated and entry.complete and "supersedes" in entry.reason
+
+
+def test_an_unreadable_repeat_gives_its_place_to_the_earlier_image(node: Node,
+                                                                   tmp_path: Path) -> None:
+    series = write_series(tmp_path / "in", seed=8, slices=12, size=64)  # 1 of 13 unread: < 10%
+    ds = dcmread(series.paths[3])
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.AcquisitionNumber = 2
+    repeat = tmp_path / "repeat.dcm"
+    ds.save_as(repeat, enforce_file_format=True)
+    repeat.write_bytes(repeat.read_bytes()[:-3000])  # its pixel data cut short
+    node.receive([*series.paths, repeat])
+    node.monitor.run_once()
+    assert node.worker.run_once()
+    with node.engine.connect() as conn:
+        used = conn.execute(
+            select(Instance.sop_uid).join(SlicePrediction, SlicePrediction.instance_pk == Instance.id)
+            .order_by(SlicePrediction.position)).scalars().all()
+        complete, notes = conn.execute(select(TriageResult.complete, TriageResult.notes)).one()
+    assert used == list(series.sop_uids)
+    assert complete is True and "1 undecodable image(s) left out" in notes

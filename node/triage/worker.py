@@ -24,7 +24,7 @@ from pydicom.filewriter import dcmwrite
 
 from ml.errors import MLError
 from ml.inference import Classifier, SeriesPrediction
-from ml.volume import Volume, VolumeRules, assemble
+from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
 from node.triage.series_warnings import once_per_series
@@ -143,15 +143,18 @@ class TriageWorker:
                  volume: Volume) -> tuple[Volume, PixelsRead, SeriesPrediction]:
         """Run the model on the volume; slices that fail to decode are left out, and the
         volume is measured again without them (a gap they leave is then a problem)."""
+        skipped: dict[PlaneKey, str] = {}
         for _ in range(3):
             read = PixelsRead()
             prediction = classifier.predict_series(
                 hounsfield(self.files, headers, volume, self.volume_rules, read),
                 batch_size=self.batch_size)
+            skipped.update(read.skipped)
             final = assemble(headers.planes, self.volume_rules,
-                             undecodable={**headers.unreadable, **read.skipped},
+                             undecodable={**headers.unreadable, **skipped},
                              head_areas=read.head_areas)
             if [p.key for p in final.slices] == read.used:
+                read.skipped = skipped
                 return final, read, prediction
             volume = final  # an unread slice let an older duplicate take its place
         raise TriageError("the series' volume kept changing while its slices were read")

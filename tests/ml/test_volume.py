@@ -266,3 +266,11 @@ def test_slice_position_orders_as_assemble_does(orientation: tuple[float, ...]) 
                                                            orientation) or 0.0)
     assert uids(by_key) == uids(assemble(shuffled).slices) == uids(planes)
     assert slice_position((0.0, 0.0, 1.0), (1.0, 0.0, 0.0)) is None
+
+
+def test_an_unread_plane_whose_position_another_image_fills_is_not_a_problem() -> None:
+    planes = axial(acquisition=1)
+    newer = replace(planes[5], sop_instance_uid="newer", acquisition_number=2)
+    volume = assemble([*planes, newer], undecodable={newer.key: "truncated"})
+    assert uids(volume.slices) == uids(planes)
+    assert volume.counts() == {Exclusion.UNDECODABLE: 1} and volume.complete
