@@ -6,9 +6,9 @@ StableAge waits 60 s by default, MONAI Deploy's gateway 5 s.) An instance that a
 puts the series back to `receiving`, and it is queued again once it settles.
 
 The default stays short (2 s) because a premature result is no longer silent: the volume of a
-partly received series is short or has a gap, so its result is provisional (SR PARTIAL, the
-worklist's "incomplete"), and the result on the grown series names the earlier SR as its
-predecessor and is marked "updated" (issue 12). A site whose senders pause longer between
+partly received series is usually short, has a gap or lacks the top of the head, and then its
+result is provisional (SR PARTIAL, the worklist's "incomplete"); the result on the grown
+series names the earlier SR as its predecessor and is marked "updated" (issue 12). A site whose senders pause longer between
 associations sets a longer settle time.
 """
 
