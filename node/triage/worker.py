@@ -171,42 +171,12 @@ class TriageWorker:
     def _report(self, job: ClaimedJob, series: SeriesForTriage, headers: SeriesHeaders,
                 volume: Volume, classifier: Classifier, prediction: SeriesPrediction) -> None:
         card = classifier.card
-        used = list(dict.fromkeys(p.sop_instance_uid for p in volume.slices))
-        source = [headers.headers[uid] for uid in used]
-        frames: dict[str, list[int]] = {}  # frames used, of each multi-frame instance
-        for plane in volume.slices:
-            if plane.number_of_frames > 1:
-                frames.setdefault(plane.sop_instance_uid, []).append(plane.frame_number)
-        results = []
-        for j, label in enumerate(card.labels):
-            key = volume.slices[prediction.key_slices[label]]
-            present = prediction.calls[label]
-            results.append(LabelResult(
-                label=label, probability=float(prediction.series[j]), present=present,
-                threshold=float(card.thresholds[label]),
-                key_slice=used.index(key.sop_instance_uid) if present else None,
-                key_frame=key.frame_number if present and key.sop_instance_uid in frames
-                else None))
-        algorithm = AlgorithmInfo(
-            name=card.architecture, version=card.sha256[:12],
-            parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
-                        "context": str(card.context)})
-        notes = volume.notes()
-        earlier = self.results.earlier_report(series.pk)
-        if earlier is not None:  # the series grew, or was read again: say what this replaces
-            notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
-        read_line = (f"{len(volume.slices)} of {len(headers.planes)} images of the series read, "
-                     f"inferior to superior" + (f", {volume.spacing_mm:.1f} mm apart"
-                                                if volume.spacing_mm else ""))
-        sr = build_triage_sr(source, results, algorithm, frames=frames,
-                             complete=volume.complete, notes=[read_line, *notes],
-                             completion_description=volume.problems[0] if volume.problems
-                             else None,
-                             previous_versions=[earlier] if earlier is not None else [])
+        results = _label_results(classifier, prediction, volume)
+        sr, notes = self._build_sr(series, headers, volume, classifier, results)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae="ICHTRIAGE")
         latency = (utcnow() - series.last_received_at).total_seconds()
-        pks = {uid: headers.instances[uid].pk for uid in used}
+        pks = {uid: instance.pk for uid, instance in headers.instances.items()}
         new = NewResult(
             series_pk=series.pk, job_pk=job.id, series_revision=job.series_revision,
             model_name=card.architecture, model_version=card.sha256[:12],
@@ -229,6 +199,65 @@ class TriageWorker:
                     series.series_uid, card.architecture, latency,
                     ", ".join(positives) or "no hemorrhage",
                     "" if volume.complete else " (incomplete series)")
+
+    def _build_sr(self, series: SeriesForTriage, headers: SeriesHeaders, volume: Volume,
+                  classifier: Classifier, results: list[LabelResult]) -> tuple[Dataset, list[str]]:
+        """The SR of the result, and the notes kept with it (what the volume left out, what
+        it supersedes)."""
+        card = classifier.card
+        algorithm = AlgorithmInfo(
+            name=card.architecture, version=card.sha256[:12],
+            parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
+                        "context": str(card.context)})
+        notes = volume.notes()
+        earlier = self.results.earlier_report(series.pk)
+        if earlier is not None:  # the series grew, or was read again: say what this replaces
+            notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
+        read_line = (f"{len(volume.slices)} of {len(headers.planes)} images of the series read, "
+                     f"inferior to superior" + (f", {volume.spacing_mm:.1f} mm apart"
+                                                if volume.spacing_mm else ""))
+        used = _instances_in_order(volume)
+        sr = build_triage_sr([headers.headers[uid] for uid in used], results, algorithm,
+                             frames=_frames_used(volume), complete=volume.complete,
+                             notes=[read_line, *notes],
+                             completion_description=volume.problems[0] if volume.problems
+                             else None,
+                             previous_versions=[earlier] if earlier is not None else [])
+        return sr, notes
+
+
+def _instances_in_order(volume: Volume) -> list[str]:
+    """SOP Instance UIDs of the volume's slices, each once, in slice order."""
+    return list(dict.fromkeys(p.sop_instance_uid for p in volume.slices))
+
+
+def _frames_used(volume: Volume) -> dict[str, list[int]]:
+    """The frames of each multi-frame instance the volume holds, in slice order."""
+    frames: dict[str, list[int]] = {}
+    for plane in volume.slices:
+        if plane.number_of_frames > 1:
+            frames.setdefault(plane.sop_instance_uid, []).append(plane.frame_number)
+    return frames
+
+
+def _label_results(classifier: Classifier, prediction: SeriesPrediction,
+                   volume: Volume) -> list[LabelResult]:
+    """Per label, the model's result; a finding called present cites its key slice (by its
+    index among the SR's source instances, and its frame for a multi-frame one)."""
+    card = classifier.card
+    used = _instances_in_order(volume)
+    frames = _frames_used(volume)
+    results = []
+    for j, label in enumerate(card.labels):
+        key = volume.slices[prediction.key_slices[label]]
+        present = prediction.calls[label]
+        results.append(LabelResult(
+            label=label, probability=float(prediction.series[j]), present=present,
+            threshold=float(card.thresholds[label]),
+            key_slice=used.index(key.sop_instance_uid) if present else None,
+            key_frame=key.frame_number if present and key.sop_instance_uid in frames
+            else None))
+    return results
 
 
 def _encode(ds: Dataset) -> bytes:
