@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 PlaneKey = tuple[str, int]  # (SOPInstanceUID, frame number counted from 1)
+_TOO_FEW = "usable slice(s)"
 
 
 class Exclusion(enum.StrEnum):
@@ -108,6 +109,7 @@ class VolumeRules:
     gap_factor: float = 1.5  # a step this many times the nominal spacing is a gap
     irregular_fraction: float = 0.1  # steps further than this from the nominal are irregular
     tilt_note_deg: float = 0.5  # gantry tilt below this is not reported
+    max_axial_deg: float = 35.0  # slice normals further from the patient's z axis: not axial
     head_min_hu: float = -300.0  # pixels above this count as the head (not air)
     max_top_area_fraction: float = 0.5  # the top slice of a head that reaches the vertex
 
@@ -115,7 +117,7 @@ class VolumeRules:
         if self.min_slices < 1:
             raise ValueError(f"min_slices: must be >= 1, got {self.min_slices}")
         for name in ("min_coverage_mm", "orientation_tolerance_deg", "duplicate_tolerance_mm",
-                     "tilt_note_deg"):
+                     "tilt_note_deg", "max_axial_deg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.gap_factor <= 1:
@@ -139,6 +141,13 @@ class Volume:
     coverage_mm: float = 0.0  # from the first to the last slice, plus one step
     pixel_spacing: tuple[float, float] | None = None
     problems: tuple[str, ...] = field(default=())
+    axial: bool = True  # the slices are axial (within `max_axial_deg`), as the model reads
+
+    @property
+    def triageable(self) -> bool:
+        """Enough axial slices for the model to read at all (a result may still be
+        provisional: see `complete`)."""
+        return self.axial and not any(_TOO_FEW in p for p in self.problems)
 
     @property
     def complete(self) -> bool:
@@ -317,13 +326,18 @@ def _measured(slices: list[Plane], positions: list[float], axis: np.ndarray,
     tilt = _tilt(slices, axis)
     unread = _unread_uncovered(excluded, axis, positions, rules)
     problems = _problems(len(slices), coverage, gaps, unread, rules)
+    from_z = math.degrees(math.acos(min(1.0, abs(float(axis[2])))))
+    axial = from_z <= rules.max_axial_deg
+    if not axial:
+        problems.insert(0, f"not an axial stack (slice normal {from_z:.0f} deg from the "
+                           f"patient's head-foot axis)")
     if head_areas is not None and (top := _top_of_head_problem(slices, head_areas, rules)):
         problems.append(top)
     return Volume(
         slices=tuple(slices), positions_mm=tuple(positions), excluded=tuple(excluded),
         spacing_mm=spacing, gaps=tuple(gaps), irregular_spacing=irregular,
         tilt_deg=tilt if tilt >= rules.tilt_note_deg else 0.0, coverage_mm=coverage,
-        pixel_spacing=slices[0].pixel_spacing, problems=tuple(problems))
+        pixel_spacing=slices[0].pixel_spacing, problems=tuple(problems), axial=axial)
 
 
 def _tilt(slices: list[Plane], axis: np.ndarray) -> float:
@@ -358,7 +372,7 @@ def _problems(n: int, coverage: float, gaps: list[Gap], unread: int,
               rules: VolumeRules) -> list[str]:
     problems = []
     if n < rules.min_slices:
-        problems.append(f"{n} usable slice(s), fewer than {rules.min_slices}")
+        problems.append(f"{n} {_TOO_FEW}, fewer than {rules.min_slices}")
     for gap in gaps:
         problems.append(f"gap of {gap.distance_mm:.1f} mm above slice {gap.below + 1} "
                         f"(about {gap.missing} slice(s) missing)")

@@ -127,7 +127,7 @@ class TriageWorker:
     def _triage(self, job: ClaimedJob, series: SeriesForTriage) -> None:
         headers = read_headers(self.files, series.instances)
         volume = assemble(headers.planes, self.volume_rules, undecodable=headers.unreadable)
-        if len(volume.slices) < self.volume_rules.min_slices:
+        if not volume.triageable:
             self._not_a_volume(job, series, volume)
             return
         classifier = self.model.get()

@@ -274,3 +274,13 @@ def test_an_unread_plane_whose_position_another_image_fills_is_not_a_problem() -
     volume = assemble([*planes, newer], undecodable={newer.key: "truncated"})
     assert uids(volume.slices) == uids(planes)
     assert volume.counts() == {Exclusion.UNDECODABLE: 1} and volume.complete
+
+
+def test_a_coronal_stack_is_not_triageable() -> None:
+    coronal = [replace(p, image_orientation_patient=CORONAL,
+                       image_position_patient=(-100.0, -70.0 + k * STEP, 100.0),
+                       image_type=("ORIGINAL", "PRIMARY")) for k, p in enumerate(axial())]
+    volume = assemble(coronal)
+    assert not volume.axial and not volume.triageable and not volume.complete
+    assert volume.problems[0].startswith("not an axial stack (slice normal 90 deg")
+    assert assemble(axial()).triageable and not assemble(axial(3)).triageable
