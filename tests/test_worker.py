@@ -218,3 +218,21 @@ def test_an_unreadable_repeat_gives_its_place_to_the_earlier_image(node: Node,
         complete, notes = conn.execute(select(TriageResult.complete, TriageResult.notes)).one()
     assert used == list(series.sop_uids)
     assert complete is True and "1 undecodable image(s) left out" in notes
+
+
+def test_a_stored_file_whose_header_cannot_be_read_makes_the_result_provisional(
+        node: Node, tmp_path: Path) -> None:
+    series = write_series(tmp_path / "in", seed=9, slices=12, size=64)
+    node.receive(list(series.paths))
+    with node.engine.connect() as conn:
+        path = conn.execute(select(Instance.file_path)
+                            .where(Instance.sop_uid == series.sop_uids[6])).scalar_one()
+    node.files.path_of(path).write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)  # damaged
+    node.monitor.run_once()
+    assert node.worker.run_once()
+    with node.engine.connect() as conn:
+        complete, notes, slices = conn.execute(
+            select(TriageResult.complete, TriageResult.notes, TriageResult.slices)).one()
+    assert (complete, slices) == (False, 11)
+    assert "1 undecodable image(s) left out" in notes
+    assert "1 slice(s) could not be read" in notes
