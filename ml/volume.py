@@ -105,7 +105,7 @@ class VolumeRules:
     min_slices: int = 8
     min_coverage_mm: float = 100.0
     orientation_tolerance_deg: float = 2.0  # normals further apart are another orientation
-    duplicate_tolerance_mm: float = 0.1  # positions closer along the normal are the same plane
+    duplicate_tolerance_mm: float = 0.05  # positions closer along the normal: the same plane
     gap_factor: float = 1.5  # a step this many times the nominal spacing is a gap
     irregular_fraction: float = 0.1  # steps further than this from the nominal are irregular
     tilt_note_deg: float = 0.5  # gantry tilt below this is not reported
@@ -222,22 +222,20 @@ def _main_orientation(planes: list[Plane], rules: VolumeRules,
     """The planes parallel to the orientation most planes share (a normal or its opposite)."""
     if not planes:
         return planes
-    normals = [_normal(p) for p in planes]
+    normals = np.array([_normal(p) for p in planes], dtype=float)  # (n, 3), none missing here
     limit = math.cos(math.radians(rules.orientation_tolerance_deg))
-
-    def parallel(a: np.ndarray, b: np.ndarray) -> bool:
-        return abs(float(np.dot(a, b))) >= limit
-
-    support = [sum(parallel(n, m) for m in normals) for n in normals]  # type: ignore[arg-type]
-    main = normals[int(np.argmax(support))]
-    assert main is not None
+    # distinct normals (to 1e-3), each supported by every plane parallel to it
+    distinct, counts = np.unique(np.round(normals, 3), axis=0, return_counts=True)
+    support = (np.abs(distinct @ distinct.T) >= limit) @ counts
+    main = distinct[int(np.argmax(support))]
+    main /= np.linalg.norm(main)
+    cosines = np.abs(normals @ main)
     kept = []
-    for plane, normal in zip(planes, normals, strict=True):
-        assert normal is not None
-        if parallel(normal, main):
+    for plane, cosine in zip(planes, cosines, strict=True):
+        if cosine >= limit:
             kept.append(plane)
         else:
-            angle = math.degrees(math.acos(min(1.0, abs(float(np.dot(normal, main))))))
+            angle = math.degrees(math.acos(min(1.0, float(cosine))))
             excluded.append(Excluded(plane, Exclusion.OTHER_ORIENTATION,
                                      f"{angle:.0f} deg from the series' slices"))
     return kept

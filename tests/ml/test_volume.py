@@ -284,3 +284,10 @@ def test_a_coronal_stack_is_not_triageable() -> None:
     assert not volume.axial and not volume.triageable and not volume.complete
     assert volume.problems[0].startswith("not an axial stack (slice normal 90 deg")
     assert assemble(axial()).triageable and not assemble(axial(3)).triageable
+
+
+def test_thin_slices_are_not_taken_for_duplicates() -> None:
+    planes = axial(1500, step=0.1)  # 0.1 mm apart, positions with float rounding
+    volume = assemble(planes[::-1])
+    assert uids(volume.slices) == uids(planes) and not volume.excluded
+    assert volume.spacing_mm == pytest.approx(0.1) and volume.complete
