@@ -88,9 +88,13 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # when set, callers must present a certificate it signed
     receivers: int = 0  # receiving processes; 0: one per CPU core
-    max_pdu: int = 0  # largest P-DATA we accept; 0 is unlimited (fastest)
-    max_associations: int = 32
-    network_timeout: float = 60.0
+    max_pdu: int = 131072  # largest P-DATA-TF body accepted, bytes (PS3.8 D.1); 0: unlimited
+    max_message_mb: int = 1024  # largest data set of one DIMSE message held in memory
+    max_associations: int = 32  # open at once, node-wide; more are rejected (transient)
+    max_associations_per_host: int = 16  # open at once from one calling host
+    association_request_timeout: float = 10.0  # connection to a complete A-ASSOCIATE-RQ
+    network_timeout: float = 60.0  # an idle association, or a PDU that stops half-way, ends
+    receive_path: str = "fast"  # fast: the node's pynetdicom subclasses; stock: pynetdicom's
     min_free_mb: int = 256  # refuse instances (0xA700) when less disk than this is free
     min_slices: int = 8
     min_coverage_mm: float = 100.0  # less head than this along the slice normal: provisional
@@ -101,7 +105,7 @@ class Settings:
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
-    job_lease_seconds: float = 300.0
+    job_lease_seconds: float = 30.0  # renewed every third while the worker lives
     job_max_attempts: int = 3
 
     def __post_init__(self) -> None:
@@ -122,6 +126,17 @@ class Settings:
             raise ConfigError("workers must be >= 0, batch_size and job_max_attempts >= 1")
         if self.min_coverage_mm < 0:
             raise ConfigError(f"min_coverage_mm must be >= 0, got {self.min_coverage_mm}")
+        if self.max_pdu != 0 and not 4096 <= self.max_pdu <= 1 << 26:
+            raise ConfigError(f"max_pdu must be 0 or 4096-67108864 bytes, got {self.max_pdu}")
+        if (self.max_message_mb < 1 or self.max_associations < 1
+                or self.max_associations_per_host < 1):
+            raise ConfigError("max_message_mb, max_associations and max_associations_per_host "
+                              "must be >= 1")
+        if self.association_request_timeout <= 0 or self.network_timeout <= 0:
+            raise ConfigError("association_request_timeout and network_timeout must be > 0")
+        if self.receive_path not in ("fast", "stock"):
+            raise ConfigError(f"receive_path must be 'fast' or 'stock', got "
+                              f"{self.receive_path!r}")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
 

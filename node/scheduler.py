@@ -15,7 +15,12 @@ associations sets a longer settle time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import SchedulerNotRunningError
 
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from storage.jobs import JobQueue
@@ -65,3 +70,46 @@ class SeriesMonitor:
         logger.info("series %s complete (%d slices): queued for triage%s", series.series_uid,
                     facts.slices, "" if job is not None else " (already queued)")
         return "queued"
+
+
+class Polls:
+    """Periodic work of the supervisor on APScheduler, each run `interval` seconds after the
+    previous one ended.
+
+    An interval trigger fires on the clock: a run that takes longer than the interval (the
+    first ones at start, a database busy for a moment) makes APScheduler skip the next tick and
+    warn "maximum number of running instances reached", which an operator reads as trouble.
+    Here each run schedules the next when it ends, so runs never overlap and nothing is
+    skipped.
+    """
+
+    def __init__(self, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        self.interval = timedelta(seconds=interval)
+        self.scheduler = BackgroundScheduler(daemon=True)
+
+    def add(self, func: Callable[[], Any], name: str) -> None:
+        """Run `func` now (once started) and then `interval` after each run ends."""
+        self._schedule(func, name, utcnow())
+
+    def _schedule(self, func: Callable[[], Any], name: str, when: Any) -> None:
+        def run() -> None:
+            try:
+                func()
+            except Exception:  # logged; the next run comes all the same
+                logger.exception("periodic %s failed", name)
+            try:
+                self._schedule(func, name, utcnow() + self.interval)
+            except SchedulerNotRunningError:
+                pass  # shutting down
+
+        self.scheduler.add_job(run, "date", run_date=when, id=name, replace_existing=True,
+                               misfire_grace_time=None)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)

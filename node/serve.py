@@ -3,34 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from ml.shipped import shipped_checkpoint
 from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool
 from node.logs import configure_logging
-from node.scheduler import SeriesMonitor
-from storage.db import make_engine, upgrade
+from node.scheduler import Polls, SeriesMonitor
+from node.startup import StartupError, check_all
+from storage.db import make_engine
 from storage.files import FileStore
-from storage.jobs import JobQueue, RetryPolicy
-from storage.models import utcnow
+from storage.instances import InstanceStore
+from storage.jobs import JobQueue
+from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
+if TYPE_CHECKING:
+    from node.triage.worker import ModelHolder
+
 logger = logging.getLogger(__name__)
-
-def model_path(settings: Settings) -> Path:
-    """The active model's checkpoint: the configured file, else the shipped demo model."""
-    return Path(settings.model) if settings.model else shipped_checkpoint()
-
 
 @dataclass
 class Services:
@@ -40,15 +41,49 @@ class Services:
 
 
 def open_services(settings: Settings) -> Services:
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    """The database, file store and job queue; `node.startup.check_all` has checked them."""
     url = settings.database_url
     logger.info("database %s", make_url(url).render_as_string(hide_password=True))
-    upgrade(url)
     engine = make_engine(url)
     files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     queue = JobQueue(engine, lease_seconds=settings.job_lease_seconds,
                      retry=RetryPolicy(max_attempts=settings.job_max_attempts))
     return Services(engine, files, queue)
+
+
+# Rows received this long before the newest one are checked for their file at start-up: the
+# instances in flight at a crash were all received within seconds of each other.
+RECONCILE_WINDOW = timedelta(minutes=10)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs here. This process holds no job yet when it starts: a job
+    under its own pid is a former process's (pid 1 in a container, say)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def recover(services: Services, *, files_too: bool) -> None:
+    """Undo what a crash or SIGKILL left half-done, before anything receives or triages:
+    jobs of this host's workers whose process is gone are queued again at once; with
+    `files_too` (the node, not a stand-alone worker) temporary files of interrupted writes
+    are removed and rows whose file never got its name are taken back. One log line."""
+    jobs = services.queue.reclaim_dead(socket.gethostname(), _process_alive)
+    temporaries = rows = 0
+    if files_too:
+        temporaries = services.files.remove_temporaries()
+        rows = len(InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW))
+    if jobs or temporaries or rows:
+        logger.warning("recovered from an unclean stop: %d jobs of ended workers queued again "
+                       "(or failed), %d temporary files removed, %d rows without their file "
+                       "taken back", len(jobs), temporaries, rows)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -63,20 +98,14 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _start_triage(settings: Settings, services: Services, count: int,
+def _start_triage(settings: Settings, services: Services, count: int, holder: ModelHolder,
                   stop: threading.Event) -> list[threading.Thread]:
-    """Triage workers (threads sharing one loaded model) and the outbox sender."""
+    """Triage workers: threads sharing one loaded model."""
     from ml.volume import VolumeRules
-    from node.triage.worker import ModelHolder, TriageWorker, start_workers
-    from storage.instances import InstanceStore
+    from node.triage.worker import TriageWorker, start_workers
     from storage.outbox import Outbox
     from storage.results import Results
 
-    path = model_path(settings)
-    if not path.exists():
-        logger.error("model checkpoint %s not found: series are queued but not triaged "
-                     "until a model is there (ichtriage admin train ... / --model FILE)", path)
-    holder = ModelHolder(path, device=settings.device)
     outbox = Outbox(services.engine)
     store = InstanceStore(services.engine, services.files)
     destinations = [str(d) for d in settings.destinations]
@@ -87,24 +116,38 @@ def _start_triage(settings: Settings, services: Services, count: int,
         return TriageWorker(results=Results(services.engine), queue=services.queue, store=store,
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
-                            batch_size=settings.batch_size, volume_rules=rules)
+                            ae_title=settings.ae_title, batch_size=settings.batch_size,
+                            volume_rules=rules)
 
     return start_workers(count, make, stop)
 
 
-def _start_sender(settings: Settings, services: Services,
-                  scheduler: BackgroundScheduler) -> None:
+def _start_sender(settings: Settings, services: Services, polls: Polls) -> None:
     from node.triage.sender import DeliverySender
     from storage.outbox import Outbox
 
     sender = DeliverySender(Outbox(services.engine), services.files, ae_title=settings.ae_title)
-    scheduler.add_job(sender.run_once, "interval", seconds=settings.check_interval, id="outbox",
-                      max_instances=1, coalesce=True, next_run_time=utcnow())
+    polls.add(sender.run_once, "outbox")
+
+
+def _model_words(holder: ModelHolder | None) -> str:
+    """The active model as the ready line names it: architecture, sha256, code, device."""
+    if holder is None:
+        return "no triage workers"
+    card = holder.get().card
+    code = f", code {card.code_version}" if card.code_version else ""
+    return f"model {card.architecture} (sha256 {card.sha256[:12]}{code}) on {holder.get().device}"
 
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    try:
+        holder = check_all(settings, model=settings.workers > 0)
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
     services = open_services(settings)
+    recover(services, files_too=True)
     if not settings.allow_ae and settings.bind not in ("127.0.0.1", "::1", "localhost"):
         logger.warning("listening on %s and accepting any calling AE title: set allow_ae",
                        settings.bind)
@@ -113,34 +156,41 @@ def serve(settings: Settings) -> int:
     try:
         host, port = pool.start()
     except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", settings.bind, settings.port, exc.strerror)
+        logger.error("cannot start: cannot listen on %s:%d (bind, port): %s", settings.bind,
+                     settings.port, exc.strerror)
         services.engine.dispose()
         return 1
-    monitor = SeriesMonitor(
-        SeriesIndex(services.engine), services.queue,
-        EligibilityRules.create(min_slices=settings.min_slices,
-                                body_parts=settings.eligible_body_parts),
-        settle_seconds=settings.settle_seconds)
-    scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(monitor.run_once, "interval", seconds=settings.check_interval, id="settle",
-                      max_instances=1, coalesce=True, next_run_time=utcnow())
-    _start_sender(settings, services, scheduler)
-    scheduler.start()
-    workers = _start_triage(settings, services, settings.workers, stop)
-    tls = " over TLS" if settings.tls_cert else ""
-    logger.info("ready: DICOM %s on %s:%d%s, %d receiving processes, %d triage workers, "
-                "data in %s", settings.ae_title, host, port, tls, settings.receiver_count,
-                len(workers), settings.data_dir.resolve())
+    polls = Polls(settings.check_interval)
+    workers: list[threading.Thread] = []
     try:
+        monitor = SeriesMonitor(
+            SeriesIndex(services.engine), services.queue,
+            EligibilityRules.create(min_slices=settings.min_slices,
+                                    body_parts=settings.eligible_body_parts),
+            settle_seconds=settings.settle_seconds)
+        polls.add(monitor.run_once, "settle")
+        _start_sender(settings, services, polls)
+        polls.start()
+        if holder is not None:
+            workers = _start_triage(settings, services, settings.workers, holder, stop)
+        tls = " over TLS" if settings.tls_cert else ""
+        logger.info("ready: DICOM %s on %s:%d%s, %d receiving processes, %d triage workers, "
+                    "%s, data in %s", settings.ae_title, host, port, tls,
+                    settings.receiver_count, len(workers), _model_words(holder),
+                    settings.data_dir.resolve())
         stop.wait()
+        return 0
+    except Exception:  # a fault of the node's after the receivers started: stop, say so
+        logger.exception("the node failed while starting or running; stopping")
+        return 1
     finally:
+        stop.set()
         pool.stop()
-        scheduler.shutdown(wait=True)
+        polls.shutdown()
         for thread in workers:
             thread.join(timeout=60)
         services.engine.dispose()
         logger.info("stopped")
-    return 0
 
 
 def work(settings: Settings, count: int) -> int:
@@ -148,10 +198,17 @@ def work(settings: Settings, count: int) -> int:
     sharing the node's PostgreSQL database and file store. The node's `serve` keeps the
     scheduler and the outbox, so results are sent once."""
     configure_logging(settings.log_level)
+    try:
+        holder = check_all(settings, model=True)
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+    assert holder is not None
     services = open_services(settings)
+    recover(services, files_too=False)
     stop = _stop_on_signals()
-    workers = _start_triage(settings, services, count, stop)
-    logger.info("ready: %d triage workers on %s", len(workers), settings.device)
+    workers = _start_triage(settings, services, count, holder, stop)
+    logger.info("ready: %d triage workers, %s", len(workers), _model_words(holder))
     try:
         stop.wait()
     finally:

@@ -11,9 +11,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage.errors import DatabaseMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +164,35 @@ def upgrade(url: str, revision: str = "head") -> None:
             command.upgrade(cfg, revision)
     finally:
         engine.dispose()
+
+
+def open_existing(url: str) -> Engine:
+    """An engine for a database that must exist already at the newest schema, for commands
+    that only read: nothing is created or migrated.
+
+    Raises DatabaseMissingError naming the database and what to do.
+    """
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or not Path(database).is_file():
+            raise DatabaseMissingError(f"no database at {database}: is --data-dir (or "
+                                       "--db-url) right? `ichtriage serve` creates it")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseMissingError(f"cannot open the database {shown}: "
+                                   f"{exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from exc
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if current != head:
+        engine.dispose()
+        raise DatabaseMissingError(f"the database {shown} is at schema {current or 'none'}, "
+                                   f"this node needs {head}: run `ichtriage db upgrade`")
+    return engine
 
 
 def current_tables(engine: Engine) -> set[str]:

@@ -15,3 +15,8 @@ class DiskFullError(StorageError):
 
 class DatabaseError(StorageError):
     """The database refused or failed a write; nothing of the operation was kept."""
+
+
+class DatabaseMissingError(StorageError):
+    """A database a read-only command needs is not there, cannot be opened, or is not at the
+    newest schema; the message names it and what to do."""

@@ -67,14 +67,15 @@ class FileStore:
         size = sum(len(c) for c in chunks)
         self.check_space(size)
         folder = os.path.join(self.root, os.path.dirname(relative))
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
         try:
-            tmp, fd = self._create_temp(folder)
-        except FileNotFoundError:  # the folder was removed since: make it again
-            os.makedirs(folder, exist_ok=True)
-            tmp, fd = self._create_temp(folder)
+            if folder not in self._folders:
+                _make_folders(folder)
+                self._folders.add(folder)
+            try:
+                tmp, fd = self._create_temp(folder)
+            except FileNotFoundError:  # the folder was removed since: make it again
+                _make_folders(folder)
+                tmp, fd = self._create_temp(folder)
         except OSError as exc:
             raise _write_error(relative, exc) from exc
         try:
@@ -149,6 +150,17 @@ class FileStore:
         except FileNotFoundError:
             pass
 
+    def remove_temporaries(self) -> int:
+        """Remove the temporary files of writes a crash interrupted (never answered, so the
+        sender resends them); returns how many. For start-up, before anything receives."""
+        removed = 0
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".incoming-") and name.endswith(".tmp"):
+                    self.discard(os.path.join(folder, name))
+                    removed += 1
+        return removed
+
     def exists(self, relative: str) -> bool:
         return self.path_of(relative).is_file()
 
@@ -160,6 +172,25 @@ def _write_error(relative: str, exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"no space left writing {relative}")
     return StorageError(f"cannot write {relative}: {exc}")
+
+
+def _make_folders(folder: str) -> None:
+    """Make `folder` and whichever of its parents are missing, fsyncing the parent of each
+    one made: a new study or series folder's name must survive a crash as its files do."""
+    missing = []
+    path = folder
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue  # made meanwhile by another process, which syncs its parent
+        _fsync_dir(os.path.dirname(path) or ".")
 
 
 def _fsync_dir(path: str | Path) -> None:

@@ -8,12 +8,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -236,6 +236,24 @@ class InstanceStore:
         if row is None:
             return None
         return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
+
+    def reconcile(self, window: timedelta) -> list[str]:
+        """Take back the rows, received within `window` of the newest one, whose file is not
+        in the store: a crash between the commit and the file's naming (see `store`) leaves
+        such a row, for an instance that was never acknowledged. For start-up; returns the
+        SOP Instance UIDs taken back."""
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(func.max(Instance.received_at))).scalar()
+            if newest is None:
+                return []
+            recent = conn.execute(select(Instance.id, Instance.series_pk, Instance.file_path,
+                                         Instance.sop_uid)
+                                  .where(Instance.received_at >= newest - window)).all()
+        missing = [row for row in recent if not self.files.exists(row.file_path)]
+        for row in missing:
+            self._unindex(StoreResult(StoreOutcome.STORED, row.id, row.series_pk,
+                                      row.file_path))
+        return [row.sop_uid for row in missing]
 
     def _unindex(self, result: StoreResult) -> None:
         """Take back an indexed instance whose file could not be kept."""

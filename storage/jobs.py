@@ -10,36 +10,20 @@ the claim runs under `BEGIN IMMEDIATE`, which serializes claimers.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.models import Job, JobStatus, utcnow
+from storage.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing job is tried, and how long to wait between tries."""
-
-    max_attempts: int = 3
-    backoff_seconds: float = 5.0
-    backoff_factor: float = 2.0
-    max_backoff_seconds: float = 300.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_seconds < 0 or self.backoff_factor < 1:
-            raise ValueError("backoff_seconds must be >= 0 and backoff_factor >= 1")
-
-    def delay(self, attempts: int) -> timedelta:
-        """Wait before the next try, after `attempts` tries so far."""
-        seconds = self.backoff_seconds * self.backoff_factor ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_backoff_seconds))
 
 
 @dataclass(frozen=True)
@@ -54,7 +38,7 @@ class ClaimedJob:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, *, lease_seconds: float = 300.0,
+    def __init__(self, engine: Engine, *, lease_seconds: float = 30.0,
                  retry: RetryPolicy | None = None) -> None:
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -123,6 +107,30 @@ class JobQueue:
             return conn.execute(update(Job).where(self._owned(job)).values(
                 lease_expires_at=utcnow() + self.lease)).rowcount == 1
 
+    @contextmanager
+    def kept_alive(self, job: ClaimedJob) -> Iterator[None]:
+        """Renew `job`'s lease every third of the lease while the block runs, so a short lease
+        (a dead worker's job is taken over soon) never runs out under a live one. A database
+        error in a renewal is logged and the next one tried."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease.total_seconds() / 3):
+                try:
+                    if not self.heartbeat(job):
+                        logger.warning("job %s: lease lost to another worker", job.id)
+                        return
+                except SQLAlchemyError as exc:
+                    logger.warning("job %s: lease not renewed: %s", job.id, exc)
+
+        thread = threading.Thread(target=renew, name=f"lease-{job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def complete(self, job: ClaimedJob, conn: Connection | None = None) -> bool:
         """Mark done (inside `conn`'s transaction when given); False when the lease was lost."""
         stmt = update(Job).where(self._owned(job)).values(
@@ -156,7 +164,51 @@ class JobQueue:
                        job.attempts, error, final.value)
         return final
 
+    def reclaim_dead(self, host: str, alive: Callable[[int], bool]) -> list[int]:
+        """Queue again, at once, the running jobs of workers on `host` whose process is gone
+        (`alive(pid)` is False): a node restarted after a crash need not wait for their
+        leases to expire. A job already tried `retry.max_attempts` times fails instead (it may
+        be what crashed the node). Returns the ids of the jobs reclaimed or failed."""
+        now = utcnow()
+        done: list[int] = []
+        with self.engine.begin() as conn:
+            running = conn.execute(select(Job.id, Job.worker, Job.attempts, Job.queueing_lock)
+                                   .where(Job.status == JobStatus.RUNNING)).all()
+            for job_id, worker, attempts, lock in running:
+                process = worker_process(worker)
+                if process is None or process[0] != host or alive(process[1]):
+                    continue
+                queued = conn.execute(select(Job.id).where(
+                    Job.queueing_lock == lock, Job.status == JobStatus.QUEUED)).scalar()
+                if queued is not None:  # the series was queued again meanwhile: that one runs
+                    values: dict[str, object] = {
+                        "status": JobStatus.FAILED, "finished_at": now,
+                        "last_error": f"its worker {worker} ended mid-job; superseded by "
+                                      f"queued job {queued}"}
+                elif attempts >= self.retry.max_attempts:
+                    values = {
+                        "status": JobStatus.FAILED, "finished_at": now,
+                        "last_error": f"its worker's process ended on each of {attempts} tries "
+                                      f"(last {worker})"}
+                else:
+                    values = {"status": JobStatus.QUEUED, "run_after": now,
+                              "last_error": f"its worker {worker} ended mid-job; queued again"}
+                conn.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
+                                               Job.worker == worker)
+                             .values(lease_expires_at=None, **values))
+                done.append(job_id)
+        return done
+
     @staticmethod
     def _owned(job: ClaimedJob) -> ColumnElement[bool]:
         return and_(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.worker == job.worker,
                     Job.attempts == job.attempts)
+
+
+def worker_process(worker: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker named "host:pid:thread" (node.triage.worker's names); None for
+    a name of another form."""
+    parts = worker.split(":")
+    if len(parts) < 3 or not parts[-2].isdigit() or not parts[0]:
+        return None
+    return ":".join(parts[:-2]), int(parts[-2])

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import reader
 from storage.models import Delivery, DeliveryStatus, utcnow
+from storage.retry import RetryPolicy
+
+# A PACS down for hours: tried again for about 16 hours at the longest wait.
+DELIVERY_RETRY = RetryPolicy(max_attempts=200, backoff_seconds=2.0, backoff_factor=2.0,
+                             max_backoff_seconds=300.0)
 
 
 @dataclass(frozen=True)
@@ -26,26 +30,10 @@ class PendingDelivery:
     attempts: int
 
 
-@dataclass(frozen=True)
-class Backoff:
-    first_seconds: float = 2.0
-    factor: float = 2.0
-    max_seconds: float = 300.0
-    max_attempts: int = 200  # about 16 hours at the longest wait
-
-    def __post_init__(self) -> None:
-        if self.first_seconds < 0 or self.factor < 1 or self.max_attempts < 1:
-            raise ValueError("first_seconds >= 0, factor >= 1 and max_attempts >= 1 required")
-
-    def delay(self, attempts: int) -> timedelta:
-        seconds = self.first_seconds * self.factor ** max(attempts - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_seconds))
-
-
 class Outbox:
-    def __init__(self, engine: Engine, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, engine: Engine, *, retry: RetryPolicy | None = None) -> None:
         self.engine = engine
-        self.backoff = backoff or Backoff()
+        self.retry = retry or DELIVERY_RETRY
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def add(self, conn: Connection, *, sop_uid: str, file_path: str,
@@ -78,10 +66,10 @@ class Outbox:
 
     def failed(self, delivery: PendingDelivery, error: str) -> DeliveryStatus:
         attempts = delivery.attempts + 1
-        final = (DeliveryStatus.FAILED if attempts >= self.backoff.max_attempts
+        final = (DeliveryStatus.FAILED if attempts >= self.retry.max_attempts
                  else DeliveryStatus.PENDING)
         with self.engine.begin() as conn:
             conn.execute(update(Delivery).where(Delivery.id == delivery.id).values(
                 status=final, attempts=attempts, last_error=error[:2000],
-                next_attempt_at=utcnow() + self.backoff.delay(attempts)))
+                next_attempt_at=utcnow() + self.retry.delay(attempts)))
         return final

@@ -14,8 +14,9 @@ from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from node.scheduler import SeriesMonitor
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
-from storage.jobs import ClaimedJob, JobQueue, RetryPolicy
+from storage.jobs import ClaimedJob, JobQueue
 from storage.models import Job, JobStatus, Series, SeriesStatus, utcnow
+from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -215,3 +216,48 @@ def test_multi_frame_ct_classes_and_mixed_image_types_are_eligible() -> None:
                                       "DERIVED\\SECONDARY\\REFORMATTED")) is None
     assert rules.reason_to_skip(facts(CT, "DERIVED\\SECONDARY\\REFORMATTED")) == (
         "image type DERIVED\\SECONDARY\\REFORMATTED is not ORIGINAL axial")
+
+
+def test_jobs_of_ended_workers_on_this_host_are_queued_again_at_once(engine: Engine) -> None:
+    """A restarted node takes back at once the jobs its own dead workers held (the lease has
+    not expired); a live worker's job, another host's, and a job tried to the limit are
+    treated as they must be."""
+    queue = JobQueue(engine, lease_seconds=300, retry=RetryPolicy(max_attempts=2))
+    ids = {name: enqueue(engine, queue, f"series:{name}")
+           for name in ("dead", "alive", "remote", "tired")}
+    workers = {"dead": "ct-node:4001:1", "alive": "ct-node:4002:1", "remote": "gpu-7:4001:1",
+               "tired": "ct-node:4003:1"}
+    for worker in workers.values():  # each claims the next job, in the order queued
+        assert queue.claim(worker) is not None
+    with engine.begin() as conn:  # "tired" is on its last try
+        conn.execute(update(Job).where(Job.id == ids["tired"]).values(attempts=2))
+    done = queue.reclaim_dead("ct-node", alive=lambda pid: pid == 4002)
+    assert sorted(done) == sorted([ids["dead"], ids["tired"]])
+    with engine.connect() as conn:
+        status = dict(conn.execute(select(Job.id, Job.status)).all())
+    assert status[ids["dead"]] == JobStatus.QUEUED
+    assert status[ids["alive"]] == status[ids["remote"]] == JobStatus.RUNNING
+    assert status[ids["tired"]] == JobStatus.FAILED
+    again = queue.claim("ct-node:5000:1")  # due now, not after the 300 s lease
+    assert again is not None and again.id == ids["dead"]
+
+
+def test_worker_names_parse() -> None:
+    from storage.jobs import worker_process
+
+    assert worker_process("ct-node.local:123:140") == ("ct-node.local", 123)
+    assert worker_process("fe80::1:77:9") == ("fe80::1", 77)
+    assert worker_process("test") is None and worker_process(":1:2") is None
+
+
+def test_a_live_worker_keeps_its_short_lease(engine: Engine) -> None:
+    queue = JobQueue(engine, lease_seconds=0.3)
+    enqueue(engine, queue, "series:kept")
+    job = queue.claim("ct-node:1:1")
+    assert job is not None
+    with queue.kept_alive(job):
+        time.sleep(1.0)  # three leases long: renewed meanwhile
+        assert queue.claim("ct-node:2:1") is None
+    time.sleep(0.5)  # no longer renewed: the lease runs out and another worker takes it
+    taken = queue.claim("ct-node:2:1")
+    assert taken is not None and taken.id == job.id

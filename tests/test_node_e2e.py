@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -17,6 +19,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.dicom import fastpath
 from tests import factories, peers
 from tests.nodeproc import NodeProcess, running_node, wait_for
 
@@ -36,9 +39,10 @@ def stored_files(node: NodeProcess) -> list[Path]:
     return sorted((node.data_dir / "data").rglob("*.dcm"))
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    with running_node(tmp_path) as n:
+@pytest.fixture(params=fastpath.PATHS)
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeProcess]:
+    """The node on each receive path (node.dicom.fastpath and pynetdicom's stock classes)."""
+    with running_node(tmp_path, "--receive-path", request.param) as n:
         yield n
 
 
@@ -51,8 +55,10 @@ def scu(port: int, *contexts: str, calling: str = "PYSCU") -> object:
     return assoc
 
 
-def test_storescu_series_is_stored_indexed_and_queued(db_url: str, tmp_path: Path) -> None:
-    with running_node(tmp_path, db_url=db_url) as node:
+@pytest.mark.parametrize("path", fastpath.PATHS)
+def test_storescu_series_is_stored_indexed_and_queued(db_url: str, tmp_path: Path,
+                                                      path: str) -> None:
+    with running_node(tmp_path, "--receive-path", path, db_url=db_url) as node:
         _store_index_queue(node, tmp_path)
 
 
@@ -311,3 +317,71 @@ def test_port_in_use_is_a_clear_error(node: NodeProcess, tmp_path: Path) -> None
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{node.port}" in result.stderr
+
+
+def _associate(port: int, source: str) -> Any:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title="ICHTRIAGE", bind_address=(source, 0))
+
+
+@pytest.mark.parametrize("path", fastpath.PATHS)
+def test_associations_over_the_limits_are_rejected_for_now(tmp_path: Path, path: str) -> None:
+    """Past max_associations_per_host (2) or max_associations (3): a transient
+    A-ASSOCIATE-RJ, local limit exceeded (PS3.8 9.3.4), a log line naming the host; a slot
+    freed is a slot taken again."""
+    with running_node(tmp_path, "--receive-path", path, "--max-associations", "3",
+                      "--max-associations-per-host", "2") as node:
+        held = [_associate(node.port, "127.0.0.1"), _associate(node.port, "127.0.0.1")]
+        try:
+            assert all(a.is_established for a in held)
+            third = _associate(node.port, "127.0.0.1")
+            assert third.is_rejected
+            rj = third.acceptor.primitive
+            assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+            # another host takes the node's third slot once the rejected one is closed
+            held.append(_established(node.port, "127.0.0.2"))
+            fourth = _associate(node.port, "127.0.0.3")
+            assert fourth.is_rejected  # the node's limit
+            log = node.log_text()
+            assert "from PYSCU (127.0.0.1) rejected: 2 associations open from this host" in log
+            assert "from PYSCU (127.0.0.3) rejected: 3 associations open, the node's " in log
+            held.pop(0).release()
+            held.append(_established(node.port, "127.0.0.1"))  # a freed slot is taken again
+        finally:
+            for assoc in held:
+                assoc.release()
+
+
+def _established(port: int, source: str) -> Any:
+    """An association from `source`, retried while a slot is still held by a closing one."""
+    found: list[Any] = []
+
+    def attempt() -> bool:
+        assoc = _associate(port, source)
+        if assoc.is_established:
+            found.append(assoc)
+        return bool(found)
+
+    wait_for(attempt, timeout=10, what=f"an association from {source}")
+    return found[0]
+
+
+@pytest.mark.parametrize("path", fastpath.PATHS)
+def test_a_peer_that_never_finishes_its_request_is_dropped(tmp_path: Path, path: str) -> None:
+    """A connection that sends half an association request, and one that sends nothing:
+    both closed after association_request_timeout, with the host in the log; meanwhile DCMTK
+    echoes work."""
+    with running_node(tmp_path, "--receive-path", path,
+                      "--association-request-timeout", "1") as node:
+        silent = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        half = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        half.sendall(b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 40)  # 46 of 262 bytes
+        assert peers.run_echoscu(node.port, aet="CT1", called_aet="ICHTRIAGE").returncode == 0
+        for sock in (silent, half):
+            assert sock.recv(64) == b""  # closed by the node
+            sock.close()
+        wait_for(lambda: "connection from 127.0.0.1 closed: no association request in 1.0 s"
+                 in node.log_text(), timeout=10, what="the silent peer's log line")
+        wait_for(lambda: "association from 127.0.0.1 aborted: an association request not "
+                 "received in time" in node.log_text(), timeout=10, what="the slow peer's")

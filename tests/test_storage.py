@@ -317,3 +317,49 @@ def test_a_file_that_cannot_be_flushed_takes_its_row_back(engine: Engine,
         assert conn.execute(select(Series.instance_count)).scalar_one() == 1
     # and the instance is stored when it comes again
     assert store.store(meta("1.2.3.4.5.2"), [b"y"]).outcome is StoreOutcome.STORED
+
+
+def test_new_study_and_series_folders_are_made_durable(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent of every folder made is fsynced (the root for a new study, the study for a
+    new series), and the series folder once the file is named in it."""
+    from storage import files as files_module
+
+    synced: list[str] = []
+    real = files_module._fsync_dir
+    monkeypatch.setattr(files_module, "_fsync_dir",
+                        lambda path: (synced.append(os.path.normpath(path)), real(path)))
+    store = FileStore(tmp_path / "data")
+    store.root.mkdir()
+    relative = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert store.publish(store.write_temp(relative, [b"x"]), relative) is not None
+    root = os.path.normpath(store.root)
+    assert synced == [root, os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.4")]
+    synced.clear()
+    second = store.relative_path("1.2.3", "1.2.3.9", "1.2.3.9.5")  # a new series, same study
+    assert store.publish(store.write_temp(second, [b"y"]), second) is not None
+    assert synced == [os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.9")]
+
+
+def test_start_up_removes_temporaries_and_takes_back_rows_without_files(
+        engine: Engine, tmp_path: Path) -> None:
+    """What a SIGKILL leaves: a temporary file of an interrupted write, and a row committed
+    before its file got its name (never acknowledged). Both are undone; whole instances stay."""
+    from datetime import timedelta
+
+    files = FileStore(tmp_path / "data")
+    store = InstanceStore(engine, files)
+    kept = [store.store(meta(f"{SERIES}.{i}"), [b"DICM" * 10]) for i in range(3)]
+    lost = store.store(meta(f"{SERIES}.9"), [b"DICM" * 10])
+    files.remove(lost.file_path)  # the crash came before its name was made
+    folder = files.path_of(lost.file_path).parent
+    (folder / ".incoming-77-0.tmp").write_bytes(b"half")
+    assert files.remove_temporaries() == 1
+    assert not list(folder.glob(".incoming-*"))
+    assert store.reconcile(timedelta(minutes=10)) == [f"{SERIES}.9"]
+    with engine.connect() as conn:
+        uids = set(conn.execute(select(Instance.sop_uid)).scalars())
+        count = conn.execute(select(Series.instance_count)).scalar()
+    assert uids == {f"{SERIES}.{i}" for i in range(3)}
+    assert count == 3 and all(files.exists(k.file_path) for k in kept)
+    assert store.reconcile(timedelta(minutes=10)) == []  # nothing more to do

@@ -22,10 +22,11 @@ from node.triage.sr import read_triage_sr
 from node.triage.worker import ModelHolder, TriageWorker
 from storage.files import FileStore
 from storage.instances import InstanceStore
-from storage.jobs import JobQueue, RetryPolicy
+from storage.jobs import JobQueue
 from storage.models import Delivery, Instance, Job, Series, SlicePrediction, TriageResult
 from storage.outbox import Outbox
 from storage.results import Results
+from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 from storage.worklist import worklist
 
@@ -55,7 +56,8 @@ class Node:
         self.worker = TriageWorker(
             results=Results(engine), queue=self.queue, store=self.store, files=self.files,
             outbox=Outbox(engine), model=ModelHolder(model_file, device="cpu"),
-            destinations=["PACS@127.0.0.1:104"], min_slices=4, batch_size=4, name="test")
+            destinations=["PACS@127.0.0.1:104"], min_slices=4, ae_title="NODE1",
+            batch_size=4, name="test")
 
     def receive(self, paths: list[Path]) -> None:
         for path in paths:
@@ -101,8 +103,10 @@ def test_a_series_is_triaged_reported_and_queued_for_sending(node: Node, tmp_pat
     # the SR is in the node's own store, indexed, and in the outbox
     sr_uid = str(result[2])
     (sr_row,) = [r for r in node.rows(Instance, Instance.sop_uid, Instance.sop_class_uid,
-                                      Instance.file_path) if r[0] == sr_uid]
+                                      Instance.file_path, Instance.calling_ae)
+                 if r[0] == sr_uid]
     assert sr_row[1] == SR_CLASS
+    assert sr_row[3] == "NODE1"  # stored under the node's configured AE title
     sr = dcmread(node.files.path_of(str(sr_row[2])))
     assert sr.StudyInstanceUID == series.study_uid
     read = read_triage_sr(sr)

@@ -49,11 +49,33 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
     add("--workers", type=int,
         help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
+    _limit_flags(parser)
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    """What a peer may make the node hold or wait for (node.dicom.guard)."""
+    add = parser.add_argument
+    add("--max-pdu", type=int, help="largest P-DATA-TF accepted, bytes; 0 for unlimited "
+        f"(default: {DEFAULTS.max_pdu})")
+    add("--max-message-mb", type=int, help="largest data set of one message held in memory "
+        f"(default: {DEFAULTS.max_message_mb})")
+    add("--max-associations", type=int, help="open associations, node-wide "
+        f"(default: {DEFAULTS.max_associations})")
+    add("--max-associations-per-host", type=int, help="open associations from one host "
+        f"(default: {DEFAULTS.max_associations_per_host})")
+    add("--association-request-timeout", type=float, help="seconds from connection to a "
+        f"complete association request (default: {DEFAULTS.association_request_timeout})")
+    add("--network-timeout", type=float, help="seconds an association may sit idle, or a PDU "
+        f"take to arrive (default: {DEFAULTS.network_timeout})")
+    add("--receive-path", choices=("fast", "stock"), help="fast: the node's pynetdicom "
+        f"subclasses; stock: pynetdicom's own classes (default: {DEFAULTS.receive_path})")
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
-                "tls_ca", "min_slices", "workers", "model", "device")
+                "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
+                "max_message_mb", "max_associations", "max_associations_per_host",
+                "association_request_timeout", "network_timeout", "receive_path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ichtriage",
         description="A DICOM node that triages head CT for intracranial hemorrhage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node: DICOM receiver, scheduler, worker")
@@ -108,8 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     if args.command == "worklist":
         from node.cli.worklist import print_worklist
+        from storage.errors import DatabaseMissingError
 
-        return print_worklist(settings, as_json=args.json, limit=args.limit)
+        try:
+            return print_worklist(settings, as_json=args.json, limit=args.limit)
+        except DatabaseMissingError as exc:
+            print(f"ichtriage: {exc}", file=sys.stderr)
+            return 1
     if args.command == "admin":
         from node.cli.admin import run_admin
 
@@ -128,6 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _version() -> str:
+    """This node's version and those of the libraries its results depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in
+                          ("pynetdicom", "pydicom", "highdicom", "torch", "SQLAlchemy"))
+    return f"ichtriage {of('ichtriage')} ({libraries})"
 
 
 def _redact(url: str) -> str:

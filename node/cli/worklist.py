@@ -6,7 +6,7 @@ import json
 import sys
 
 from node.config import Settings
-from storage.db import make_engine, upgrade
+from storage.db import open_existing
 from storage.worklist import worklist
 
 SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
@@ -14,8 +14,7 @@ SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventr
 
 
 def print_worklist(settings: Settings, *, as_json: bool, limit: int) -> int:
-    upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = open_existing(settings.database_url)  # a read: a typo creates nothing
     try:
         entries = worklist(engine, limit=limit)
     finally:

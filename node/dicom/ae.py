@@ -48,9 +48,11 @@ def build_ae(settings: Settings) -> AE:
     it is sent: scouts, dose reports, SRs), with the node's limits and timeouts."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
-    ae.maximum_associations = settings.max_associations
+    # The supervisor rejects past max_associations (node-wide and per host) and logs why;
+    # pynetdicom's own per-process count is only a backstop.
+    ae.maximum_associations = 2 * settings.max_associations
     ae.network_timeout = settings.network_timeout
-    ae.acse_timeout = 30
+    ae.acse_timeout = settings.association_request_timeout
     ae.dimse_timeout = 60
     # The called AE title is checked by our EVT_REQUESTED handler, which logs why it rejects.
     ae.require_called_aet = False

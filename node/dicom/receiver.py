@@ -5,6 +5,11 @@ keep every core busy the supervisor accepts connections on the configured port a
 accepted socket (SCM_RIGHTS over a Unix socket pair) to the receiving process that has the
 fewest open associations. Each receiving process runs its own pynetdicom AE, database engine
 and file store, and never imports the model.
+
+The supervisor counts open connections, node-wide and per calling host. One over
+`max_associations` or `max_associations_per_host` is still handed on, marked, and its
+association request is rejected (transient, local limit exceeded; PS3.8 9.3.4) so the peer
+knows to retry; beyond twice those limits a connection is closed at once.
 """
 
 from __future__ import annotations
@@ -19,19 +24,20 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from pydicom import config as pydicom_config
-from pynetdicom import AE
+from pynetdicom import _config
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Settings
+from node.dicom import fastpath
 from node.dicom.ae import build_ae, server_tls_context
-from node.dicom.negotiation import negotiate_from_memory
+from node.dicom.guard import ReadLimits
 from node.dicom.store_scp import StoreHandlers
-from node.dicom.transport import WakingRequestHandler
 from node.logs import configure_logging
 from storage.associations import AssociationLog
 from storage.db import make_engine
@@ -47,8 +53,10 @@ DONE = b"done"
 class DispatchedServer(ThreadedAssociationServer):
     """An association server fed with sockets accepted elsewhere: it never binds or listens."""
 
-    def __init__(self, *args: Any, on_finished: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_finished: Any = None, read_limits: ReadLimits,
+                 **kwargs: Any) -> None:
         self._on_finished = on_finished
+        self.read_limits = read_limits
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -64,6 +72,8 @@ class DispatchedServer(ThreadedAssociationServer):
         try:
             if self.ssl_context is not None:
                 try:
+                    # a peer that never completes its handshake must not hold a thread
+                    request.settimeout(self.read_limits.request_timeout)
                     request = self.ssl_context.wrap_socket(request, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
                     logger.warning("TLS handshake with %s failed: %s", client_address[0], exc)
@@ -72,7 +82,30 @@ class DispatchedServer(ThreadedAssociationServer):
             super().process_request_thread(request, client_address)
         finally:
             if self._on_finished is not None:
-                self._on_finished()
+                self._on_finished(client_address)
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    """What one association may make a receiving process hold or wait for."""
+    return ReadLimits(max_pdu=settings.max_pdu, max_message=settings.max_message_mb << 20,
+                      request_timeout=settings.association_request_timeout,
+                      pdu_timeout=settings.network_timeout)
+
+
+def make_receiving_server(settings: Settings, handlers: StoreHandlers, *,
+                          on_finished: Any = None) -> DispatchedServer:
+    """The AE and association server of one receiving process, on the configured path."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        # pynetdicom's documented switch: no per-PDU and per-message log handlers (they
+        # describe every data set, and keep responses off the fast path)
+        _config.LOG_HANDLER_LEVEL = "none"
+    ae = build_ae(settings)
+    server = ae.make_server((settings.bind, 0), evt_handlers=handlers.bindings(),
+                            ssl_context=server_tls_context(settings),
+                            server_class=DispatchedServer, on_finished=on_finished,
+                            read_limits=read_limits(settings),
+                            request_handler=fastpath.request_handler(settings.receive_path))
+    return cast(DispatchedServer, server)
 
 
 def receiver_main(settings: Settings, channel: socket.socket, index: int) -> None:
@@ -82,25 +115,20 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Header values a sender got slightly wrong must not stop the store; they are kept as sent.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    negotiate_from_memory()
     engine = make_engine(settings.database_url)
     files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     handlers = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine),
                              ae_title=settings.ae_title, allowed=settings.allow_ae)
-    ae = build_ae(settings)
     send_lock = threading.Lock()
 
-    def finished() -> None:
+    def finished(address: Any) -> None:
         with send_lock:
             try:
-                channel.send(DONE)
+                channel.send(DONE + b" " + str(address[0]).encode())
             except OSError:
                 pass  # the supervisor is gone; nothing to tell
 
-    server = ae.make_server((settings.bind, 0), evt_handlers=handlers.bindings(),
-                            ssl_context=server_tls_context(settings),
-                            server_class=DispatchedServer, on_finished=finished,
-                            request_handler=WakingRequestHandler)
+    server = make_receiving_server(settings, handlers, on_finished=finished)
     logger.debug("receiver %d (pid %d) ready", index, os.getpid())
     try:
         while True:
@@ -113,15 +141,17 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
                     os.close(fd)
                 break
             peer = json.loads(msg)
+            if peer.get("refuse"):
+                handlers.refuse(peer["host"], peer["port"], peer["refuse"])
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 server.process_request(conn, (peer["host"], peer["port"]))
     finally:
-        _drain(ae, server, settings.network_timeout)
+        _drain(server, settings.network_timeout)
         engine.dispose()
 
 
-def _drain(ae: AE, server: ThreadedAssociationServer, grace: float) -> None:
+def _drain(server: ThreadedAssociationServer, grace: float) -> None:
     """Let open associations finish their transfers, then abort what is left."""
     deadline = time.monotonic() + grace
     while server.active_associations and time.monotonic() < deadline:
@@ -138,6 +168,7 @@ class _Receiver:
     process: BaseProcess
     channel: socket.socket
     active: int = 0
+    hosts: Counter[str] = field(default_factory=Counter)  # open associations by calling host
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -153,6 +184,8 @@ class ReceiverPool:
         self._threads: list[threading.Thread] = []
         self._selector = selectors.DefaultSelector()
         self._select_lock = threading.Lock()
+        self._open_by_host: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
@@ -200,8 +233,41 @@ class ReceiverPool:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._dispatch(conn, addr)
 
+    def _admission(self, host: str) -> tuple[str, str] | None:
+        """None to accept a connection from `host`; ('refuse', why) to hand it on for a
+        rejection; ('close', why) to close it at once. Counts it unless it is closed."""
+        node_limit = self.settings.max_associations
+        host_limit = self.settings.max_associations_per_host
+        with self._count_lock:
+            total, from_host = sum(self._open_by_host.values()), self._open_by_host[host]
+            if total >= 2 * node_limit or from_host >= 2 * host_limit:
+                return "close", f"{from_host} open from this host, {total} in all"
+            self._open_by_host[host] += 1
+        if total >= node_limit:
+            return "refuse", f"{total} associations open, the node's limit is {node_limit}"
+        if from_host >= host_limit:
+            return "refuse", (f"{from_host} associations open from this host, the limit "
+                              f"is {host_limit}")
+        return None
+
+    def _closed(self, host: str, count: int = 1) -> None:
+        with self._count_lock:
+            self._open_by_host[host] -= count
+            if self._open_by_host[host] <= 0:
+                del self._open_by_host[host]
+
     def _dispatch(self, conn: socket.socket, addr: tuple[str, int]) -> None:
-        peer = json.dumps({"host": addr[0], "port": addr[1]}).encode()
+        admission = self._admission(addr[0])
+        message: dict[str, Any] = {"host": addr[0], "port": addr[1]}
+        if admission is not None:
+            action, why = admission
+            if action == "close":
+                logger.warning("connection from %s closed at once: %s", addr[0], why)
+                conn.close()
+                return
+            logger.warning("association from %s will be rejected: %s", addr[0], why)
+            message["refuse"] = why
+        peer = json.dumps(message).encode()
         for receiver in sorted(self._receivers, key=lambda r: r.active):
             if not receiver.process.is_alive():
                 continue
@@ -212,9 +278,11 @@ class ReceiverPool:
                 continue
             with receiver.lock:
                 receiver.active += 1
+                receiver.hosts[addr[0]] += 1
             conn.close()
             return
         logger.error("no receiving process alive; connection from %s closed", addr[0])
+        self._closed(addr[0])
         conn.close()
 
     def _done_loop(self) -> None:
@@ -224,12 +292,15 @@ class ReceiverPool:
             for key, _ in events:
                 receiver: _Receiver = key.data
                 try:
-                    msg = receiver.channel.recv(64)
+                    msg = receiver.channel.recv(512)
                 except OSError:
                     msg = b""
-                if msg == DONE:
+                if msg.startswith(DONE):
+                    host = msg[len(DONE) + 1:].decode(errors="replace")
                     with receiver.lock:
                         receiver.active = max(receiver.active - 1, 0)
+                        receiver.hosts[host] -= 1
+                    self._closed(host)
                 elif not msg:
                     with self._select_lock:
                         self._selector.unregister(receiver.channel)
@@ -241,6 +312,10 @@ class ReceiverPool:
             logger.error("receiver %d (pid %s) exited with %s; starting a new one",
                          receiver.index, receiver.process.pid, receiver.process.exitcode)
             receiver.channel.close()
+            with receiver.lock:
+                for host, count in receiver.hosts.items():
+                    if count > 0:
+                        self._closed(host, count)
             self._receivers[i] = self._spawn(receiver.index)
 
     def stop(self, grace: float | None = None) -> None:

@@ -5,10 +5,12 @@ to the instance store, answer a status. Thin on purpose: the protocol of storing
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
@@ -27,6 +29,11 @@ from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
 logger = logging.getLogger(__name__)
 
 PIXEL_DATA = 0x7FE00010
+
+# What pydicom's reader raises on bytes that are not a valid data set (found by feeding it
+# truncated and corrupted encodings): proof that the sender's data is at fault.
+MALFORMED_DATA_SET = (EOFError, struct.error, ValueError, NotImplementedError, OverflowError,
+                      BytesLengthException, InvalidDicomError)
 
 
 class IngestError(Exception):
@@ -55,7 +62,14 @@ class StoreHandlers:
         self.ae_title = ae_title
         self.allowed = allowed
         self._tallies: dict[int, _Tally] = {}
+        self._refusals: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
+
+    def refuse(self, host: str, port: int, reason: str) -> None:
+        """Reject the association about to come from `host`:`port` (over a limit) with a
+        transient A-ASSOCIATE-RJ, local limit exceeded (PS3.8 9.3.4)."""
+        with self._lock:
+            self._refusals[(host, port)] = reason
 
     def bindings(self) -> list[Any]:
         return [
@@ -77,21 +91,28 @@ class StoreHandlers:
         calling = str(primitive.calling_ae_title).strip()
         called = str(primitive.called_ae_title).strip()
         host = assoc.requestor.address
-        if called != self.ae_title:
+        with self._lock:
+            over_limit = self._refusals.pop((host, assoc.requestor.port), None)
+        if over_limit is not None:
+            logger.warning("association from %s (%s) rejected: %s", calling, host, over_limit)
+            self._reject(event, status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
+                         status.REASON_LOCAL_LIMIT_EXCEEDED)
+        elif called != self.ae_title:
             logger.warning("association from %s (%s) rejected: called AE title %r is not %r",
                            calling, host, called, self.ae_title)
-            self._reject(event, status.REASON_CALLED_AE_NOT_RECOGNIZED)
+            self._reject(event, status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
+                         status.REASON_CALLED_AE_NOT_RECOGNIZED)
         elif self.allowed and not any(p.matches(calling, host) for p in self.allowed):
             logger.warning("association from %s (%s) rejected: calling AE title not allowed",
                            calling, host)
-            self._reject(event, status.REASON_CALLING_AE_NOT_RECOGNIZED)
+            self._reject(event, status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
+                         status.REASON_CALLING_AE_NOT_RECOGNIZED)
 
     @staticmethod
-    def _reject(event: Event, reason: int) -> None:
+    def _reject(event: Event, result: int, source: int, reason: int) -> None:
         # As pynetdicom's own negotiation does: the A-ASSOCIATE-RJ must leave before the
         # socket is closed, which kill() waits for.
-        event.assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
-                                     reason)
+        event.assoc.acse.send_reject(result, source, reason)
         event.assoc.kill()
 
     def on_accepted(self, event: Event) -> None:
@@ -122,8 +143,9 @@ class StoreHandlers:
             tally = self._tallies.pop(id(event.assoc), None)
         if tally is None:
             return
-        logger.info("association %s %s: %d stored, %d duplicate, %d failed", tally.pk, state,
-                    tally.stored, tally.duplicates, tally.failed)
+        logger.info("association %s from %s %s: %d stored, %d duplicate, %d failed", tally.pk,
+                    event.assoc.requestor.address, state, tally.stored, tally.duplicates,
+                    tally.failed)
         if tally.pk is not None:
             try:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
@@ -150,6 +172,12 @@ class StoreHandlers:
                            event.assoc.requestor.ae_title.strip(), exc.status,
                            status.DESCRIPTIONS.get(exc.status, ""), exc)
             return exc.status
+        except Exception:  # a fault of the node's, not the sender's: say so, keep serving
+            tally.failed += 1
+            logger.exception("C-STORE %s from %s failed inside the node (0x%04X)",
+                             _uid(_request(event).AffectedSOPInstanceUID),
+                             event.assoc.requestor.ae_title.strip(), status.PROCESSING_FAILURE)
+            return status.PROCESSING_FAILURE
         if outcome is StoreOutcome.DUPLICATE:
             tally.duplicates += 1
         else:
@@ -159,15 +187,9 @@ class StoreHandlers:
     def _store(self, event: Event, association_pk: int | None) -> StoreOutcome:
         request = _request(event)
         context = event.context
-        try:
-            meta = _meta(_header_values(event), request.AffectedSOPClassUID,
-                         request.AffectedSOPInstanceUID, str(context.abstract_syntax),
-                         str(context.transfer_syntax))
-        except IngestError:
-            raise
-        except Exception as exc:  # any decoding failure is the sender's data
-            raise IngestError(status.CANNOT_UNDERSTAND,
-                              f"data set cannot be decoded: {type(exc).__name__}") from exc
+        meta = _meta(_header_values(event), request.AffectedSOPClassUID,
+                     request.AffectedSOPInstanceUID, str(context.abstract_syntax),
+                     str(context.transfer_syntax))
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid, sop_uid=meta.sop_uid,
             transfer_syntax_uid=meta.transfer_syntax_uid,
@@ -196,18 +218,30 @@ def _header_values(event: Event) -> HeaderValues:
     syntax = UID(str(event.context.transfer_syntax))
     data = _request(event).DataSet
     if data is None or syntax.is_deflated:
-        return header_values(event.dataset)
+        try:
+            return header_values(event.dataset)
+        except MALFORMED_DATA_SET as exc:
+            raise IngestError(status.CANNOT_UNDERSTAND,
+                              f"data set cannot be decoded: {type(exc).__name__}") from exc
     if syntax.is_little_endian:
         buffer = data.getbuffer()
         try:
             return read_header(buffer, implicit_vr=syntax.is_implicit_VR)
         except RawHeaderError as exc:
             logger.debug("raw header reader declined (%s); reading with pydicom", exc)
+        except Exception:  # a bug of the raw reader's: pydicom reads it instead
+            logger.exception("raw header reader failed on %s; reading with pydicom",
+                             _uid(_request(event).AffectedSOPInstanceUID))
         finally:
             buffer.release()
     data.seek(0)
-    return header_values(read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
-                                      stop_when=_before_pixels, defer_size=4096))
+    try:
+        return header_values(read_dataset(data, syntax.is_implicit_VR,
+                                          syntax.is_little_endian, stop_when=_before_pixels,
+                                          defer_size=4096))
+    except MALFORMED_DATA_SET as exc:
+        raise IngestError(status.CANNOT_UNDERSTAND,
+                          f"data set cannot be decoded: {type(exc).__name__}: {exc}") from exc
 
 
 def _request(event: Event) -> C_STORE:

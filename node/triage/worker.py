@@ -75,9 +75,11 @@ class ModelHolder:
 class TriageWorker:
     def __init__(self, *, results: Results, queue: JobQueue, store: InstanceStore,
                  files: FileStore, outbox: Outbox, model: ModelHolder,
-                 destinations: Sequence[str], min_slices: int, batch_size: int = 16,
-                 name: str | None = None, volume_rules: VolumeRules | None = None) -> None:
+                 destinations: Sequence[str], min_slices: int, ae_title: str,
+                 batch_size: int = 16, name: str | None = None,
+                 volume_rules: VolumeRules | None = None) -> None:
         self.results = results
+        self.ae_title = ae_title  # the node's own: the calling AE title its SRs are stored with
         self.queue = queue
         self.store = store
         self.files = files
@@ -100,7 +102,8 @@ class TriageWorker:
         if job is None:
             return False
         try:
-            self.process(job)
+            with self.queue.kept_alive(job):
+                self.process(job)
         except (TriageError, MLError, StorageError, OSError, ValueError) as exc:
             self._failed(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
@@ -174,7 +177,7 @@ class TriageWorker:
         results = _label_results(classifier, prediction, volume)
         sr, notes = self._build_sr(series, headers, volume, classifier, results)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
-                                  [_encode(sr)], calling_ae="ICHTRIAGE")
+                                  [_encode(sr)], calling_ae=self.ae_title)
         latency = (utcnow() - series.last_received_at).total_seconds()
         pks = {uid: instance.pk for uid, instance in headers.instances.items()}
         new = NewResult(

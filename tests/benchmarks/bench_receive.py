@@ -57,10 +57,13 @@ from tests.peers import (
     wait_for_port,
 )
 
-ALL_TARGETS = ("node", "bare", "storescp", "orthanc")
+ALL_TARGETS = ("node", "node-stock", "bare", "storescp", "orthanc")
 CALLING_AET = "BENCHSCU"
 NODE_AET = "ICHTRIAGE"
 RATIOS = (
+    ("node", "node-stock"),
+    ("node-stock", "bare"),
+    ("node-stock", "orthanc"),
     ("node", "bare"),
     ("node", "storescp"),
     ("node", "orthanc"),
@@ -204,16 +207,18 @@ def start_target(name: str, stack: ExitStack, work: Path, args: argparse.Namespa
     if name == "orthanc":
         server = stack.enter_context(orthanc_server(work / "orthanc-home", aet="ORTHANC"))
         return OrthancTarget(name, server)
-    if name == "node":
+    if name in ("node", "node-stock"):
         port = free_port()
         # Store + index, as the other targets: no triage worker. With one, a series settles
         # 2 s after its run and is triaged during whatever run comes next (the idle check
         # cannot see work that has not started yet), taking CPU from that target.
         cmd = [args.ichtriage, "serve", "--data-dir", str(work / "node-data"),
                "--port", str(port), "--http-port", "0", "--settle-seconds", "2",
-               "--workers", "0", "--ae-title", NODE_AET]  # fmt: skip
+               "--workers", "0", "--ae-title", NODE_AET,
+               "--receive-path", "stock" if name == "node-stock" else "fast",
+               *args.node_args.split()]  # fmt: skip
         ready = re.compile(r"\bready\b", re.IGNORECASE)
-        pid = stack.enter_context(_process(cmd, work / "node.log", ready, args.node_timeout))
+        pid = stack.enter_context(_process(cmd, work / f"{name}.log", ready, args.node_timeout))
         wait_for_port(LOOPBACK, port, 10)
         return NodeTarget(name, NODE_AET, port, pid)
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
@@ -263,8 +268,15 @@ def wait_idle(pids: list[int], *, window: float = 0.5, timeout: float = 600.0) -
 # --------------------------------------------------------------------------- runs
 
 
-def send(target: Target, files: list[Path], associations: int, timeout: float) -> float:
-    """Wall time of ``associations`` storescu processes sending ``files`` between them."""
+def send(target: Target, files: list[Path], associations: int, timeout: float, *,
+         per_slice: bool = False) -> float:
+    """Wall time of ``associations`` storescu processes sending ``files`` between them; with
+    ``per_slice``, one storescu (one association) per file, one after the other."""
+    if per_slice:
+        t0 = time.perf_counter()
+        for file in files:
+            send(target, [file], 1, timeout)
+        return time.perf_counter() - t0
     chunks = [files[i::associations] for i in range(associations)]
     cmds = [
         [dcmtk_tool("storescu"), "-aet", CALLING_AET, "-aec", target.aet, "-to", "10",
@@ -311,7 +323,8 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
                     target.clear()
                     os.sync()  # and the disk quiet: see the module's docstring
                     wait_idle(all_pids)
-                    elapsed = send(target, files, assoc, args.send_timeout)
+                    elapsed = send(target, files, assoc, args.send_timeout,
+                                   per_slice=args.per_slice)
                     got = target.received()
                     if got is not None and got != len(files):
                         raise RuntimeError(f"{target.name} holds {got} of {len(files)} instances")
@@ -380,6 +393,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(Path(sys.executable).with_name("ichtriage")),
         help="the node's command",
     )
+    parser.add_argument("--node-args", default="", help="more flags for the node, e.g. "
+                        "'--max-pdu 16384'")
+    parser.add_argument("--per-slice", action="store_true",
+                        help="one association per slice (a storescu per file), as some "
+                        "modalities send; --associations is then ignored")
     parser.add_argument("--node-timeout", type=float, default=180.0, help="s to get ready")
     parser.add_argument("--send-timeout", type=float, default=600.0, help="s per run")
     args = parser.parse_args(argv)

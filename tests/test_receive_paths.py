@@ -1,69 +1,55 @@
-"""The node's pynetdicom acceptor (node.dicom.transport) behaves as pynetdicom's own."""
+"""Both receive paths (node.dicom.fastpath and pynetdicom's stock classes, each reading through
+node.dicom.guard) behave as pynetdicom's own acceptor."""
 
 from __future__ import annotations
 
 import logging
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import _config, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.fsm import StateMachine
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dicom.store_dimse import StoreDIMSE
-from node.dicom.transport import (
-    WakingAssociation,
-    WakingDUL,
-    WakingRequestHandler,
-    _pdv_items,
-)
+from node.dicom import fastpath
+from node.dicom.fastpath.dimse import StoreDIMSE
+from node.dicom.fastpath.dul import WakingDUL, _pdv_items
 from tests.factories import ct_slice
 from tests.peers import LOOPBACK
+from tests.scp import scu, second_refused, start_server, stop_server, wait_idle
 
 VERIFICATION = "1.2.840.10008.1.1"
 
 
+@pytest.fixture(autouse=True)
+def no_log_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a receiving process runs: pynetdicom's documented switch off."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+
+@pytest.fixture(params=fastpath.PATHS)
+def any_server(request: pytest.FixtureRequest) -> Iterator[tuple[ThreadedAssociationServer,
+                                                                 list[Any]]]:
+    """A server on each receive path."""
+    received: list[Any] = []
+    srv = start_server(request.param, second_refused(received))
+    yield srv, received
+    stop_server(srv)
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[ThreadedAssociationServer, list[Any]]]:
+    """A server on the fast path."""
     received: list[Any] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append((type(event.assoc).__name__, event.request.AffectedSOPInstanceUID))
-        return 0x0000 if len(received) != 2 else 0xA700
-
-    ae = AE("NODE")
-    ae.network_timeout = 1.0
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-    ae.add_supported_context(VERIFICATION)
-    srv = ae.make_server((LOOPBACK, 0), evt_handlers=[(evt.EVT_C_STORE, on_store)],
-                         server_class=ThreadedAssociationServer,
-                         request_handler=WakingRequestHandler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = start_server("fast", second_refused(received))
     yield srv, received
-    socketserver.TCPServer.shutdown(srv)  # make_server's servers are not the AE's to stop
-    srv.server_close()
-
-
-def scu() -> AE:
-    ae = AE("SCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    ae.add_requested_context(VERIFICATION)
-    return ae
-
-
-def wait_idle(srv: ThreadedAssociationServer, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while srv.active_associations and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.active_associations == []
+    stop_server(srv)
 
 
 def store_three(port: int) -> tuple[list[int], list[str]]:
@@ -77,11 +63,14 @@ def store_three(port: int) -> tuple[list[int], list[str]]:
     return statuses, [ds.SOPInstanceUID for ds in slices]
 
 
-def test_stores_echoes_and_releases(server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
-    srv, received = server
+def test_stores_echoes_and_releases(
+        any_server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, received = any_server
     statuses, sent = store_three(srv.server_address[1])
     assert statuses == [0x0000, 0xA700, 0x0000]  # the handler's answer, either way encoded
-    assert received == [("WakingAssociation", uid) for uid in sent]
+    fast = srv.RequestHandlerClass is not fastpath.GuardedRequestHandler
+    kind = "WakingAssociation" if fast else "Association"
+    assert received == [(kind, uid) for uid in sent]
     wait_idle(srv)
 
 
@@ -105,14 +94,18 @@ def general_responses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     (logging.DEBUG, ["C_ECHO", "C_STORE", "C_STORE", "C_STORE"]),  # they are, and log
 ])
 def test_store_responses_take_the_direct_path_unless_pynetdicom_debugs(
-        server: tuple[ThreadedAssociationServer, list[Any]], general_responses: list[str],
+        general_responses: list[str], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, level: int, general: list[str]) -> None:
-    srv, _ = server
+    # what receiving processes do: LOG_HANDLER_LEVEL 'standard' only when pynetdicom debugs
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL",
+                        "standard" if level == logging.DEBUG else "none")
+    srv = start_server("fast", second_refused([]))
     caplog.set_level(level, logger="pynetdicom")
     assert store_three(srv.server_address[1])[0] == [0x0000, 0xA700, 0x0000]
     assert general_responses == general
     assert ("C-STORE RSP" in caplog.text) == (level == logging.DEBUG)
     wait_idle(srv)
+    stop_server(srv)
 
 
 def test_store_requests_are_read_directly(
@@ -137,10 +130,11 @@ def test_store_requests_are_read_directly(
 
 @pytest.mark.parametrize(("level", "direct"), [(logging.INFO, True), (logging.DEBUG, False)])
 def test_data_pdus_skip_the_state_machine_unless_watched(
-        server: tuple[ThreadedAssociationServer, list[Any]],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         level: int, direct: bool) -> None:
-    srv, _ = server
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL",
+                        "standard" if level == logging.DEBUG else "none")
+    srv = start_server("fast", second_refused([]))
     caplog.set_level(level, logger="pynetdicom")  # at DEBUG pynetdicom logs every PDU
     events: list[str] = []
     do_action = StateMachine.do_action
@@ -156,6 +150,7 @@ def test_data_pdus_skip_the_state_machine_unless_watched(
     # Evt10: P-DATA-TF received (an echo and three stores, each one PDU or more)
     assert ("Evt10" in events) is not direct
     assert "Evt6" in events and "Evt12" in events  # association and release still go there
+    stop_server(srv)
 
 
 def test_pdv_items_must_fill_the_pdu_exactly() -> None:
@@ -168,8 +163,8 @@ def test_pdv_items_must_fill_the_pdu_exactly() -> None:
 
 
 def test_peer_abort_and_vanishing_peer_end_the_association(
-        server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
-    srv, _ = server
+        any_server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, _ = any_server
     port = srv.server_address[1]
     assoc = scu().associate(LOOPBACK, port, ae_title="NODE")
     assert assoc.is_established
@@ -182,16 +177,15 @@ def test_peer_abort_and_vanishing_peer_end_the_association(
 
 
 def test_idle_association_is_ended_by_the_network_timeout(
-        server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
-    srv, _ = server
+        any_server: tuple[ThreadedAssociationServer, list[Any]]) -> None:
+    srv, _ = any_server
     aborted = threading.Event()
     assoc = scu().associate(LOOPBACK, srv.server_address[1], ae_title="NODE",
                             evt_handlers=[(evt.EVT_ABORTED, lambda event: aborted.set())])
     assert assoc.is_established
-    assert isinstance(srv.active_associations[0], WakingAssociation)
+    assert isinstance(srv.active_associations[0], Association)
     assert aborted.wait(10)  # network_timeout is 1 s: the node aborts, the peer sees it
     wait_idle(srv)
-
 
 
 def test_an_idle_association_leaves_its_threads_asleep(

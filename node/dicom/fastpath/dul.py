@@ -1,4 +1,4 @@
-"""pynetdicom's acceptor, with its idle loops woken by events instead of timers.
+"""pynetdicom's upper layer (DUL, PS3.8 9) for the node's acceptors: woken by events, not timers.
 
 pynetdicom 3.0 runs two loops per association, each sleeping 1 ms whenever it has nothing to
 do: the upper layer (DUL) thread, which reads PDUs and sends what is queued, and the
@@ -6,19 +6,13 @@ association thread, which serves DIMSE messages. A C-STORE therefore waits up to
 it is served and up to 1 ms more before its response leaves, where a whole 512 KB instance
 takes about 4 ms on loopback; and every open association wakes its two threads 2000 times a
 second while idle (eight idle associations kept 0.66 of the machine's two cores busy). Here
-both loops wait on what they serve instead: the DUL on its socket and a wake-up pipe, the
-association on its DIMSE message queue, which the DUL also signals when it passes up a
-release or abort or stops. Timers (ARTIM, idle, release and abort checks) are looked at
-every TIMER_TICK; they count in seconds.
+the DUL waits on its socket and a wake-up pipe; the association (`.association`) on its DIMSE
+message queue, which the DUL also signals when it passes up a release or abort or stops.
+Timers (ARTIM, idle, release and abort checks) are looked at every TIMER_TICK.
 
-Each association also gets the server's presentation contexts as a new list of the same,
-read-only context objects rather than a deep copy (22 ms per association for the node's 171
-contexts; negotiation only reads them and builds new result contexts); reads each PDU with
-as few system calls as the kernel allows (`BulkReadSocket`); and reads C-STORE requests and
-writes their responses without pydicom Datasets (`node.dicom.store_dimse`).
-
-The overridden methods follow pynetdicom 3.0.4 (pinned in pyproject.toml) line by line apart
-from the waits; tests/test_transport.py runs associations, releases and aborts through them.
+A P-DATA-TF on an established association goes straight to DIMSE (`_read_pdu_data`).
+Follows pynetdicom 3.0.4 (`node.dicom.fastpath.UPSTREAM_VERSION`); every PDU is read through
+`node.dicom.guard.GuardedSocket`, which checks it against the node's limits first.
 """
 
 from __future__ import annotations
@@ -30,40 +24,22 @@ import socket
 import ssl
 import struct
 import threading
-from datetime import datetime
+from collections import OrderedDict
 from typing import Any, cast
 
 from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket
 
-from node.dicom.store_dimse import StoreDIMSE
+from node.dicom.guard import PeerLimitError
 
 logger = logging.getLogger(__name__)
 
 # The longest either loop waits before it looks at its timers again.
 TIMER_TICK = 0.05
-
-# pynetdicom binds these to every association: they describe each PDU and DIMSE message for
-# its debug log, and while one is bound to EVT_DIMSE_SENT a response cannot take the direct
-# path below. They are left out unless pynetdicom's logger is at DEBUG.
-_PYNETDICOM_LOG_HANDLERS = {
-    evt.EVT_DIMSE_RECV: standard_dimse_recv_handler,
-    evt.EVT_DIMSE_SENT: standard_dimse_sent_handler,
-    evt.EVT_PDU_RECV: standard_pdu_recv_handler,
-    evt.EVT_PDU_SENT: standard_pdu_sent_handler,
-}
-
 
 class _WakingQueue(queue.Queue[Any]):
     """A queue that pokes the upper layer's loop whenever something is put on it."""
@@ -80,6 +56,40 @@ class _WakingQueue(queue.Queue[Any]):
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_LENGTH = struct.Struct(">L")
 _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+
+class AssociateRequests:
+    """The last few decoded A-ASSOCIATE-RQ PDUs, by their bytes (per receiving process).
+
+    A scanner or storescu sends the same request on every association (storescu: 9.6 KB,
+    120-odd presentation contexts); decoding it is a quarter of an association's set-up CPU.
+    pynetdicom only reads a decoded request (to_primitive() builds new objects each time;
+    tests/test_fastpath.py checks it leaves the PDU as it was), so one decoded copy serves
+    every association that sends those bytes.
+    """
+
+    SIZE = 32
+    LARGEST = 64 * 1024  # larger requests are decoded every time
+
+    def __init__(self) -> None:
+        self._pdus: OrderedDict[bytes, A_ASSOCIATE_RQ] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> A_ASSOCIATE_RQ | None:
+        with self._lock:
+            pdu = self._pdus.get(key)
+            if pdu is not None:
+                self._pdus.move_to_end(key)
+            return pdu
+
+    def put(self, key: bytes, pdu: A_ASSOCIATE_RQ) -> None:
+        with self._lock:
+            self._pdus[key] = pdu
+            while len(self._pdus) > self.SIZE:
+                self._pdus.popitem(last=False)
+
+
+ASSOCIATE_REQUESTS = AssociateRequests()
 
 
 def _pdv_items(body: bytes | bytearray) -> list[Any] | None:
@@ -99,7 +109,7 @@ def _pdv_items(body: bytes | bytearray) -> list[Any] | None:
     return items or None
 
 
-def _wake_reactor(assoc: Association) -> None:
+def wake_reactor(assoc: Association) -> None:
     """Wake the association's reactor (WakingAssociation) if it is waiting for a message."""
     dimse = getattr(assoc, "dimse", None)
     if dimse is not None:
@@ -118,7 +128,7 @@ class WakingDUL(DULServiceProvider):
         self.event_queue = _WakingQueue(self.wake)
         self.to_provider_queue = _WakingQueue(self.wake)
         # Association primitives (release, abort) are for the association's reactor.
-        self.to_user_queue = _WakingQueue(lambda: _wake_reactor(assoc))
+        self.to_user_queue = _WakingQueue(lambda: wake_reactor(assoc))
 
     def wake(self) -> None:
         if threading.get_ident() == self.ident:
@@ -146,6 +156,20 @@ class WakingDUL(DULServiceProvider):
                 pass
         except (BlockingIOError, OSError):
             pass
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        # pynetdicom 3.0.4 DULServiceProvider._decode_pdu, remembering A-ASSOCIATE-RQs
+        # (AssociateRequests) while no handler watches the data or the PDUs.
+        if (bytestream[:1] != b"\x01" or len(bytestream) > AssociateRequests.LARGEST
+                or any(self.assoc.get_handlers(e) for e in _PDU_EVENTS[:2])):
+            return cast(tuple[Any, str], super()._decode_pdu(bytestream))
+        key = bytes(bytestream)
+        pdu = ASSOCIATE_REQUESTS.get(key)
+        if pdu is None:
+            decoded, event = super()._decode_pdu(bytestream)
+            ASSOCIATE_REQUESTS.put(key, cast(A_ASSOCIATE_RQ, decoded))
+            return decoded, event
+        return pdu, "Evt6"
 
     def _read_pdu_data(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider._read_pdu_data, except that a P-DATA-TF on an
@@ -192,6 +216,9 @@ class WakingDUL(DULServiceProvider):
         """Up to `count` bytes from the peer; None (and Evt17 queued) if the connection broke."""
         try:
             return cast(AssociationSocket, self.socket).recv(count)
+        except PeerLimitError:
+            self.event_queue.put("Evt17")  # the guard said why, and sent the A-ABORT
+            return None
         except (OSError, TimeoutError) as exc:
             logger.error("connection closed before the entire PDU was received: %s", exc)
             self.event_queue.put("Evt17")
@@ -210,7 +237,7 @@ class WakingDUL(DULServiceProvider):
         finally:
             self._wake_r.close()
             self._wake_w.close()
-            _wake_reactor(self.assoc)  # it ends when the DUL has
+            wake_reactor(self.assoc)  # it ends when the DUL has
 
     def _run(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider.run_reactor, waiting in _wait() instead of
@@ -252,132 +279,3 @@ class WakingDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             idle = False
-
-
-class WakingAssociation(Association):
-    """An acceptor association whose reactor waits on its DIMSE message queue."""
-
-    def __init__(self, ae: Any, mode: Any) -> None:
-        super().__init__(ae, mode)
-        self.dul = WakingDUL(self)
-        self.dimse = StoreDIMSE(self)
-        # The timeout setters configure the providers: run them again for the new ones.
-        self.acse_timeout = self.ae.acse_timeout
-        self.dimse_timeout = self.ae.dimse_timeout
-        self.network_timeout = self.ae.network_timeout
-
-    def kill(self) -> None:
-        self._kill = True
-        _wake_reactor(self)
-        super().kill()
-
-    def _run_reactor(self) -> None:
-        # pynetdicom 3.0.4 Association._run_reactor, waiting on the message queue instead
-        # of sleeping a fixed 1 ms.
-        self._is_paused = False
-        messages = self.dimse.msg_queue
-        while not self._kill:
-            with messages.not_empty:
-                if not messages._qsize() and not self._kill and not self.dul.to_user_queue.qsize():
-                    messages.not_empty.wait(TIMER_TICK)  # the queue's own lock is held: _qsize
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
-
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-
-            if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
-                return
-
-            if self.acse.is_aborted():
-                self.dul.receive_pdu(wait=False)
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
-                return
-
-            if not self.dul.is_alive():
-                self.kill()
-                return
-
-            if self.dul.idle_timer_expired():
-                logger.error("network timeout reached; aborting the association")
-                if self.network_timeout_response == "A-RELEASE":
-                    self._is_paused = True
-                    self._reactor_checkpoint.wait()
-                    self.release()
-                    self._is_paused = False
-                else:
-                    self.abort()
-                self.kill()
-                return
-
-
-class BulkReadSocket(AssociationSocket):
-    """Reads a PDU with as few system calls as the kernel allows (pynetdicom reads 4 KiB at
-    a time: 32 calls and copies per 128 KiB P-DATA-TF; 84 us against 19 us on loopback)."""
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
-        try:
-            while read < nr_bytes:
-                count = sock.recv_into(view[read:], nr_bytes - read)
-                if not count:  # the peer closed: return what arrived, as pynetdicom does
-                    break
-                read += count
-        finally:
-            view.release()
-        if read < nr_bytes:
-            del buffer[read:]
-        return buffer
-
-
-class WakingRequestHandler(RequestHandler):
-    """Builds each accepted association as a WakingAssociation, and returns when it ends."""
-
-    def handle(self) -> None:
-        # pynetdicom's handle() starts the association's thread and returns at once, so the
-        # server's request (and whatever counts requests, such as the supervisor's tally of
-        # open associations per receiving process) would end long before the association.
-        assoc = self._create_association()
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        assoc.join()
-
-    def _create_association(self) -> Association:
-        # pynetdicom 3.0.4 RequestHandler._create_association, with WakingAssociation and a
-        # new list of the server's (read-only) contexts instead of a deep copy.
-        server = cast(Any, self.server)
-        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
-        assoc._server = server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(BulkReadSocket(assoc, client_socket=cast(Any, self.request)))
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = list(server.contexts)
-        assoc.requestor.address_info = self.remote
-        for event, handlers in server._handlers.items():
-            if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler, args in handlers:
-                    assoc.bind(event, handler, args)
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            # bound by the association itself and copied from the server: unbind drops both
-            for event, handler in _PYNETDICOM_LOG_HANDLERS.items():
-                assoc.unbind(event, handler)
-        return assoc

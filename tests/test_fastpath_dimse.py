@@ -1,4 +1,4 @@
-"""C-STORE messages read and written directly (node.dicom.store_dimse) match pynetdicom's."""
+"""C-STORE messages read and written directly (node.dicom.fastpath.dimse) match pynetdicom's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.dicom.store_dimse import encode_store_response, store_request
+from node.dicom.fastpath.dimse import encode_store_response, store_request
 
 
 def c_store(**values: object) -> C_STORE:

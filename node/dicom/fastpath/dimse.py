@@ -6,7 +6,7 @@ one, and builds each response as a Dataset that it validates and encodes twice (
 group length). On four associations the request's conversion alone was 8 % of a receiving
 process's GIL samples, and the response's 0.3 ms of CPU per instance. A C-STORE request and a plain response are a handful of fixed elements of group 0000
 in implicit VR little endian (PS3.7 9.3.1); here they are read and written directly, and
-anything else goes pynetdicom's general way. tests/test_store_dimse.py checks both against
+anything else goes pynetdicom's general way. tests/test_fastpath_dimse.py checks both against
 pynetdicom's own.
 """
 

@@ -1,0 +1,56 @@
+"""The node's fast receive path: pynetdicom classes it shadows, for one pynetdicom version.
+
+Each module is named after the pynetdicom module whose class it subclasses:
+`dul` (DULServiceProvider: event-driven waits, P-DATA-TF straight to DIMSE), `association`
+(Association: the reactor waits on its message queue), `dimse` (DIMSEServiceProvider:
+C-STORE requests and responses without pydicom Datasets), `transport` (RequestHandler).
+Methods copied from pynetdicom are listed with a digest of the upstream source in
+`upstream.COPIED`; a test fails when an upgrade changes one, so an upgrade is a deliberate act.
+
+On any pynetdicom version other than UPSTREAM_VERSION, `request_handler("fast")` warns once
+and gives the stock path: pynetdicom's own classes, reading through the node's guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pynetdicom
+from pynetdicom.transport import RequestHandler
+
+from node.dicom.guard import GuardedRequestHandler
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_VERSION = "3.0.4"
+PATHS = ("fast", "stock")
+
+_warned = threading.Event()
+
+
+def available(version: str | None = None) -> bool:
+    """Whether the fast path follows this pynetdicom (`version`, default the installed one)."""
+    return (version or pynetdicom.__version__) == UPSTREAM_VERSION
+
+
+def request_handler(path: str, *, version: str | None = None) -> type[RequestHandler]:
+    """The request handler class for `path` ('fast' or 'stock'), both reading through
+    `node.dicom.guard.GuardedSocket`. 'fast' on another pynetdicom version gives 'stock'
+    with one warning.
+
+    Raises ValueError for an unknown path.
+    """
+    if path not in PATHS:
+        raise ValueError(f"receive path must be one of {PATHS}, got {path!r}")
+    if path == "fast":
+        if available(version):
+            from node.dicom.fastpath.transport import WakingRequestHandler
+
+            return WakingRequestHandler
+        if not _warned.is_set():
+            _warned.set()
+            logger.warning("the fast receive path follows pynetdicom %s, not %s: using "
+                           "pynetdicom's stock classes", UPSTREAM_VERSION,
+                           version or pynetdicom.__version__)
+    return GuardedRequestHandler

@@ -1,0 +1,68 @@
+"""The pynetdicom methods the fast path copies or relies on, with a digest of their source.
+
+tests/test_fastpath.py fails when the installed pynetdicom's source of any of them differs
+from the digest here: the fast path's copy must then be compared with the new upstream code
+and the digest renewed, in the same change that moves UPSTREAM_VERSION.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+# "module:Class.method" -> sha256 of inspect.getsource() in pynetdicom 3.0.4
+COPIED = {
+    # copied, changed where the node's docstrings say
+    "pynetdicom.dul:DULServiceProvider._read_pdu_data":
+        "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
+    "pynetdicom.dul:DULServiceProvider._decode_pdu":
+        "fc71dd1bf853e1ce79d29b11731a26a4f6ee9eb697026ad611f8fc91f8aa69c9",
+    "pynetdicom.pdu:A_ASSOCIATE_RQ.to_primitive":
+        "92cb1a8bedf659e5ed93aafac546740e080a9e94cae90b22e150f407e4c05019",
+    "pynetdicom.dul:DULServiceProvider.run_reactor":
+        "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
+    "pynetdicom.association:Association._run_reactor":
+        "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+    "pynetdicom.transport:RequestHandler._create_association":
+        "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
+    "pynetdicom.dimse:DIMSEServiceProvider.receive_primitive":
+        "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
+    "pynetdicom.dimse:DIMSEServiceProvider.send_msg":
+        "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+    # relied on: the attributes and calls the subclasses use
+    "pynetdicom.dul:DULServiceProvider.__init__":
+        "c82dafa9438ddf70685917cb15d2bfbc814aa0ad5233ffb0ae650faedc7570f0",
+    "pynetdicom.dul:DULServiceProvider.kill_dul":
+        "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
+    "pynetdicom.association:Association.__init__":
+        "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
+    "pynetdicom.association:Association.kill":
+        "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
+    "pynetdicom.transport:AssociationSocket.__init__":
+        "1f0325fdef2cc35320f7854b1643c528f764665e4d4e52ca4392f60f74537293",
+}
+
+
+def source_digest(name: str) -> str:
+    """sha256 of the installed source of `name` ("module:Class.method").
+
+    Raises ImportError or AttributeError when it no longer exists.
+    """
+    module_name, _, qualname = name.partition(":")
+    target: object = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()  # type: ignore[arg-type]
+
+
+def changed() -> list[str]:
+    """The names whose installed source no longer matches COPIED."""
+    out = []
+    for name, digest in COPIED.items():
+        try:
+            if source_digest(name) != digest:
+                out.append(name)
+        except (ImportError, AttributeError):
+            out.append(name)
+    return out

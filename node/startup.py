@@ -1,0 +1,102 @@
+"""What the node checks before it says `ready:`: each mistake an operator can make in the
+settings ends the start with one line that names the setting, never a traceback per study
+later."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ml.shipped import shipped_checkpoint
+from node.config import Settings
+from storage.db import upgrade
+
+if TYPE_CHECKING:
+    from node.triage.worker import ModelHolder
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A setting the node cannot start with; the message names the setting and the fix."""
+
+
+def model_path(settings: Settings) -> Path:
+    """The active model's checkpoint: the configured file, else the shipped demo model."""
+    return Path(settings.model) if settings.model else shipped_checkpoint()
+
+
+def check_data_dir(settings: Settings) -> None:
+    """The file store exists (it is made) and takes a file."""
+    folder = settings.files_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise StartupError(f"data_dir {settings.data_dir}: cannot write in {folder}: "
+                           f"{exc.strerror or exc}") from exc
+
+
+def prepare_database(settings: Settings) -> None:
+    """The database exists at the newest schema (created or migrated)."""
+    url = settings.database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        upgrade(url)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise StartupError(f"db_url {shown}: cannot open the database: "
+                           f"{str(reason).strip().splitlines()[0]}") from exc
+
+
+def check_device(device: str) -> None:
+    """`device` is a torch device this machine has."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise StartupError(f"device {device!r} is not a torch device (auto, cpu, cuda, "
+                           "cuda:N)") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StartupError(f"device {device}: torch finds no CUDA device on this machine "
+                               "(use --device cpu or auto)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise StartupError(f"device {device}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA devices")
+
+
+def load_model(settings: Settings) -> ModelHolder:
+    """The active model, loaded now on its device, so that a missing or broken checkpoint
+    stops the start instead of failing every study."""
+    from ml.errors import MLError
+    from node.triage.worker import ModelHolder, TriageError
+
+    check_device(settings.device)
+    path = model_path(settings)
+    if not path.is_file():
+        raise StartupError(f"model {path}: no such file (--model FILE, or `ichtriage admin "
+                           "demo-model` for the shipped one)")
+    holder = ModelHolder(path, device=settings.device)
+    try:
+        holder.get()
+    except (TriageError, MLError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise StartupError(f"model {path}: cannot be loaded: {exc}") from exc
+    return holder
+
+
+def check_all(settings: Settings, *, model: bool) -> ModelHolder | None:
+    """Every start-up check, in the order an operator would fix them; the loaded model when
+    `model` (the command runs triage workers)."""
+    check_data_dir(settings)
+    prepare_database(settings)
+    return load_model(settings) if model else None

@@ -1,0 +1,114 @@
+"""The store handler says whose fault a failure is: the sender's data (0xC000), the node's
+resources (0xA700), or a fault inside the node (0x0110, logged with its traceback)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from sqlalchemy import create_engine, text
+
+from node.config import Settings
+from node.dicom import store_scp
+from node.dicom.receiver import make_receiving_server
+from node.dicom.store_scp import StoreHandlers
+from storage.associations import AssociationLog
+from storage.db import make_engine, upgrade
+from storage.files import FileStore
+from storage.instances import InstanceStore
+from tests.factories import ct_slice
+from tests.peers import LOOPBACK
+
+
+class FaultyStore(InstanceStore):
+    """An instance store with a bug: a fault of the node's, not the sender's."""
+
+    def store(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug in the node")
+
+
+@pytest.fixture
+def node_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield {"engine": engine, "files": FileStore(tmp_path / "data"), "url": url}
+    engine.dispose()
+
+
+def serve(handlers: StoreHandlers) -> tuple[Any, Any]:
+    """A receiving process's server, handed connections accepted here (as the supervisor
+    does); returns it and its listening socket."""
+    server = make_receiving_server(Settings(ae_title="NODE", bind=LOOPBACK), handlers)
+    listener = socket.create_server((LOOPBACK, 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, addr = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            server.process_request(conn, addr)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, listener
+
+
+def send_one(port: int) -> int:
+    ae = AE("CT1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, port, ae_title="NODE")
+    assert assoc.is_established
+    status = int(assoc.send_c_store(ct_slice(study_uid="1.2.3", series_uid="1.2.3.4",
+                                             index=1)).Status)
+    assoc.release()
+    return status
+
+
+def stop(server: Any, listener: Any) -> None:
+    listener.close()
+    server.server_close()
+
+
+def test_a_fault_inside_the_node_is_a_processing_failure_with_its_traceback(
+        node_parts: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    store = FaultyStore(node_parts["engine"], node_parts["files"])
+    server, listener = serve(StoreHandlers(store, AssociationLog(node_parts["engine"]),
+                                           ae_title="NODE"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="node.dicom.store_scp"):
+            assert send_one(listener.getsockname()[1]) == 0x0110
+    finally:
+        stop(server, listener)
+    (record,) = [r for r in caplog.records if "failed inside the node" in r.message]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+def test_a_bug_of_the_raw_header_reader_falls_back_to_pydicom(
+        node_parts: dict[str, Any], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise IndexError("a bug in the raw reader")
+
+    monkeypatch.setattr(store_scp, "read_header", broken)
+    store = InstanceStore(node_parts["engine"], node_parts["files"])
+    server, listener = serve(StoreHandlers(store, AssociationLog(node_parts["engine"]),
+                                           ae_title="NODE"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="node.dicom.store_scp"):
+            assert send_one(listener.getsockname()[1]) == 0x0000  # stored all the same
+    finally:
+        stop(server, listener)
+    assert any("raw header reader failed" in r.message and r.exc_info for r in caplog.records)
+    engine = create_engine(node_parts["url"])
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from instance")).scalar() == 1
+    engine.dispose()
