@@ -147,7 +147,7 @@ class Volume:
     def triageable(self) -> bool:
         """Enough axial slices for the model to read at all (a result may still be
         provisional: see `complete`)."""
-        return self.axial and not any(_TOO_FEW in p for p in self.problems)
+        return self.axial and bool(self.slices) and not any(_TOO_FEW in p for p in self.problems)
 
     @property
     def complete(self) -> bool:

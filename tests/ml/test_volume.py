@@ -199,8 +199,9 @@ def test_missing_positions_and_undecodable_planes_are_said() -> None:
 
 def test_a_series_of_only_localizers_has_no_volume() -> None:
     volume = assemble([localizer("9.1", 1), localizer("9.2", 2)])
-    assert volume.slices == () and not volume.complete
+    assert volume.slices == () and not volume.complete and not volume.triageable
     assert volume.problems[0] == "0 usable slice(s), fewer than 8"
+    assert not assemble([]).triageable and assemble([]).problems == ("no images",)
 
 
 def test_a_minority_matrix_is_left_out() -> None:
