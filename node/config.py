@@ -83,6 +83,7 @@ class Settings:
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: a SQLite file inside data_dir
     settle_seconds: float = 2.0
+    aborted_wait_seconds: float = 120.0  # a series whose transfer was aborted waits for a resend
     destinations: tuple[Destination, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -114,8 +115,8 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value < 65536:
                 raise ConfigError(f"{name}: {value} is not a TCP port")
-        if self.settle_seconds < 0:
-            raise ConfigError(f"settle_seconds must be >= 0, got {self.settle_seconds}")
+        if self.settle_seconds < 0 or self.aborted_wait_seconds < 0:
+            raise ConfigError("settle_seconds and aborted_wait_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if self.tls_ca is not None and self.tls_cert is None:

@@ -34,18 +34,25 @@ TRIAGE = "triage"
 
 class SeriesMonitor:
     def __init__(self, index: SeriesIndex, queue: JobQueue, rules: EligibilityRules, *,
-                 settle_seconds: float) -> None:
-        if settle_seconds < 0:
-            raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
+                 settle_seconds: float, aborted_wait_seconds: float = 120.0) -> None:
+        if settle_seconds < 0 or aborted_wait_seconds < 0:
+            raise ValueError("settle_seconds and aborted_wait_seconds must be >= 0, got "
+                             f"{settle_seconds} and {aborted_wait_seconds}")
         self.index = index
         self.queue = queue
         self.rules = rules
         self.settle = timedelta(seconds=settle_seconds)
+        self.aborted_wait = timedelta(seconds=max(aborted_wait_seconds, settle_seconds))
 
     def run_once(self) -> dict[str, str]:
-        """Decide every settled series; returns {series UID: 'queued' or the skip reason}."""
+        """Decide every settled series; returns {series UID: 'queued' or the skip reason}.
+
+        A series whose last transfer was aborted waits `aborted_wait_seconds` for the sender
+        to send it again before it counts as complete."""
         decided: dict[str, str] = {}
-        for series in self.index.settled(utcnow() - self.settle):
+        now = utcnow()
+        for series in self.index.settled(now - self.settle,
+                                         aborted_cutoff=now - self.aborted_wait):
             outcome = self._decide(series)
             if outcome is not None:
                 decided[series.series_uid] = outcome

@@ -21,8 +21,9 @@ from node.dicom.receiver import ReceiverPool
 from node.logs import configure_logging
 from node.scheduler import Polls, SeriesMonitor
 from node.startup import StartupError, check_all
+from storage.associations import AssociationLog
 from storage.db import make_engine
-from storage.files import FileStore
+from storage.files import QUARANTINE, FileStore
 from storage.instances import InstanceStore
 from storage.jobs import JobQueue
 from storage.retry import RetryPolicy
@@ -76,14 +77,18 @@ def recover(services: Services, *, files_too: bool) -> None:
     `files_too` (the node, not a stand-alone worker) temporary files of interrupted writes
     are removed and rows whose file never got its name are taken back. One log line."""
     jobs = services.queue.reclaim_dead(socket.gethostname(), _process_alive)
-    temporaries = rows = 0
+    temporaries = rows = orphans = cut = 0
     if files_too:
-        temporaries = services.files.remove_temporaries()
-        rows = len(InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW))
-    if jobs or temporaries or rows:
+        done = InstanceStore(services.engine, services.files).reconcile(RECONCILE_WINDOW)
+        temporaries, rows = done.temporaries, len(done.rows_taken_back)
+        orphans = len(done.files_quarantined)
+        cut = AssociationLog(services.engine).close_left_open()
+    if jobs or temporaries or rows or orphans or cut:
         logger.warning("recovered from an unclean stop: %d jobs of ended workers queued again "
                        "(or failed), %d temporary files removed, %d rows without their file "
-                       "taken back", len(jobs), temporaries, rows)
+                       "taken back, %d files without a row moved to %s, %d associations cut "
+                       "off marked aborted", len(jobs), temporaries, rows, orphans,
+                       QUARANTINE, cut)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -167,7 +172,8 @@ def serve(settings: Settings) -> int:
             SeriesIndex(services.engine), services.queue,
             EligibilityRules.create(min_slices=settings.min_slices,
                                     body_parts=settings.eligible_body_parts),
-            settle_seconds=settings.settle_seconds)
+            settle_seconds=settings.settle_seconds,
+            aborted_wait_seconds=settings.aborted_wait_seconds)
         polls.add(monitor.run_once, "settle")
         _start_sender(settings, services, polls)
         polls.start()

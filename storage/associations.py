@@ -51,3 +51,10 @@ class AssociationLog:
         else:
             with self.engine.begin() as conn:
                 conn.execute(self._close, values)
+
+    def close_left_open(self) -> int:
+        """Mark the associations a stopped node left open as aborted (their receiving processes
+        are gone): for start-up. Returns how many."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(update(Association).where(Association.state == "open")
+                                    .values(state="aborted", ended_at=utcnow())).rowcount)

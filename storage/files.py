@@ -21,6 +21,9 @@ class StoredFile:
     size: int
 
 
+QUARANTINE = ".orphans"  # files found without an index row at start-up
+
+
 class FileStore:
     """Keeps DICOM files under `root`, one folder per study and series.
 
@@ -150,16 +153,31 @@ class FileStore:
         except FileNotFoundError:
             pass
 
-    def remove_temporaries(self) -> int:
-        """Remove the temporary files of writes a crash interrupted (never answered, so the
-        sender resends them); returns how many. For start-up, before anything receives."""
-        removed = 0
-        for folder, _dirs, names in os.walk(self.root):
+    def sweep(self, modified_since: float | None) -> tuple[int, list[str]]:
+        """For start-up, before anything receives: remove the temporary files of writes a
+        crash interrupted (never answered, so the sender resends them), and list the
+        instances' files modified at or after `modified_since` (a POSIX time; None: none).
+        Returns (temporary files removed, relative paths of those files)."""
+        removed, recent = 0, []
+        for folder, dirs, names in os.walk(self.root):
+            if folder == str(self.root):
+                dirs[:] = [d for d in dirs if d != QUARANTINE]
             for name in names:
+                path = os.path.join(folder, name)
                 if name.startswith(".incoming-") and name.endswith(".tmp"):
-                    self.discard(os.path.join(folder, name))
+                    self.discard(path)
                     removed += 1
-        return removed
+                elif (modified_since is not None and name.endswith(".dcm")
+                      and os.stat(path).st_mtime >= modified_since):
+                    recent.append(os.path.relpath(path, self.root))
+        return removed, recent
+
+    def quarantine(self, relative: str) -> None:
+        """Move a file out of the store's tree into its QUARANTINE folder (same relative
+        path), to be looked at rather than lost."""
+        target = self.root / QUARANTINE / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path_of(relative), target)
 
     def exists(self, relative: str) -> bool:
         return self.path_of(relative).is_file()

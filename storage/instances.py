@@ -78,6 +78,18 @@ class StoreResult:
     file_path: str
 
 
+MAX_ORPHANS = 256  # files without rows a crash can leave: a few per open association
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What `InstanceStore.reconcile` undid."""
+
+    temporaries: int  # temporary files removed
+    rows_taken_back: list[str]  # SOP Instance UIDs whose row had no file
+    files_quarantined: list[str]  # relative paths of files that had no row
+
+
 class _Conflict(Exception):
     """Another association indexed the same SOP Instance UID at the same moment."""
 
@@ -237,23 +249,41 @@ class InstanceStore:
             return None
         return StoreResult(StoreOutcome.DUPLICATE, row[0], row[1], row[2])
 
-    def reconcile(self, window: timedelta) -> list[str]:
-        """Take back the rows, received within `window` of the newest one, whose file is not
-        in the store: a crash between the commit and the file's naming (see `store`) leaves
-        such a row, for an instance that was never acknowledged. For start-up; returns the
-        SOP Instance UIDs taken back."""
+    def reconcile(self, window: timedelta) -> Reconciled:
+        """Make rows and files agree after a crash, for start-up: temporary files are removed;
+        rows received within `window` of the newest one whose file is missing are taken back
+        (the commit came before the file's naming, see `store`); files of that time without a
+        row are moved to the quarantine folder (the naming came before the commit). Neither
+        kind was acknowledged: the sender sends it again. Without rows, files are left alone.
+        More than MAX_ORPHANS files without rows are left alone too (a wrong database?)."""
         with self.engine.connect() as conn:
             newest = conn.execute(select(func.max(Instance.received_at))).scalar()
-            if newest is None:
-                return []
-            recent = conn.execute(select(Instance.id, Instance.series_pk, Instance.file_path,
-                                         Instance.sop_uid)
-                                  .where(Instance.received_at >= newest - window)).all()
+            recent = [] if newest is None else conn.execute(
+                select(Instance.id, Instance.series_pk, Instance.file_path, Instance.sop_uid)
+                .where(Instance.received_at >= newest - window)).all()
+        since = None if newest is None else (newest - window).timestamp()
+        temporaries, files = self.files.sweep(since)
         missing = [row for row in recent if not self.files.exists(row.file_path)]
         for row in missing:
             self._unindex(StoreResult(StoreOutcome.STORED, row.id, row.series_pk,
                                       row.file_path))
-        return [row.sop_uid for row in missing]
+        orphans = self._without_rows(files)
+        if len(orphans) > MAX_ORPHANS:
+            logger.error("%d recent files have no index row: left in place (is this the "
+                         "file store of this database?)", len(orphans))
+            orphans = []
+        for relative in orphans:
+            self.files.quarantine(relative)
+        return Reconciled(temporaries, [row.sop_uid for row in missing], orphans)
+
+    def _without_rows(self, files: list[str]) -> list[str]:
+        known: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(files), 500):
+                chunk = files[start:start + 500]
+                known.update(conn.execute(select(Instance.file_path)
+                                          .where(Instance.file_path.in_(chunk))).scalars())
+        return [f for f in files if f not in known]
 
     def _unindex(self, result: StoreResult) -> None:
         """Take back an indexed instance whose file could not be kept."""

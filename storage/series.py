@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
 from storage.db import reader
-from storage.models import Instance, Series, SeriesStatus
+from storage.models import Association, Instance, Series, SeriesStatus
+
+ABORTED = "aborted"  # association.state of a transfer that did not end with a release
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,26 @@ class SeriesIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def settled(self, cutoff: datetime, *, limit: int = 100) -> list[SettledSeries]:
-        """Series with new instances and none since `cutoff`, oldest first."""
+    def settled(self, cutoff: datetime, *, aborted_cutoff: datetime | None = None,
+                limit: int = 100) -> list[SettledSeries]:
+        """Series with new instances and none since `cutoff`, oldest first. With
+        `aborted_cutoff`, a series whose newest instance came over an association that was
+        aborted (or cut by a node restart) has settled only if nothing came since
+        `aborted_cutoff`: the sender is expected to send it again, whole."""
+        settled = and_(Series.status == SeriesStatus.RECEIVING,
+                       Series.last_received_at <= cutoff)
+        if aborted_cutoff is not None:
+            last_transfer = (
+                select(Association.state)
+                .join(Instance, Instance.association_pk == Association.id)
+                .where(Instance.series_pk == Series.id)
+                .order_by(Instance.received_at.desc(), Instance.id.desc()).limit(1)
+                .correlate(Series).scalar_subquery())
+            settled = and_(settled, or_(Series.last_received_at <= aborted_cutoff,
+                                        func.coalesce(last_transfer, "") != ABORTED))
         with reader(self.engine).connect() as conn:
             rows = conn.execute(
-                select(Series.id, Series.series_uid, Series.revision)
-                .where(Series.status == SeriesStatus.RECEIVING, Series.last_received_at <= cutoff)
+                select(Series.id, Series.series_uid, Series.revision).where(settled)
                 .order_by(Series.last_received_at).limit(limit)
             ).all()
         return [SettledSeries(r[0], r[1], r[2]) for r in rows]

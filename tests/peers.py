@@ -673,8 +673,10 @@ def orthanc_server(
     aet: str = "ORTHANC",
     known_modalities: dict[str, tuple[str, str, int]] | None = None,
     start_timeout: float = 60.0,
+    dicom_port: int | None = None,
 ) -> Iterator[OrthancServer]:
-    """A private Orthanc with its storage, index, config and log under ``tmp_dir/orthanc``.
+    """A private Orthanc with its storage, index, config and log under ``tmp_dir/orthanc``,
+    on ``dicom_port`` (default: a free one).
 
     ``known_modalities`` maps a name to ``(AET, host, port)`` (Orthanc's DicomModalities),
     the peers Orthanc may C-STORE/C-MOVE to.
@@ -684,7 +686,7 @@ def orthanc_server(
         raise RuntimeError("Orthanc not found on PATH (apt-get install orthanc)")
     root = tmp_dir / "orthanc"
     root.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     while http_port == dicom_port:
         http_port = free_port()
     config = _orthanc_config(root, aet, dicom_port, http_port, known_modalities or {})

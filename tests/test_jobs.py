@@ -261,3 +261,40 @@ def test_a_live_worker_keeps_its_short_lease(engine: Engine) -> None:
     time.sleep(0.5)  # no longer renewed: the lease runs out and another worker takes it
     taken = queue.claim("ct-node:2:1")
     assert taken is not None and taken.id == job.id
+
+
+def test_a_series_whose_transfer_was_aborted_waits_for_the_resend(engine: Engine,
+                                                                  tmp_path: Path) -> None:
+    """Half a series came over an aborted association (or one a node restart cut off): it is
+    not complete by the settle time alone; the rest, sent again over a released association,
+    completes it; a sender that never comes back gets it triaged after aborted_wait."""
+    from storage.associations import AssociationLog
+
+    log = AssociationLog(engine)
+    store = InstanceStore(engine, FileStore(tmp_path))
+
+    def transfer(series: str, first: int, n: int, end: str) -> None:
+        pk = log.opened(calling_ae="CT1", called_ae="NODE", peer_host="127.0.0.1", peer_port=1)
+        for i in range(first, first + n):
+            store.store(InstanceMeta(sop_class_uid=CT, sop_uid=f"{series}.{i}",
+                                     study_uid="1.2.3", series_uid=series,
+                                     transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
+                                     body_part="HEAD", image_type="ORIGINAL\\PRIMARY\\AXIAL"),
+                        [b"x"], association_pk=pk)
+        if end != "open":
+            log.closed(pk, state=end, stored=n, failed=0, duplicates=0)
+
+    monitor = SeriesMonitor(SeriesIndex(engine), JobQueue(engine),
+                            EligibilityRules(min_slices=3), settle_seconds=0,
+                            aborted_wait_seconds=60)
+    transfer("1.2.3.7", 1, 4, "aborted")
+    transfer("1.2.3.8", 1, 4, "open")  # the node stopped mid-transfer
+    assert log.close_left_open() == 1
+    transfer("1.2.3.9", 1, 4, "released")
+    assert monitor.run_once() == {"1.2.3.9": "queued"}
+    transfer("1.2.3.7", 5, 4, "released")  # the sender sends the rest again
+    assert monitor.run_once() == {"1.2.3.7": "queued"}
+    with engine.begin() as conn:  # 61 s on, the cut-off one's sender has not come back
+        conn.execute(update(Series).where(Series.series_uid == "1.2.3.8")
+                     .values(last_received_at=utcnow() - timedelta(seconds=61)))
+    assert monitor.run_once() == {"1.2.3.8": "queued"}

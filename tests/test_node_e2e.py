@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -385,3 +386,24 @@ def test_a_peer_that_never_finishes_its_request_is_dropped(tmp_path: Path, path:
                  in node.log_text(), timeout=10, what="the silent peer's log line")
         wait_for(lambda: "association from 127.0.0.1 aborted: an association request not "
                  "received in time" in node.log_text(), timeout=10, what="the slow peer's")
+
+
+def test_a_series_sent_over_an_aborted_association_waits_for_the_resend(tmp_path: Path) -> None:
+    """storescu aborts after the first half: settled or not, the series is not queued; the
+    whole series sent again (released) completes it, and it is queued once."""
+    series = factories.ct_series(12)
+    factories.write_series(tmp_path / "first", series[:6])
+    factories.write_series(tmp_path / "all", series)
+    with running_node(tmp_path, settle=0.3) as node:
+        cut = peers.run_storescu(tmp_path / "first", node.port, aet="CT1",
+                                 called_aet="ICHTRIAGE", extra_args=["--abort"])
+        assert cut.returncode == 0, cut.stderr
+        wait_for(lambda: rows(node, "select state from association") == [("aborted",)],
+                 timeout=10, what="the aborted association recorded")
+        time.sleep(1.5)  # five settle times: a plain series would be queued by now
+        assert rows(node, "select status, instance_count from series") == [("receiving", 6)]
+        again = peers.run_storescu(tmp_path / "all", node.port, aet="CT1",
+                                   called_aet="ICHTRIAGE")
+        assert again.returncode == 0, again.stderr
+        wait_for(lambda: rows(node, "select status from job") == [("queued",)], timeout=10)
+        assert rows(node, "select status, instance_count from series") == [("queued", 12)]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from ml.phantom import write_series
-from tests import peers
+from tests import factories, peers
 from tests.nodeproc import NodeProcess, running_node, wait_for
 
 pytestmark = [pytest.mark.slow]
@@ -51,3 +52,68 @@ def test_a_job_running_at_a_sigkill_is_done_soon_after_the_restart(tmp_path: Pat
         assert "1 jobs of ended workers queued again" in log
         assert again.query("select count(*) from triage_result") == [(1,)]
     assert not list((tmp_path / "var" / "data").rglob(".incoming-*"))
+
+
+def rows_and_files(node: NodeProcess) -> tuple[set[str], set[str]]:
+    """The instances' file paths in the index, and the .dcm files in the store (quarantine
+    apart)."""
+    indexed = {str(r[0]) for r in node.query("select file_path from instance")}
+    root = node.data_dir / "data"
+    on_disk = {str(p.relative_to(root)) for p in root.rglob("*.dcm")
+               if not p.relative_to(root).parts[0].startswith(".")}
+    return indexed, on_disk
+
+
+@pytest.mark.parametrize("kill_after", [3, 25])
+def test_a_sigkill_during_a_transfer_leaves_rows_and_files_agreeing(
+        tmp_path: Path, kill_after: int) -> None:
+    series = factories.ct_series(40)
+    folder = tmp_path / "in"
+    factories.write_series(folder, series)
+    with running_node(tmp_path, settle=0.3) as node:
+        sender = subprocess.Popen(
+            [peers.dcmtk_tool("storescu"), "-aet", "CT1", "-aec", "ICHTRIAGE", "-to", "10",
+             "+sd", "+r", "127.0.0.1", str(node.port), str(folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=peers.nodelay_env())
+        wait_for(lambda: node.query("select count(*) from instance")[0][0] >= kill_after,
+                 timeout=60, what=f"{kill_after} instances in")
+        kill_tree(node)
+        sender.wait(timeout=30)
+    with running_node(tmp_path, settle=0.3) as again:
+        indexed, on_disk = rows_and_files(again)
+        assert indexed == on_disk  # every row has its file, every file its row
+        assert not list((tmp_path / "var" / "data").rglob(".incoming-*"))
+        time.sleep(1.0)  # settle times pass: the cut-off series is not complete by them
+        assert again.query("select count(*) from job") == [(0,)]
+        resent = peers.run_storescu(folder, again.port, aet="CT1", called_aet="ICHTRIAGE")
+        assert resent.returncode == 0, resent.stderr
+        wait_for(lambda: again.query("select status from job") == [("queued",)], timeout=20)
+        assert again.query("select instance_count from series") == [(40,)]
+        indexed, on_disk = rows_and_files(again)
+        assert indexed == on_disk and len(indexed) == 40
+
+
+@pytest.mark.skipif(not peers.have_orthanc() and os.environ.get("CI") != "true",
+                    reason="Orthanc is not installed")
+def test_results_pending_at_a_sigkill_are_delivered_once_after_the_restart(
+        tmp_path: Path) -> None:
+    """The PACS is down when the result is made; the node is killed; the PACS comes back and
+    the node restarts: the SR arrives, once."""
+    pacs_port = peers.free_port()
+    series = write_series(tmp_path / "in", seed=12, slices=10, size=256, subtypes=())
+    destination = f"PACS@127.0.0.1:{pacs_port}"
+    with running_node(tmp_path, "--destination", destination, workers=1, settle=0.3) as node:
+        sent = peers.run_storescu(series.paths[0].parent, node.port, aet="CT1",
+                                  called_aet="ICHTRIAGE")
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: node.query("select status, attempts > 0 from delivery")
+                 == [("pending", True)], timeout=90, what="a delivery tried and pending")
+        kill_tree(node)
+    with peers.orthanc_server(tmp_path / "pacs", aet="PACS", dicom_port=pacs_port) as pacs:
+        with running_node(tmp_path, "--destination", destination, workers=1,
+                          settle=0.3) as again:
+            wait_for(lambda: again.query("select status from delivery") == [("sent",)],
+                     timeout=120, what="the delivery sent after the restart")
+        reports = [s for s in pacs.rest("/series?expand")
+                   if s["MainDicomTags"].get("Modality") == "SR"]
+        assert len(reports) == 1 and len(reports[0]["Instances"]) == 1

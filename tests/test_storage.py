@@ -341,11 +341,13 @@ def test_new_study_and_series_folders_are_made_durable(tmp_path: Path,
     assert synced == [os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.9")]
 
 
-def test_start_up_removes_temporaries_and_takes_back_rows_without_files(
-        engine: Engine, tmp_path: Path) -> None:
-    """What a SIGKILL leaves: a temporary file of an interrupted write, and a row committed
-    before its file got its name (never acknowledged). Both are undone; whole instances stay."""
+def test_start_up_makes_rows_and_files_agree(engine: Engine, tmp_path: Path) -> None:
+    """What a SIGKILL leaves: a temporary file of an interrupted write, a row committed before
+    its file got its name, a file named before its row was committed (neither acknowledged).
+    The first is removed, the row taken back, the file quarantined; whole instances stay."""
     from datetime import timedelta
+
+    from storage.files import QUARANTINE
 
     files = FileStore(tmp_path / "data")
     store = InstanceStore(engine, files)
@@ -354,12 +356,31 @@ def test_start_up_removes_temporaries_and_takes_back_rows_without_files(
     files.remove(lost.file_path)  # the crash came before its name was made
     folder = files.path_of(lost.file_path).parent
     (folder / ".incoming-77-0.tmp").write_bytes(b"half")
-    assert files.remove_temporaries() == 1
-    assert not list(folder.glob(".incoming-*"))
-    assert store.reconcile(timedelta(minutes=10)) == [f"{SERIES}.9"]
+    orphan = files.relative_path(STUDY, SERIES, f"{SERIES}.8")
+    files.path_of(orphan).write_bytes(b"DICM")  # named, and the crash came before the commit
+    done = store.reconcile(timedelta(minutes=10))
+    assert done.temporaries == 1 and not list(folder.glob(".incoming-*"))
+    assert done.rows_taken_back == [f"{SERIES}.9"]
+    assert done.files_quarantined == [orphan]
+    assert (files.root / QUARANTINE / orphan).read_bytes() == b"DICM"
     with engine.connect() as conn:
         uids = set(conn.execute(select(Instance.sop_uid)).scalars())
         count = conn.execute(select(Series.instance_count)).scalar()
     assert uids == {f"{SERIES}.{i}" for i in range(3)}
     assert count == 3 and all(files.exists(k.file_path) for k in kept)
-    assert store.reconcile(timedelta(minutes=10)) == []  # nothing more to do
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{SERIES}.{i}.dcm" for i in range(3))
+    again = store.reconcile(timedelta(minutes=10))  # nothing more to do
+    assert (again.temporaries, again.rows_taken_back, again.files_quarantined) == (0, [], [])
+
+
+def test_files_are_left_alone_without_any_rows(engine: Engine, tmp_path: Path) -> None:
+    """A file store beside an empty (or wrong) database: nothing is moved."""
+    from datetime import timedelta
+
+    files = FileStore(tmp_path / "data")
+    relative = files.relative_path(STUDY, SERIES, f"{SERIES}.1")
+    files.path_of(relative).parent.mkdir(parents=True)
+    files.path_of(relative).write_bytes(b"DICM")
+    done = InstanceStore(engine, files).reconcile(timedelta(minutes=10))
+    assert done.files_quarantined == [] and files.exists(relative)
