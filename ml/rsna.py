@@ -21,6 +21,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ml.labels import LABELS
+from ml.volume import slice_position
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +133,16 @@ def index_images(
 
 
 def _slice_position(ds: pydicom.Dataset) -> float:
-    """ImagePositionPatient projected on the slice normal (PS3.3 C.7.6.2.1.1)."""
+    """ImagePositionPatient along the slice normal turned superior, as `ml.volume` orders the
+    node's slices (PS3.3 C.7.6.2.1.1); z without an orientation, nan without a position."""
     position = ds.get("ImagePositionPatient")
     if position is None or len(position) != 3:
         return math.nan
     orientation = ds.get("ImageOrientationPatient")
-    if orientation is None or len(orientation) != 6:
-        return float(position[2])
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return float(np.dot(normal, np.asarray(position, float)))
+    along = None
+    if orientation is not None and len(orientation) == 6:
+        along = slice_position([float(v) for v in position], [float(v) for v in orientation])
+    return along if along is not None else float(position[2])
 
 
 def split_by_patient(

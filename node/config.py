@@ -98,6 +98,7 @@ class Settings:
     receive_path: str = "fast"  # fast: the node's pynetdicom subclasses; stock: pynetdicom's
     min_free_mb: int = 256  # refuse instances (0xA700) when less disk than this is free
     min_slices: int = 8
+    min_coverage_mm: float = 100.0  # less head than this along the slice normal: provisional
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
     check_interval: float = 0.25  # how often the scheduler looks for settled series and results to send
@@ -124,6 +125,8 @@ class Settings:
             raise ConfigError("receivers and min_free_mb must be >= 0, min_slices >= 1")
         if self.workers < 0 or self.batch_size < 1 or self.job_max_attempts < 1:
             raise ConfigError("workers must be >= 0, batch_size and job_max_attempts >= 1")
+        if self.min_coverage_mm < 0:
+            raise ConfigError(f"min_coverage_mm must be >= 0, got {self.min_coverage_mm}")
         if self.max_pdu != 0 and not 4096 <= self.max_pdu <= 1 << 26:
             raise ConfigError(f"max_pdu must be 0 or 4096-67108864 bytes, got {self.max_pdu}")
         if (self.max_message_mb < 1 or self.max_associations < 1

@@ -4,6 +4,12 @@ A series is complete when no instance of it has arrived for `settle_seconds`: sc
 series over one association or several, and the quiet time closes it either way. (Orthanc's
 StableAge waits 60 s by default, MONAI Deploy's gateway 5 s.) An instance that arrives later
 puts the series back to `receiving`, and it is queued again once it settles.
+
+The default stays short (2 s) because a premature result is no longer silent: the volume of a
+partly received series is usually short, has a gap or lacks the top of the head, and then its
+result is provisional (SR PARTIAL, the worklist's "incomplete"); the result on the grown
+series names the earlier SR as its predecessor and is marked "updated" (issue 12). A site whose senders pause longer between
+associations sets a longer settle time.
 """
 
 from __future__ import annotations

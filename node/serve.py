@@ -106,6 +106,7 @@ def _stop_on_signals() -> threading.Event:
 def _start_triage(settings: Settings, services: Services, count: int, holder: ModelHolder,
                   stop: threading.Event) -> list[threading.Thread]:
     """Triage workers: threads sharing one loaded model."""
+    from ml.volume import VolumeRules
     from node.triage.worker import TriageWorker, start_workers
     from storage.outbox import Outbox
     from storage.results import Results
@@ -113,12 +114,15 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
     outbox = Outbox(services.engine)
     store = InstanceStore(services.engine, services.files)
     destinations = [str(d) for d in settings.destinations]
+    rules = VolumeRules(min_slices=settings.min_slices,
+                        min_coverage_mm=settings.min_coverage_mm)
 
     def make(i: int) -> TriageWorker:
         return TriageWorker(results=Results(services.engine), queue=services.queue, store=store,
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
-                            ae_title=settings.ae_title, batch_size=settings.batch_size)
+                            ae_title=settings.ae_title, batch_size=settings.batch_size,
+                            volume_rules=rules)
 
     return start_workers(count, make, stop)
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -243,6 +244,9 @@ class TriageResult(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Seconds from the last received slice to the result, as measured by the worker.
     latency_seconds: Mapped[float | None] = mapped_column()
+    # False when the volume had a gap, too little coverage or unread slices: provisional.
+    complete: Mapped[bool] = mapped_column(default=True, server_default=true())
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")  # left out, why
 
 
 class SlicePrediction(Base):

@@ -56,11 +56,38 @@ class NewResult:
     slices: Sequence[tuple[int, int, Sequence[float]]]  # (instance pk, frame, probabilities)
     sr_sop_uid: str
     latency_seconds: float | None
+    complete: bool = True  # False: the volume had a gap, short coverage or unread slices
+    notes: str = ""  # what the volume left out, and why it is incomplete
+
+
+@dataclass(frozen=True)
+class EarlierReport:
+    """The newest SR the node made on a series: a new result names it as its predecessor."""
+
+    StudyInstanceUID: str  # DICOM keywords: highdicom reads these to reference it
+    SeriesInstanceUID: str
+    SOPClassUID: str
+    SOPInstanceUID: str
 
 
 class Results:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def earlier_report(self, series_pk: int) -> EarlierReport | None:
+        """The SR of the newest result on the series, if it is still in the index."""
+        sr_series = Series.__table__.alias("sr_series")
+        with reader(self.engine).connect() as conn:
+            row = conn.execute(
+                select(Study.study_uid, sr_series.c.series_uid, Instance.sop_class_uid,
+                       Instance.sop_uid)
+                .select_from(TriageResult)
+                .join(Instance, Instance.sop_uid == TriageResult.sr_sop_uid)
+                .join(sr_series, sr_series.c.id == Instance.series_pk)
+                .join(Study, Study.id == sr_series.c.study_pk)
+                .where(TriageResult.series_pk == series_pk)
+                .order_by(TriageResult.id.desc()).limit(1)).first()
+        return EarlierReport(*row) if row is not None else None
 
     def series_for_triage(self, series_pk: int) -> SeriesForTriage:
         with reader(self.engine).connect() as conn:
@@ -99,7 +126,8 @@ class Results:
             positive=any(result.calls.values()),
             max_probability=max(result.probabilities.values(), default=0.0),
             slices=len(result.slices), sr_sop_uid=result.sr_sop_uid, created_at=utcnow(),
-            latency_seconds=result.latency_seconds,
+            latency_seconds=result.latency_seconds, complete=result.complete,
+            notes=result.notes,
         ).returning(TriageResult.id)).scalar_one()
         if result.slices:
             conn.execute(insert(SlicePrediction), [

@@ -16,6 +16,8 @@ def test_defaults() -> None:
     assert (s.ae_title, s.bind, s.port, s.data_dir, s.allow_ae) == (
         "ICHTRIAGE", "127.0.0.1", 11112, Path("var"), ())
     assert s.database_url == f"sqlite:///{Path('var').resolve() / 'ichtriage.db'}"
+    assert s.min_coverage_mm == 100.0
+    assert load_settings(env={"ICHTRIAGE_MIN_COVERAGE_MM": "60"}).min_coverage_mm == 60.0
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -41,6 +43,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"ICHTRIAGE_DESTINATIONS": "PACS@host"}, "AE@HOST:PORT"),
     ({"ICHTRIAGE_TLS_CERT": "/x.pem"}, "tls_cert and tls_key"),
     ({"ICHTRIAGE_SETTLE_SECONDS": "-1"}, "settle_seconds"),
+    ({"ICHTRIAGE_MIN_COVERAGE_MM": "-5"}, "min_coverage_mm"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 
-from node.dicom.eligibility import EligibilityRules
+from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from node.scheduler import SeriesMonitor
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
@@ -159,16 +159,21 @@ def test_settled_series_are_queued_or_skipped_with_reason(engine: Engine, tmp_pa
     _store_series(store, "1.2.3.3", 2)
     _store_series(store, "1.2.3.4", 3, image_type="ORIGINAL\\PRIMARY\\LOCALIZER")
     _store_series(store, "1.2.3.5", 3, image_type="DERIVED\\SECONDARY\\AXIAL")
+    # a scout among axial slices: the series is triaged, the scout left out by the worker
+    _store_series(store, "1.2.3.6", 4)
+    _store_series(store, "1.2.3.6", 1, image_type="ORIGINAL\\PRIMARY\\LOCALIZER", first=5)
     decided = _monitor(engine).run_once()
     assert decided["1.2.3.1"] == "queued"
     assert "modality MR" in decided["1.2.3.2"]
     assert "2 slice(s), fewer than 3" in decided["1.2.3.3"]
-    assert "localizer" in decided["1.2.3.4"]
+    assert decided["1.2.3.4"] == "localizer (scout) images only"
     assert "not ORIGINAL" in decided["1.2.3.5"]
+    assert decided["1.2.3.6"] == "queued"
     assert _series(engine, "1.2.3.2") == (SeriesStatus.NOT_ELIGIBLE, decided["1.2.3.2"])
     with engine.connect() as conn:
         jobs = conn.execute(select(Job.queueing_lock, Job.status)).all()
-    assert jobs == [("series:1.2.3.1", JobStatus.QUEUED)]
+    assert sorted(jobs) == [("series:1.2.3.1", JobStatus.QUEUED),
+                            ("series:1.2.3.6", JobStatus.QUEUED)]
     assert _monitor(engine).run_once() == {}  # decided once
 
 
@@ -195,6 +200,22 @@ def test_late_instances_queue_the_series_again(engine: Engine, tmp_path: Path) -
     assert monitor.run_once() == {"1.2.3.1": "queued"}
     again = queue.claim("w2")
     assert again is not None and again.series_revision == 6 and again.id != job.id
+
+
+def test_multi_frame_ct_classes_and_mixed_image_types_are_eligible() -> None:
+    rules = EligibilityRules(min_slices=3)
+
+    def facts(sop_class: str, *types: str) -> SeriesFacts:
+        return SeriesFacts(modality="CT", body_part="HEAD", sop_classes=frozenset({sop_class}),
+                           image_types=frozenset(types), slices=24)
+
+    legacy = "1.2.840.10008.5.1.4.1.1.2.2"  # Legacy Converted Enhanced CT Image Storage
+    assert rules.reason_to_skip(facts(legacy, "ORIGINAL\\PRIMARY\\AXIAL")) is None
+    assert rules.reason_to_skip(facts(CT, "ORIGINAL\\PRIMARY\\VOLUME\\NONE")) is None
+    assert rules.reason_to_skip(facts(CT, "ORIGINAL\\PRIMARY\\AXIAL",
+                                      "DERIVED\\SECONDARY\\REFORMATTED")) is None
+    assert rules.reason_to_skip(facts(CT, "DERIVED\\SECONDARY\\REFORMATTED")) == (
+        "image type DERIVED\\SECONDARY\\REFORMATTED is not ORIGINAL axial")
 
 
 def test_jobs_of_ended_workers_on_this_host_are_queued_again_at_once(engine: Engine) -> None:

@@ -4,6 +4,7 @@ dsrdump) on the written file."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -51,12 +52,12 @@ ALGORITHM = AlgorithmInfo(
     version="3f2a9c1d0b7e",
     parameters={"windows": "brain,subdural,bone", "input_size": "256"},
 )
-# (label, probability, present, key slice): awkward floats on purpose, to test exact read-back
+# (label, probability, present, key slice): awkward floats on purpose, to test the rounding
 RESULTS = (
     ("any", 0.9731234567891234, True, 3),
     ("epidural", 0.012345678901234567, False, None),
     ("intraparenchymal", 0.88, True, 2),
-    ("intraventricular", 0.1, False, 1),
+    ("intraventricular", 0.1, False, None),
     ("subarachnoid", 0.5, True, 4),
     ("subdural", 0.0, False, None),
 )
@@ -191,7 +192,7 @@ def test_private_scheme_is_declared(source: list[Dataset]) -> None:
 def test_read_triage_sr_gives_back_every_label_exactly(source: list[Dataset],
                                                         tmp_path: Path) -> None:
     path = _written(_build(source), tmp_path)
-    expected = {label: (p, present) for label, p, present, _ in RESULTS}
+    expected = {label: (round(p, 4), present) for label, p, present, _ in RESULTS}
     assert read_triage_sr(pydicom.dcmread(path)) == expected
     assert list(read_triage_sr(pydicom.dcmread(path))) == list(LABELS)
 
@@ -204,7 +205,7 @@ def test_highdicom_reads_the_same_values(source: list[Dataset], tmp_path: Path) 
     for label, probability, present, _ in RESULTS:
         concepts_ = LABEL_CONCEPTS[label]
         [measurement] = group.get_measurements(name=concepts_.probability)
-        assert measurement.value == probability
+        assert measurement.value == round(probability, 4)
         assert measurement.unit == PROBABILITY_UNIT
         [evaluation] = group.get_qualitative_evaluations(name=concepts_.finding)
         assert evaluation.value == (PRESENT if present else ABSENT)
@@ -296,7 +297,7 @@ def test_dsrdump_shows_the_tree(source: list[Dataset], tmp_path: Path) -> None:
     if shutil.which("dsrdump") is None:
         peers.missing_peer("dsrdump (DCMTK)")
     out = subprocess.run(["dsrdump", "+Pc", "+Pu", str(_written(_build(source), tmp_path))],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, encoding="latin-1", check=True)  # as the source
     dump = out.stdout
     assert 'CODE:(1386000,SCT,"Intracranial hemorrhage")=(52101004,SCT,"Present")' in dump
     assert 'CODE:(ICHT001,99ICHT,"Epidural hemorrhage")=(272519000,SCT,"Absent")' in dump
@@ -305,6 +306,91 @@ def test_dsrdump_shows_the_tree(source: list[Dataset], tmp_path: Path) -> None:
     assert f'(CT image,"{source[3].SOPInstanceUID}")' in dump
     for label in LABELS[1:]:
         assert f'"{label.capitalize()} hemorrhage"' in dump
+
+
+def test_dsrdump_shows_a_partial_report_with_its_notes_and_a_head_ct(
+        source: list[Dataset], tmp_path: Path) -> None:
+    if shutil.which("dsrdump") is None or shutil.which("dciodvfy") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dsrdump (DCMTK) and dciodvfy (dicom3tools) are needed")
+        pytest.skip("dsrdump (DCMTK) and dciodvfy (dicom3tools) are needed")
+    notes = ["4 of 5 slices used", "gap of 37.2 mm above slice 15 (about 5 slice(s) missing)"]
+    path = _written(_build(source, complete=False, notes=notes), tmp_path)
+    dump = subprocess.run(["dsrdump", "+Pc", "+Pu", "+Pl", str(path)], capture_output=True,
+                          encoding="latin-1", check=True).stdout
+    assert "Completion Flag     : PARTIAL\n                      provisional: 4 of 5" in dump
+    for note in notes:
+        assert f'TEXT:(121106,DCM,"Comment")="{note}"' in dump
+    assert '(24725-4,LN,"Head CT")' in dump
+    assert dump.count("threshold.any=") == 1 and "threshold.any=0.5" in dump
+    assert "0.9731" in dump and "0.97312" not in dump  # four decimals, not fourteen
+    sr = pydicom.dcmread(path)
+    assert sr.CompletionFlag == "PARTIAL"
+    assert sr.CompletionFlagDescription == "provisional: 4 of 5 slices used"
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    lines = (out.stdout + out.stderr).splitlines()
+    assert "Comprehensive3DSR" in lines
+    assert [line for line in lines if line.startswith("Error")] == []
+
+
+def test_the_sr_keeps_the_sources_character_set_and_name_bytes(source: list[Dataset],
+                                                               tmp_path: Path) -> None:
+    sr = pydicom.dcmread(_written(_build(source), tmp_path))
+    raw = pydicom.dcmread(_written(_build(source), tmp_path), defer_size=None)
+    assert sr.SpecificCharacterSet == source[0].SpecificCharacterSet == "ISO_IR 100"
+    assert raw["PatientName"].value == source[0]["PatientName"].value
+    assert SERIES_DESCRIPTION.isascii()
+
+
+@pytest.mark.parametrize(("given", "written"), [
+    ("ISO IR 192", "ISO_IR 192"), ("ISO_IR 100", "ISO_IR 100"), (None, None), ("", None),
+    ("KLINGON", "ISO_IR 192")])
+def test_the_srs_character_set_follows_the_source(source: list[Dataset], given: str | None,
+                                                  written: str | None) -> None:
+    for ds in source:
+        if given is None:
+            del ds.SpecificCharacterSet
+            ds.PatientName = "Muller^Jorg"
+        else:
+            ds.SpecificCharacterSet = given
+    assert _build(source).get("SpecificCharacterSet") == written
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce"),
+    ("GB18030", "\u5f20^\u4f1f"), ("ISO_IR 192", "\u5f20^\u4f1f")])
+def test_names_in_other_character_sets_keep_their_bytes(tmp_path: Path, charset: Any,
+                                                        name: str) -> None:
+    uids = {"study_uid": generate_uid(), "series_uid": generate_uid(), "frame_uid": generate_uid()}
+    source = []
+    for i in range(N_SLICES):
+        ds = _ct_slice(i, **uids)
+        ds.SpecificCharacterSet, ds.PatientName = charset, name
+        path = tmp_path / f"ct{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        source.append(pydicom.dcmread(path, stop_before_pixels=True))
+    written = _written(_build(source), tmp_path)
+    raw = pydicom.dcmread(written, stop_before_pixels=True).get_item("PatientName").value
+    assert raw == pydicom.dcmread(tmp_path / "ct0.dcm").get_item("PatientName").value
+    assert str(pydicom.dcmread(written).PatientName) == name
+
+
+def test_multi_frame_sources_are_cited_by_frame(tmp_path: Path) -> None:
+    uids = {"study_uid": generate_uid(), "series_uid": generate_uid(), "frame_uid": generate_uid()}
+    enhanced = _ct_slice(0, **uids)
+    enhanced.NumberOfFrames = 5
+    results = [LabelResult("any", 0.9, True, 0.5, 0, key_frame=4),
+               LabelResult("subdural", 0.1, False, 0.5, None)]
+    sr = build_triage_sr([enhanced], results, ALGORITHM, frames={enhanced.SOPInstanceUID:
+                                                                [2, 1, 3, 4]})
+    group = _group(_written(sr, tmp_path))
+    [image] = group.source_images
+    assert list(image.referenced_frame_numbers) == [2, 1, 3, 4]
+    [measurement] = group.get_measurements(name=LABEL_CONCEPTS["any"].probability)
+    [key] = measurement.referenced_images
+    assert list(key.referenced_frame_numbers) == [4]
+    with pytest.raises(ValueError, match=r'"frames\['):
+        build_triage_sr([enhanced], results, ALGORITHM, frames={enhanced.SOPInstanceUID: [6]})
 
 
 # --- codes ---------------------------------------------------------------------------------------
@@ -348,6 +434,8 @@ BAD_RESULTS = [
     ([_result(key_slice=N_SLICES)], ValueError, "results[0].key_slice"),
     ([_result(key_slice=-1)], ValueError, "results[0].key_slice"),
     ([_result(key_slice=1.0)], TypeError, "results[0].key_slice"),
+    ([_result(present=False)], ValueError, "results[0].key_slice"),
+    ([_result(key_frame=0)], ValueError, "results[0].key_frame"),
     ([("any", 0.9, True, 0.5, 0)], TypeError, "results[0]"),
 ]
 

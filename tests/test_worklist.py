@@ -28,12 +28,13 @@ def _study(store: InstanceStore, n: int, name: str) -> int:
                    .scalar_one())
 
 
-def _result(engine: Engine, series_pk: int, p_any: float, positive: bool) -> None:
+def _result(engine: Engine, series_pk: int, p_any: float, positive: bool, *,
+            complete: bool = True, notes: str = "") -> None:
     probs = dict.fromkeys(LABELS, 0.01) | {"any": p_any, "subdural": p_any}
     calls = dict.fromkeys(LABELS, False) | {"any": positive, "subdural": positive}
     with engine.begin() as conn:
         Results.add(conn, NewResult(series_pk, None, 1, "ichnet_seq", "abc123", probs, calls,
-                                    [], "1.2.999", 3.2))
+                                    [], "1.2.999", 3.2, complete=complete, notes=notes))
     Results(engine).set_series_status(series_pk, SeriesStatus.DONE)
 
 
@@ -62,6 +63,58 @@ def test_positive_studies_first_most_probable_first(engine: Engine, tmp_path: Pa
     assert worklist(engine)[0].patient_name == "A^NEG"
 
 
+def test_a_negative_on_an_incomplete_volume_is_not_routine(engine: Engine,
+                                                           tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    routine = _study(store, 1, "A^WHOLE")
+    gap = _study(store, 2, "B^GAP")
+    bleed = _study(store, 3, "C^BLEED")
+    _result(engine, routine, 0.01, False)
+    _result(engine, gap, 0.01, False, complete=False,
+            notes="gap of 37.2 mm above slice 15 (about 5 slice(s) missing)")
+    _result(engine, bleed, 0.9, True)
+    entries = worklist(engine)
+    assert [(e.patient_name, e.priority, e.complete) for e in entries] == [
+        ("C^BLEED", "high", True), ("B^GAP", "incomplete", False), ("A^WHOLE", "routine", True)]
+    assert entries[1].reason == "gap of 37.2 mm above slice 15 (about 5 slice(s) missing)"
+    assert entries[2].reason == ""
+
+
+def test_a_report_in_the_study_is_neither_its_last_slice_nor_its_status(
+        engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    series = _study(store, 8, "R^REPORTED")
+    _result(engine, series, 0.2, False)
+    (before,) = worklist(engine)
+    store.store(InstanceMeta(sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34", sop_uid="1.2.8.9.1",
+                             study_uid="1.2.8", series_uid="1.2.8.9",
+                             transfer_syntax_uid="1.2.840.10008.1.2.1", patient_name="R^REPORTED",
+                             patient_id="P8", modality="SR"), [b"x"])
+    (after,) = worklist(engine)
+    assert after.status == before.status == "done"  # the SR series is still 'receiving'
+    assert after.last_slice_at == before.last_slice_at != ""
+
+
+def test_a_study_shows_its_most_severe_series_and_lists_every_call(
+        engine: Engine, tmp_path: Path) -> None:
+    store = InstanceStore(engine, FileStore(tmp_path))
+    thick = _study(store, 9, "S^TWO_SERIES")
+    store.store(InstanceMeta(sop_class_uid=CT, sop_uid="1.2.9.2.1", study_uid="1.2.9",
+                             series_uid="1.2.9.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                             patient_name="S^TWO_SERIES", patient_id="P9", modality="CT",
+                             series_number=3), [b"x"])
+    with engine.connect() as conn:
+        thin = int(conn.execute(select(Series.id).where(Series.series_uid == "1.2.9.2"))
+                   .scalar_one())
+    _result(engine, thick, 0.05, False)
+    _result(engine, thin, 0.85, True)
+    (entry,) = worklist(engine)
+    assert entry.priority == "high" and entry.shown_series_uid == "1.2.9.2"
+    assert [(x["series_uid"], x["positive"]) for x in entry.series] == [
+        ("1.2.9.1", False), ("1.2.9.2", True)]
+    assert "series disagree: shown is series 3, the most severe of 2" in entry.reason
+
+
 def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     from storage.db import make_engine, upgrade
 
@@ -78,3 +131,10 @@ def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     table = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url],
                            capture_output=True, text=True, check=True).stdout
     assert "Z^BLEED" in table and "SDH 0.90" in table and "high" in table
+
+
+def test_the_table_shows_a_12_character_accession_whole_and_marks_a_cut() -> None:
+    from node.cli.worklist import _cell
+
+    assert _cell("PH0000012345", 16) == "PH0000012345    "
+    assert _cell("A" * 30, 22) == "A" * 21 + "~"

@@ -23,16 +23,24 @@ def print_worklist(settings: Settings, *, as_json: bool, limit: int) -> int:
         json.dump([e.to_dict() for e in entries], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    header = f"{'#':>3}  {'priority':8}  {'status':12}  {'patient':22}  {'accession':10}  findings"
+    header = (f"{'#':>3}  {'priority':10}  {'status':12}  {'patient':22}  {'accession':16}  "
+              f"findings")
     print(header)
     print("-" * len(header))
     for e in entries:
         found = [f"{SHORT[k]} {e.probabilities[k]:.2f}" for k, v in e.calls.items()
                  if v and k in SHORT]
         findings = ", ".join(found) or (
-            f"none (any {e.probabilities['any']:.2f})" if "any" in e.probabilities else e.reason)
-        print(f"{e.rank:>3}  {e.priority:8}  {e.status:12}  {e.patient_name[:22]:22}  "
-              f"{e.accession_number[:10]:10}  {findings}")
+            f"none (any {e.probabilities['any']:.2f})" if "any" in e.probabilities else "")
+        if e.reason:
+            findings = f"{findings}; {e.reason}" if findings else e.reason
+        print(f"{e.rank:>3}  {e.priority:10}  {e.status:12}  {_cell(e.patient_name, 22)}  "
+              f"{_cell(e.accession_number, 16)}  {findings}")
     if not entries:
         print("(no studies)")
     return 0
+
+
+def _cell(text: str, width: int) -> str:
+    """`text` in `width` columns; a value cut to fit ends in "~" so the cut shows."""
+    return f"{text:{width}}" if len(text) <= width else text[:width - 1] + "~"

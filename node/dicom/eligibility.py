@@ -1,4 +1,10 @@
-"""Which series the triage model reads: a configurable rule set over a series' instances."""
+"""Which series the triage model reads: a configurable rule set over a series' instances.
+
+A series is judged as a whole here; the images inside it are judged by `ml.volume` when the
+worker assembles the volume. So a series with a localizer, a reformat or a repeat among its
+axial slices is triaged (the others are left out and said); a series none of whose image
+types can be read as an original axial stack is not.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,11 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
+from ml.volume import Exclusion, image_type_exclusion
+
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.2")
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,8 @@ class SeriesFacts:
 @dataclass(frozen=True)
 class EligibilityRules:
     modalities: frozenset[str] = frozenset({"CT"})
-    sop_classes: frozenset[str] = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE})
+    sop_classes: frozenset[str] = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE,
+                                             LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE})
     body_parts: frozenset[str] = frozenset({"HEAD", "BRAIN", "SKULL", ""})
     min_slices: int = 8
 
@@ -46,16 +56,18 @@ class EligibilityRules:
             return f"SOP class {', '.join(sorted(other)) or '(none)'} is not a CT image"
         if facts.body_part.upper() not in self.body_parts:
             return f"body part {facts.body_part} is not a head"
-        for image_type in facts.image_types:
-            values = [v.strip().upper() for v in image_type.split("\\")]
-            if not values or values[0] != "ORIGINAL":
-                return f"image type {image_type or '(none)'} is not ORIGINAL"
-            if "LOCALIZER" in values:
-                return "localizer (scout) images"
-            # Axial is the third value for CT Image (PS3.3 C.8.2.1.1.1); Enhanced CT uses
-            # frame-level types, so only a present, non-axial third value disqualifies.
-            if len(values) > 2 and values[2] not in ("AXIAL", ""):
-                return f"image type {image_type} is not axial"
+        if (reason := _image_types_reason(facts.image_types)) is not None:
+            return reason
         if facts.slices < self.min_slices:
             return f"{facts.slices} slice(s), fewer than {self.min_slices}"
         return None
+
+
+def _image_types_reason(image_types: frozenset[str]) -> str | None:
+    """Why no image type of the series can be triaged, or None when one can."""
+    verdicts = {t: image_type_exclusion(t.split("\\")) for t in image_types}
+    if not verdicts or any(v is None for v in verdicts.values()):
+        return None
+    if all(v == Exclusion.LOCALIZER for v in verdicts.values()):
+        return "localizer (scout) images only"
+    return f"image type {', '.join(sorted(verdicts))} is not ORIGINAL axial"

@@ -32,8 +32,11 @@ ABSENT: Code = codes.cid241.Absent
 # pydicom _cid_dict.py, CID 7181 "Abstract Multi-dimensional Image Model Component Units":
 # UCUM "1", the unit of a dimensionless ratio; a probability is a number in [0, 1].
 PROBABILITY_UNIT: Code = codes.cid7181.NoUnits
-# pydicom _cid_dict.py, CID 100 "Quantitative Diagnostic Imaging Procedures": LN 25045-6.
-PROCEDURE_REPORTED: Code = codes.cid100.CTUnspecifiedBodyRegion
+# pydicom _concepts_dict.py, LN 24725-4 "Head CT" (in CID 646; TID 1500's CID 100 is baseline,
+# so a more specific procedure than "CT unspecified body region" may be used).
+PROCEDURE_REPORTED: Code = codes.LN.HeadCT
+# pydicom _concepts_dict.py, DCM 121106 "Comment": the report's notes on the volume read.
+COMMENT: Code = codes.DCM.Comment
 # pydicom _cid_dict.py, CID 7021 "Measurement Report Document Titles": DCM 126000.
 REPORT_TITLE: Code = codes.cid7021.ImagingMeasurementReport
 # pydicom _cid_dict.py, CID 270 "Observer Type": DCM 121007 "Device".

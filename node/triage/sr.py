@@ -4,17 +4,22 @@ The report is a TID 1500 Measurement Report, written with highdicom::
 
     Imaging Measurement Report (DCM 126000)
       Language, Observer Type = Device + TID 1004 (the node: UID, name, manufacturer, model)
-      Procedure reported = CT unspecified body region (LN 25045-6)
+      Procedure reported = Head CT (LN 24725-4)
       Imaging Measurements
         Measurement Group (TID 1501), one for the series
           Tracking Identifier + Tracking UID (the same UID for every report on this series)
           Algorithm Identification (TID 4019): name, version, manufacturer, parameters
               (once, for the group: it covers every measurement and evaluation in it)
           per label, in LABELS order:
-            NUM  "Probability of <finding>" in UCUM "1" (no units: a value in [0, 1])
-                 INFERRED FROM the key slice (Source of Measurement), when one is given
+            NUM  "Probability of <finding>" in UCUM "1" (no units: a value in [0, 1],
+                 to PROBABILITY_DECIMALS places)
+                 INFERRED FROM the key slice (Source of Measurement), for a finding called
+                 Present only; with its frame number for a multi-frame source
             CODE "<finding>" = Present (SCT 52101004) | Absent (SCT 272519000)
-          Source of Measurement: every analysed image
+          Source of Measurement: every analysed image (and, for multi-frame images, the
+              analysed frames as ReferencedFrameNumber)
+          TEXT "Comment" (DCM 121106): which slices were used, what was left out and why,
+              and why the result is provisional, when it is
 
 A label is one finding concept: "any" is SNOMED CT "Intracranial hemorrhage" (1386000); the
 five subtypes and the probability concepts come from the private scheme 99ICHT, declared in the
@@ -24,8 +29,14 @@ the five sites (epidural and subdural space) have no code we can check.
 
 The SR joins the source's study (patient and study attributes, and the Current Requested
 Procedure Evidence Sequence, come from `source` through highdicom) in a new series of modality
-SR. It is complete, preliminary and unverified: an AI result that waits for a radiologist.
-Text is written in UTF-8 (ISO_IR 192); pydicom re-encodes names taken from the source.
+SR. It is unverified: an AI result that waits for a radiologist. Its Completion Flag is
+COMPLETE for a result on a whole volume, PARTIAL (with a Completion Flag Description) when the
+volume had a gap, too little coverage or unread slices (PS3.3 C.17.2.3).
+
+The SR keeps the source's Specific Character Set, so the patient and study attributes it takes
+from the source are written as the source wrote them; the node's own text is ASCII. A source
+without one gives an SR without one; a misspelt term that pydicom recognises (e.g. "ISO IR 192")
+is written as the standard term.
 
 A newer result for the same series is simply a new SR instance: each call makes a new SOP
 Instance UID and, unless `series_instance_uid` is given, a new series (the caller may also give
@@ -35,12 +46,13 @@ Content Date/Time. Both carry the same Tracking UID, derived from the source ser
 
 from __future__ import annotations
 
-import numbers
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.enum import SpecificCharacterSetValues
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
@@ -54,8 +66,10 @@ from highdicom.sr import (
     QualitativeEvaluation,
     SourceImageForMeasurement,
     SourceImageForMeasurementGroup,
+    TextContentItem,
     TrackingIdentifier,
 )
+from highdicom.sr.enum import RelationshipTypeValues
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
@@ -63,6 +77,7 @@ from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 from ml.labels import LABELS
 from node.triage.codes import (
     ABSENT,
+    COMMENT,
     DEVICE_OBSERVER,
     LABEL_CONCEPTS,
     PRESENT,
@@ -73,38 +88,27 @@ from node.triage.codes import (
     PROCEDURE_REPORTED,
     REPORT_TITLE,
 )
+from node.triage.sr_inputs import (
+    AlgorithmInfo,
+    LabelResult,
+    check_algorithm,
+    check_notes,
+    checked_frames,
+    checked_previous,
+    checked_results,
+    checked_source,
+)
 
-SERIES_DESCRIPTION = "ICH triage (AI) — not for diagnostic use"
+SERIES_DESCRIPTION = "ICH triage (AI) - not for diagnostic use"
 DEVICE_NAME = "ICH triage node"
 TRACKING_IDENTIFIER = "ICH triage of the series"
-CHARACTER_SET = "ISO_IR 192"
+PROBABILITY_DECIMALS = 4
+COMPLETION_DESCRIPTION_LENGTH = 64  # LO
 
-_SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
 # Type 2 in the SR's Patient and General Study modules; highdicom reads each from the source.
 _TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                       "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
                       "ReferringPhysicianName")
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """The model that made the result, for TID 4019 and the General Equipment module."""
-
-    name: str  # e.g. "ichnet_seq"
-    version: str  # e.g. the checkpoint's sha256[:12] or a semantic version
-    parameters: dict[str, str]  # e.g. windows, input size; written as "key=value"
-    manufacturer: str = "ICH triage node (open source)"
-
-
-@dataclass(frozen=True)
-class LabelResult:
-    """The model's series-level result for one label."""
-
-    label: str  # one of LABELS
-    probability: float  # 0..1
-    present: bool  # the model's call at `threshold`
-    threshold: float
-    key_slice: int | None  # index into `source` of the slice with the highest probability
 
 
 def build_triage_sr(
@@ -118,17 +122,29 @@ def build_triage_sr(
     institution_name: str | None = None,
     content_datetime: datetime | None = None,
     device_uid: str | None = None,
+    frames: Mapping[str, Sequence[int]] | None = None,
+    complete: bool = True,
+    notes: Sequence[str] = (),
+    completion_description: str | None = None,
+    previous_versions: Sequence[object] = (),
 ) -> Comprehensive3DSR:
     """Build the SR of `results` for the CT series whose instance headers are `source`.
 
     `source` is in slice order (headers are enough: no pixel data is read); `results` holds
     each label at most once and is written in LABELS order. `device_uid` identifies the node
     as Device Observer; by default a UID derived from the manufacturer, stable across runs.
+    `frames` gives, per SOPInstanceUID of a multi-frame source, the frame numbers analysed.
+    `complete` False makes the report PARTIAL, `completion_description` (else the first note)
+    saying why; `notes` (ASCII lines) say what was used, left out, or missing. `previous_versions` are earlier reports on the series (anything with their
+    StudyInstanceUID, SeriesInstanceUID, SOPClassUID and SOPInstanceUID), named in the
+    Predecessor Documents Sequence (PS3.3 C.17.2): this report supersedes them.
     Raises TypeError or ValueError naming the offending argument.
     """
-    images = _checked_source(source)
-    ordered = _checked_results(results, n_images=len(images))
-    _check_algorithm(algorithm)
+    images = checked_source(source)
+    ordered = checked_results(results, n_images=len(images))
+    frames = checked_frames(frames, images)
+    check_notes(notes)
+    check_algorithm(algorithm)
     if series_instance_uid is None:
         series_instance_uid = generate_uid()
     elif series_instance_uid == images[0].SeriesInstanceUID:
@@ -137,10 +153,10 @@ def build_triage_sr(
     report = MeasurementReport(
         observation_context=_observation_context(algorithm, device_uid),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=[_measurement_group(images, ordered, algorithm)],
+        imaging_measurements=[_measurement_group(images, ordered, algorithm, frames, notes)],
         title=REPORT_TITLE,
     )
-    return Comprehensive3DSR(
+    sr = Comprehensive3DSR(
         evidence=_evidence(images),
         content=report,
         series_instance_uid=series_instance_uid,
@@ -148,7 +164,7 @@ def build_triage_sr(
         sop_instance_uid=generate_uid(),
         instance_number=instance_number,
         manufacturer=algorithm.manufacturer,
-        is_complete=True,
+        is_complete=complete,
         institution_name=institution_name,
         series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=algorithm.name,
@@ -162,8 +178,14 @@ def build_triage_sr(
             name=PRIVATE_SCHEME_NAME,
             responsible_organization=PRIVATE_SCHEME_ORGANIZATION,
         )],
-        specific_character_set=CHARACTER_SET,
+        specific_character_set=_character_set(images[0]),
+        previous_versions=checked_previous(previous_versions) or None,
     )
+    if not complete:
+        reason = completion_description or (notes[0] if notes else "incomplete series")
+        description = "provisional: " + reason
+        sr.CompletionFlagDescription = description[:COMPLETION_DESCRIPTION_LENGTH]
+    return sr
 
 
 def read_triage_sr(ds: Dataset) -> dict[str, tuple[float, bool]]:
@@ -212,17 +234,20 @@ def _observation_context(algorithm: AlgorithmInfo, device_uid: str | None) -> Ob
 
 
 def _measurement_group(images: list[Dataset], results: list[LabelResult],
-                       algorithm: AlgorithmInfo) -> MeasurementsAndQualitativeEvaluations:
+                       algorithm: AlgorithmInfo, frames: Mapping[str, Sequence[int]],
+                       notes: Sequence[str]) -> MeasurementsAndQualitativeEvaluations:
     measurements, evaluations = [], []
     for result in results:
         concepts = LABEL_CONCEPTS[result.label]
         key_image = None
         if result.key_slice is not None:
             ds = images[result.key_slice]
-            key_image = [SourceImageForMeasurement(ds.SOPClassUID, ds.SOPInstanceUID)]
+            key_frames = [result.key_frame] if result.key_frame is not None else None
+            key_image = [SourceImageForMeasurement(ds.SOPClassUID, ds.SOPInstanceUID,
+                                                   referenced_frame_numbers=key_frames)]
         measurements.append(Measurement(
             name=concepts.probability,
-            value=float(result.probability),
+            value=round(float(result.probability), PROBABILITY_DECIMALS),
             unit=PROBABILITY_UNIT,
             referenced_images=key_image,
         ))
@@ -230,14 +255,20 @@ def _measurement_group(images: list[Dataset], results: list[LabelResult],
             name=concepts.finding, value=PRESENT if result.present else ABSENT))
     # The same tracking UID for every report on this series: a viewer can follow the finding.
     tracking_uid = generate_uid(entropy_srcs=[TRACKING_IDENTIFIER, images[0].SeriesInstanceUID])
-    return MeasurementsAndQualitativeEvaluations(
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=TRACKING_IDENTIFIER),
         algorithm_id=_algorithm_identification(algorithm, results),
         measurements=measurements,
         qualitative_evaluations=evaluations,
-        source_images=[SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
-                       for ds in images],
+        source_images=[SourceImageForMeasurementGroup(
+            ds.SOPClassUID, ds.SOPInstanceUID,
+            referenced_frame_numbers=list(frames[ds.SOPInstanceUID])
+            if ds.SOPInstanceUID in frames else None) for ds in images],
     )
+    for note in notes:
+        group[0].ContentSequence.append(TextContentItem(
+            name=COMMENT, value=note, relationship_type=RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def _algorithm_identification(algorithm: AlgorithmInfo,
@@ -245,7 +276,7 @@ def _algorithm_identification(algorithm: AlgorithmInfo,
     """TID 4019, with each label's threshold as a parameter: the calls depend on it."""
     parameters = dict(algorithm.parameters)
     for result in results:
-        key, value = f"threshold.{result.label}", repr(float(result.threshold))
+        key, value = f"threshold.{result.label}", f"{float(result.threshold):.4g}"
         if parameters.setdefault(key, value) != value:
             raise ValueError(f'Argument "algorithm.parameters" has {key}={parameters[key]}, '
                              f'but the result for {result.label!r} has threshold {value}.')
@@ -283,83 +314,21 @@ def _is_present(value: object, label: str) -> bool:
     raise ValueError(f'Argument "ds" has {value!r} for {label!r}: not Present or Absent.')
 
 
-# --- input checks --------------------------------------------------------------------------------
-
-
-def _checked_source(source: Sequence[Dataset]) -> list[Dataset]:
-    if isinstance(source, (str, bytes, Dataset)) or not isinstance(source, Sequence):
-        raise TypeError('Argument "source" must be a sequence of pydicom Datasets.')
-    if len(source) == 0:
-        raise ValueError('Argument "source" must not be empty.')
-    for i, ds in enumerate(source):
-        if not isinstance(ds, Dataset):
-            raise TypeError(f'Argument "source[{i}]" must be a pydicom Dataset, '
-                            f'not {type(ds).__name__}.')
-        missing = [keyword for keyword in _SOURCE_UIDS if not ds.get(keyword)]
-        if missing:
-            raise ValueError(f'Argument "source[{i}]" lacks {", ".join(missing)}.')
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        values = {str(ds[keyword].value) for ds in source}
-        if len(values) > 1:
-            raise ValueError(f'Argument "source" must hold one series; it has {len(values)} '
-                             f'values of {keyword}.')
-    if len({str(ds.SOPInstanceUID) for ds in source}) != len(source):
-        raise ValueError('Argument "source" holds an instance twice (same SOPInstanceUID).')
-    return list(source)
-
-
-def _checked_results(results: Sequence[LabelResult], *, n_images: int) -> list[LabelResult]:
-    """The results in LABELS order, after checking each."""
-    if isinstance(results, (str, bytes)) or not isinstance(results, Sequence):
-        raise TypeError('Argument "results" must be a sequence of LabelResult.')
-    if len(results) == 0:
-        raise ValueError('Argument "results" must not be empty.')
-    by_label: dict[str, LabelResult] = {}
-    for i, result in enumerate(results):
-        name = f"results[{i}]"
-        if not isinstance(result, LabelResult):
-            raise TypeError(f'Argument "{name}" must be a LabelResult, '
-                            f'not {type(result).__name__}.')
-        if result.label not in LABELS:
-            raise ValueError(f'Argument "{name}.label" is {result.label!r}, not one of {LABELS}.')
-        if result.label in by_label:
-            raise ValueError(f'Argument "{name}.label" repeats {result.label!r}.')
-        _check_unit_interval(result.probability, f"{name}.probability")
-        _check_unit_interval(result.threshold, f"{name}.threshold")
-        if not isinstance(result.present, bool):
-            raise TypeError(f'Argument "{name}.present" must be a bool.')
-        _check_key_slice(result.key_slice, f"{name}.key_slice", n_images)
-        by_label[result.label] = result
-    return [by_label[label] for label in LABELS if label in by_label]
-
-
-def _check_unit_interval(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f'Argument "{name}" must be a real number, not {type(value).__name__}.')
-    if not 0.0 <= float(value) <= 1.0:  # NaN fails too
-        raise ValueError(f'Argument "{name}" is {value}, outside [0, 1].')
-
-
-def _check_key_slice(value: object, name: str, n_images: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f'Argument "{name}" must be an int or None, not {type(value).__name__}.')
-    if not 0 <= int(value) < n_images:
-        raise ValueError(f'Argument "{name}" is {value}, outside the {n_images} source slices.')
-
-
-def _check_algorithm(algorithm: AlgorithmInfo) -> None:
-    if not isinstance(algorithm, AlgorithmInfo):
-        raise TypeError(f'Argument "algorithm" must be an AlgorithmInfo, '
-                        f'not {type(algorithm).__name__}.')
-    for field in ("name", "version", "manufacturer"):
-        value = getattr(algorithm, field)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f'Argument "algorithm.{field}" must be a non-empty string.')
-    if not isinstance(algorithm.parameters, Mapping):
-        raise TypeError('Argument "algorithm.parameters" must be a mapping of str to str.')
-    for key, value in algorithm.parameters.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f'Argument "algorithm.parameters" must map str to str, '
-                            f'not {key!r}: {value!r}.')
+def _character_set(ds: Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set, with misspelt terms written as the standard's."""
+    value = ds.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return None
+    terms = [value] if isinstance(value, str) else list(value)
+    known = {v.value for v in SpecificCharacterSetValues}
+    fixed = []
+    for term in terms:
+        term = str(term).strip().upper()
+        if term not in known:
+            term = re.sub(r"^ISO[ _-]?IR[ _-]?", "ISO_IR ", term)
+        if term == "" and len(terms) > 1:  # the default repertoire, with code extensions
+            term = "ISO 2022 IR 6"  # the same repertoire, spelt as highdicom accepts it
+        fixed.append(term if term in known else None)
+    if any(t is None for t in fixed):
+        return "ISO_IR 192"  # an unknown term: names are re-encoded in UTF-8
+    return cast(list[str], fixed) if len(fixed) > 1 else cast(str, fixed[0])

@@ -1,7 +1,9 @@
 """The triage worker: claims series jobs, runs the active model, writes the results.
 
-For each job: the series' slices in anatomical order, decoded and converted to HU one at a
-time (a corrupt slice is skipped and counted), the classifier, a DICOM SR stored in the node's
+For each job: the series' volume as `ml.volume` assembles it (localizers, repeats and other
+planes left out and said; gaps and short coverage make the result provisional), its slices
+decoded and converted to HU one instance at a time (a corrupt slice is left out and said), the
+classifier, a DICOM SR stored in the node's
 own store and queued for every destination, the result rows and the series status, in one
 transaction with the job's completion.
 """
@@ -12,21 +14,20 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
 
-from ml.errors import MLError, SliceError
-from ml.inference import Classifier
-from ml.windowing import to_hounsfield
+from ml.errors import MLError
+from ml.inference import Classifier, SeriesPrediction
+from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
+from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
+from node.triage.series_warnings import once_per_series
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
@@ -34,7 +35,7 @@ from storage.instances import InstanceStore
 from storage.jobs import ClaimedJob, JobQueue
 from storage.models import JobStatus, SeriesStatus, utcnow
 from storage.outbox import Outbox
-from storage.results import NewResult, Results, SeriesInstance
+from storage.results import NewResult, Results, SeriesForTriage
 
 logger = logging.getLogger(__name__)
 
@@ -71,38 +72,12 @@ class ModelHolder:
             return self._loaded
 
 
-@dataclass(frozen=True)
-class Slice:
-    instance: SeriesInstance
-    frame: int
-
-
-def slice_order(instances: Sequence[SeriesInstance]) -> list[SeriesInstance]:
-    """Along the slice normal (ImagePositionPatient . (row x column)), else InstanceNumber."""
-    positions = [_normal_position(i) for i in instances]
-    if all(p is not None for p in positions) and len(set(positions)) == len(positions):
-        pairs = sorted(zip(positions, range(len(instances)), strict=True))
-        return [instances[i] for _, i in pairs]
-    return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0,
-                                            i.sop_uid))
-
-
-def _normal_position(instance: SeriesInstance) -> float | None:
-    try:
-        pos = np.array([float(v) for v in instance.image_position.split("\\")])
-        ori = np.array([float(v) for v in instance.image_orientation.split("\\")])
-    except ValueError:
-        return None
-    if pos.shape != (3,) or ori.shape != (6,):
-        return None
-    return float(np.dot(pos, np.cross(ori[:3], ori[3:])))
-
-
 class TriageWorker:
     def __init__(self, *, results: Results, queue: JobQueue, store: InstanceStore,
                  files: FileStore, outbox: Outbox, model: ModelHolder,
                  destinations: Sequence[str], min_slices: int, ae_title: str,
-                 batch_size: int = 16, name: str | None = None) -> None:
+                 batch_size: int = 16, name: str | None = None,
+                 volume_rules: VolumeRules | None = None) -> None:
         self.results = results
         self.ae_title = ae_title  # the node's own: the calling AE title its SRs are stored with
         self.queue = queue
@@ -112,6 +87,7 @@ class TriageWorker:
         self.model = model
         self.destinations = tuple(destinations)
         self.min_slices = min_slices
+        self.volume_rules = volume_rules or VolumeRules(min_slices=min_slices)
         self.batch_size = batch_size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
@@ -148,84 +124,143 @@ class TriageWorker:
         self.results.set_series_status(job.series_pk, SeriesStatus.PROCESSING,
                                        revision=job.series_revision)
         series = self.results.series_for_triage(job.series_pk)
-        ordered = slice_order(series.instances)
-        self._check_geometry(ordered)
+        with once_per_series(series.series_uid):
+            self._triage(job, series)
+
+    def _triage(self, job: ClaimedJob, series: SeriesForTriage) -> None:
+        headers = read_headers(self.files, series.instances)
+        volume = assemble(headers.planes, self.volume_rules, undecodable=headers.unreadable)
+        if not volume.triageable:
+            self._not_a_volume(job, series, volume)
+            return
         classifier = self.model.get()
-        slices: list[Slice] = []
-        headers: dict[int, Dataset] = {}
-        skipped: list[str] = []
-        prediction = classifier.predict_series(
-            self._hounsfield(ordered, slices, headers, skipped), batch_size=self.batch_size)
-        total = sum(max(i.number_of_frames or 1, 1) for i in ordered)
-        if len(skipped) > MAX_SKIPPED_FRACTION * total or len(slices) < self.min_slices:
-            raise TriageError(f"{len(skipped)} of {total} slices unreadable: {skipped[0]}")
+        volume, read, prediction = self._predict(classifier, headers, volume)
+        if len(read.skipped) > MAX_SKIPPED_FRACTION * len(headers.planes):
+            first = next(iter(read.skipped.items()))
+            raise TriageError(f"{len(read.skipped)} of {len(headers.planes)} slices unreadable: "
+                              f"{first[0][0]}: {first[1]}")
         self.queue.heartbeat(job)
+        self._report(job, series, headers, volume, classifier, prediction)
+
+    def _predict(self, classifier: Classifier, headers: SeriesHeaders,
+                 volume: Volume) -> tuple[Volume, PixelsRead, SeriesPrediction]:
+        """Run the model on the volume; slices that fail to decode are left out, and the
+        volume is measured again without them (a gap they leave is then a problem)."""
+        skipped: dict[PlaneKey, str] = {}
+        for _ in range(3):
+            read = PixelsRead()
+            prediction = classifier.predict_series(
+                hounsfield(self.files, headers, volume, self.volume_rules, read),
+                batch_size=self.batch_size)
+            skipped.update(read.skipped)
+            final = assemble(headers.planes, self.volume_rules,
+                             undecodable={**headers.unreadable, **skipped},
+                             head_areas=read.head_areas)
+            if [p.key for p in final.slices] == read.used:
+                read.skipped = skipped
+                return final, read, prediction
+            volume = final  # an unread slice let an older duplicate take its place
+        raise TriageError("the series' volume kept changing while its slices were read")
+
+    def _not_a_volume(self, job: ClaimedJob, series: SeriesForTriage, volume: Volume) -> None:
+        reason = "; ".join(volume.notes())
+        with self.results.engine.begin() as conn:
+            self.results.set_series_status(series.pk, SeriesStatus.NOT_ELIGIBLE, reason,
+                                           revision=job.series_revision, conn=conn)
+            if not self.queue.complete(job, conn):
+                raise TriageError("lease lost while the job ran; another worker has it")
+        logger.info("series %s not triaged: %s", series.series_uid, reason)
+
+    def _report(self, job: ClaimedJob, series: SeriesForTriage, headers: SeriesHeaders,
+                volume: Volume, classifier: Classifier, prediction: SeriesPrediction) -> None:
         card = classifier.card
-        results = [
-            LabelResult(label=label, probability=float(prediction.series[j]),
-                        present=prediction.calls[label], threshold=float(card.thresholds[label]),
-                        key_slice=self._header_index(slices, prediction.key_slices[label],
-                                                     headers))
-            for j, label in enumerate(card.labels)
-        ]
-        source = list(headers.values())  # in slice order: filled as the slices were read
-        algorithm = AlgorithmInfo(
-            name=card.architecture, version=card.sha256[:12],
-            parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
-                        "context": str(card.context),
-                        **{f"threshold_{k}": f"{v:.4f}" for k, v in card.thresholds.items()}})
-        sr = build_triage_sr(source, results, algorithm)
+        results = _label_results(classifier, prediction, volume)
+        sr, notes = self._build_sr(series, headers, volume, classifier, results)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae=self.ae_title)
         latency = (utcnow() - series.last_received_at).total_seconds()
+        pks = {uid: instance.pk for uid, instance in headers.instances.items()}
         new = NewResult(
             series_pk=series.pk, job_pk=job.id, series_revision=job.series_revision,
             model_name=card.architecture, model_version=card.sha256[:12],
             probabilities={r.label: r.probability for r in results},
             calls={r.label: r.present for r in results},
-            slices=[(s.instance.pk, s.frame, prediction.per_slice[i].tolist())
-                    for i, s in enumerate(slices)],
-            sr_sop_uid=str(sr.SOPInstanceUID), latency_seconds=latency)
+            slices=[(pks[p.sop_instance_uid], p.frame_number - 1, prediction.per_slice[i].tolist())
+                    for i, p in enumerate(volume.slices)],
+            sr_sop_uid=str(sr.SOPInstanceUID), latency_seconds=latency,
+            complete=volume.complete, notes="; ".join(notes))
         with self.results.engine.begin() as conn:
             Results.add(conn, new)
             self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID), file_path=stored.file_path,
                             destinations=self.destinations)
-            note = f"{len(skipped)} slice(s) skipped: {skipped[0]}" if skipped else ""
-            self.results.set_series_status(series.pk, SeriesStatus.DONE, note,
+            self.results.set_series_status(series.pk, SeriesStatus.DONE, "; ".join(notes),
                                            revision=job.series_revision, conn=conn)
             if not self.queue.complete(job, conn):
                 raise TriageError("lease lost while the job ran; another worker has it")
         positives = [r.label for r in results if r.present]
-        logger.info("series %s triaged by %s in %.2fs after its last slice: %s", series.series_uid,
-                    card.architecture, latency, ", ".join(positives) or "no hemorrhage")
+        logger.info("series %s triaged by %s in %.2fs after its last slice: %s%s",
+                    series.series_uid, card.architecture, latency,
+                    ", ".join(positives) or "no hemorrhage",
+                    "" if volume.complete else " (incomplete series)")
 
-    @staticmethod
-    def _check_geometry(ordered: Sequence[SeriesInstance]) -> None:
-        sizes = {(i.rows, i.columns) for i in ordered}
-        if len(sizes) > 1:
-            raise TriageError(f"mixed image sizes in the series: {sorted(map(str, sizes))}")
+    def _build_sr(self, series: SeriesForTriage, headers: SeriesHeaders, volume: Volume,
+                  classifier: Classifier, results: list[LabelResult]) -> tuple[Dataset, list[str]]:
+        """The SR of the result, and the notes kept with it (what the volume left out, what
+        it supersedes)."""
+        card = classifier.card
+        algorithm = AlgorithmInfo(
+            name=card.architecture, version=card.sha256[:12],
+            parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
+                        "context": str(card.context)})
+        notes = volume.notes()
+        earlier = self.results.earlier_report(series.pk)
+        if earlier is not None:  # the series grew, or was read again: say what this replaces
+            notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
+        read_line = (f"{len(volume.slices)} of {len(headers.planes)} images of the series read, "
+                     f"inferior to superior" + (f", {volume.spacing_mm:.1f} mm apart"
+                                                if volume.spacing_mm else ""))
+        used = _instances_in_order(volume)
+        sr = build_triage_sr([headers.headers[uid] for uid in used], results, algorithm,
+                             frames=_frames_used(volume), complete=volume.complete,
+                             notes=[read_line, *notes],
+                             completion_description=volume.problems[0] if volume.problems
+                             else None,
+                             previous_versions=[earlier] if earlier is not None else [])
+        return sr, notes
 
-    def _hounsfield(self, ordered: Sequence[SeriesInstance], slices: list[Slice],
-                    headers: dict[int, Dataset], skipped: list[str]) -> Iterator[np.ndarray]:
-        """HU frames in order, one file at a time; unreadable ones are noted and skipped."""
-        for instance in ordered:
-            path = self.files.path_of(instance.file_path)
-            try:
-                ds = dcmread(path)
-                hu = to_hounsfield(ds)
-            except (SliceError, InvalidDicomError, OSError, ValueError) as exc:
-                skipped.append(f"{instance.sop_uid}: {exc}")
-                logger.warning("slice %s skipped: %s", instance.sop_uid, exc)
-                continue
-            del ds.PixelData  # keep only the header for the report
-            headers[instance.pk] = ds
-            for frame in range(hu.shape[0]):
-                slices.append(Slice(instance, frame))
-                yield hu[frame]
 
-    @staticmethod
-    def _header_index(slices: Sequence[Slice], index: int, headers: dict[int, Dataset]) -> int:
-        return list(headers).index(slices[index].instance.pk)
+def _instances_in_order(volume: Volume) -> list[str]:
+    """SOP Instance UIDs of the volume's slices, each once, in slice order."""
+    return list(dict.fromkeys(p.sop_instance_uid for p in volume.slices))
+
+
+def _frames_used(volume: Volume) -> dict[str, list[int]]:
+    """The frames of each multi-frame instance the volume holds, in slice order."""
+    frames: dict[str, list[int]] = {}
+    for plane in volume.slices:
+        if plane.number_of_frames > 1:
+            frames.setdefault(plane.sop_instance_uid, []).append(plane.frame_number)
+    return frames
+
+
+def _label_results(classifier: Classifier, prediction: SeriesPrediction,
+                   volume: Volume) -> list[LabelResult]:
+    """Per label, the model's result; a finding called present cites its key slice (by its
+    index among the SR's source instances, and its frame for a multi-frame one)."""
+    card = classifier.card
+    used = _instances_in_order(volume)
+    frames = _frames_used(volume)
+    results = []
+    for j, label in enumerate(card.labels):
+        key = volume.slices[prediction.key_slices[label]]
+        present = prediction.calls[label]
+        results.append(LabelResult(
+            label=label, probability=float(prediction.series[j]), present=present,
+            threshold=float(card.thresholds[label]),
+            key_slice=used.index(key.sop_instance_uid) if present else None,
+            key_frame=key.frame_number if present and key.sop_instance_uid in frames
+            else None))
+    return results
 
 
 def _encode(ds: Dataset) -> bytes:
