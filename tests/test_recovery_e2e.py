@@ -70,7 +70,9 @@ def test_a_sigkill_during_a_transfer_leaves_rows_and_files_agreeing(
     series = factories.ct_series(40)
     folder = tmp_path / "in"
     factories.write_series(folder, series)
-    with running_node(tmp_path, settle=0.3) as node:
+    # A long settle time while sending: a pause of a loaded machine must not complete the
+    # series before the kill (that is another test's case).
+    with running_node(tmp_path, settle=10) as node:
         sender = subprocess.Popen(
             [peers.dcmtk_tool("storescu"), "-aet", "CT1", "-aec", "ICHTRIAGE", "-to", "10",
              "+sd", "+r", "127.0.0.1", str(node.port), str(folder)],
