@@ -60,7 +60,8 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     add("--val-fraction", type=float, default=0.15, help="patients held out for validation" + D)
     add("--seed", type=int, default=0, help="patient split, weights and shuffling" + D)
     add("--augment", action="store_true",
-        help="random left-right flips and shifts (up to 5%% of the side) in training")
+        help="change each training batch at random: HU shift and scale, window jitter, flips, "
+             "small affine and elastic moves, noise, blur, resize (ml.augment)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
         help="processes decoding DICOM and loading batches, 0: this one" + D)
     _device(parser)
@@ -92,6 +93,9 @@ def _phantoms_parser(commands: Any) -> None:
     add("--size", type=int, default=512, metavar="PX",
         help="matrix; real head CT is 512, keep it for training" + D)
     add("--positive-fraction", type=float, default=0.6, help="studies with a bleed" + D)
+    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+        help="classic: the fixed look; randomized: domain randomization with mimics (train); "
+             "polar: the second style, written apart (validate only)" + D)
     _common(phantoms)
 
 
@@ -130,8 +134,8 @@ def _demo_parser(commands: Any) -> None:
     add("--studies", type=int, default=400, help="phantom studies" + D)
     add("--slices", type=int, default=24, help="slices per phantom series" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
-    add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
-    add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
+    add("--epochs", type=int, default=10, help="epochs of the slice stage, ichnet" + D)
+    add("--series-epochs", type=int, default=3, help="epochs of the series stage, ichnet_seq" + D)
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
@@ -157,8 +161,10 @@ def _phantoms(args: argparse.Namespace, settings: Settings) -> int:
     from ml.phantom import write_dataset
 
     csv_path = write_dataset(args.out, studies=args.studies, seed=args.seed, slices=args.slices,
-                             size=args.size, positive_fraction=args.positive_fraction)  # fmt: skip
-    print(f"wrote {args.studies} studies x {args.slices} slices ({args.size} px) under {args.out}")
+                             size=args.size, positive_fraction=args.positive_fraction,
+                             style=args.style)  # fmt: skip
+    print(f"wrote {args.studies} {args.style} studies of about {args.slices} slices ({args.size} px)"
+          f" under {args.out}")
     print(f"labels: {csv_path}")
     return 0
 
@@ -186,9 +192,9 @@ def _epoch_line(entry: dict[str, Any]) -> str:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
-    from ml.series import augmentation
 
     config = _config(args, settings, args.arch, args.out)
     split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
@@ -196,7 +202,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     result = train_on_split(
         config, split, cache_root=args.out / "cache", workers=args.loader_workers,
         log=lambda entry: print(_epoch_line(entry), flush=True),
-        augment=augmentation(config.card().input_size) if args.augment else None,
+        batch_augment=BatchAugment(config.card().windows) if args.augment else None,
     )  # fmt: skip
     print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
     print("\n".join(metric_lines({"validation": result.metrics})))
