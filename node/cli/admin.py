@@ -121,6 +121,9 @@ def _evaluate_parser(commands: Any) -> None:
     _data(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object only")
     evaluate.add_argument("--roc", type=Path, metavar="PNG", help="write image-level ROC curves")
+    evaluate.add_argument("--report", type=Path, metavar="DIR",
+                          help="write a report folder: ROC and PR curves, reliability, confusion "
+                               "matrices, the worst series, report.json")  # fmt: skip
     _device(evaluate)
     _common(evaluate)
 
@@ -232,6 +235,10 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     evaluation = evaluate_classifier(classifier, records, batch_size=settings.batch_size)
     if args.roc is not None:
         plot_roc(evaluation.y, evaluation.prob, args.roc)
+    if args.report is not None:
+        from ml.report import write_report
+
+        write_report(evaluation, args.report)
     if args.json:
         report = to_json(evaluation)
         report["model"]["path"] = str(path)
@@ -241,6 +248,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     print(format_report(evaluation))
     if args.roc is not None:
         print(f"ROC curves (image level): {args.roc}")
+    if args.report is not None:
+        print(f"report: {args.report}")
     return 0
 
 
