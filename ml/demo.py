@@ -74,13 +74,13 @@ class DemoRecipe:
         """The `ichtriage` command line that reproduces this recipe."""
         args = ["ichtriage", "admin", "demo-model", "--seed", str(self.seed)]
         defaults = DemoRecipe()
-        for flag, name in (("--studies", "studies"), ("--slices", "slices"),
-                           ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
-                           ("--series-epochs", "series_epochs")):  # fmt: skip
+        flags = (("--studies", "studies"), ("--slices", "slices"), ("--style", "style"),
+                 ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
+                 ("--series-epochs", "series_epochs"))  # fmt: skip
+        for flag, name in flags:
             if getattr(self, name) != getattr(defaults, name):
                 args += [flag, str(getattr(self, name))]
-        other = {f.name for f in dataclasses.fields(self)} - {
-            "seed", "studies", "slices", "input_size", "slice_epochs", "series_epochs"}
+        other = {f.name for f in dataclasses.fields(self)} - {"seed"} - {n for _, n in flags}
         changed = sorted(n for n in other if getattr(self, n) != getattr(defaults, n))
         text = shlex.join(args)
         return text + (f"  (recipe changed in code: {', '.join(changed)})" if changed else "")

@@ -135,7 +135,9 @@ def _demo_parser(commands: Any) -> None:
     add("--out", type=Path, help="checkpoint to write (default: ichnet_demo.pt in the ml package)")
     add("--seed", type=int, default=1, help="phantoms, split and training" + D)
     add("--studies", type=int, default=400, help="phantom studies" + D)
-    add("--slices", type=int, default=24, help="slices per phantom series" + D)
+    add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
+    add("--style", choices=("randomized", "classic", "polar"), default="randomized",
+        help="phantom style to train on (polar: only to measure transfer the other way)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
     add("--epochs", type=int, default=10, help="epochs of the slice stage, ichnet" + D)
     add("--series-epochs", type=int, default=3, help="epochs of the series stage, ichnet_seq" + D)
@@ -274,7 +276,7 @@ def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
     from ml.shipped import shipped_checkpoint
 
     recipe = DemoRecipe(seed=args.seed, studies=args.studies, slices=args.slices,
-                        input_size=args.input_size, slice_epochs=args.epochs,
+                        style=args.style, input_size=args.input_size, slice_epochs=args.epochs,
                         series_epochs=args.series_epochs)  # fmt: skip
     out = args.out or shipped_checkpoint()
     print(f"training the demo model: {recipe.command()}", flush=True)
