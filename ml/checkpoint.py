@@ -122,6 +122,8 @@ class ModelCard:
         data = dataclasses.asdict(self)
         data["labels"], data["windows"] = list(self.labels), list(self.windows)
         data["num_labels"] = self.num_labels
+        if not self.temperature:  # uncalibrated (T = 1): written as cards were before
+            del data["temperature"]
         return data
 
     @classmethod

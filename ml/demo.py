@@ -1,12 +1,12 @@
 """The shipped demo model: synthetic phantoms in, `ml/weights/ichnet_demo.pt` out, in one call.
 
-`train_demo_model` writes domain-randomized training phantoms as DICOM
-(`ml.phantom.write_dataset(style="randomized")`, 512 x 512 like real head CT), splits them by
-patient, caches them at the model's input size and trains the default architecture with the
-two-stage recipe of `ml.train`, every training batch changed by `ml.augment.BatchAugment`:
-`ichnet` on slices, then `ichnet_seq` with that backbone frozen (only the GRU learns). The
-series stage's `ml.train` run calibrates it (temperatures) and chooses its thresholds on the
-validation series. Every random choice follows `DemoRecipe.seed`, so the same recipe on the
+`train_demo_model` writes training phantoms as DICOM (`ml.phantom.write_dataset`, 512 x 512
+like real head CT; `DemoRecipe.for_style("randomized")` for domain randomization), splits them
+by patient, caches them at the model's input size and trains the default architecture with
+the two-stage recipe of `ml.train` (flips and shifts, or `ml.augment.BatchAugment` on every
+batch): `ichnet` on slices, then `ichnet_seq` with that backbone frozen (only the GRU
+learns). The series stage's `ml.train` run calibrates it (temperatures) and chooses its
+thresholds on the validation series. Every random choice follows `DemoRecipe.seed`, so the same recipe on the
 same machine gives the same model.
 """
 
@@ -27,6 +27,7 @@ from ml.augment import BatchAugment
 from ml.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from ml.compare import Split, load_split, train_on_split
 from ml.phantom import write_dataset
+from ml.series import Augmented
 from ml.train import TrainConfig, TrainResult
 from ml.windowing import DEFAULT_WINDOWS
 
@@ -47,21 +48,30 @@ class DemoRecipe:
 
     seed: int = 1  # phantoms, patient split, weights and shuffling
     studies: int = 400
-    slices: int = 24  # per series on average: randomized series have 18 to 36
+    slices: int = 24  # per series (on average for styles other than classic: 3/4 to 3/2)
     phantom_size: int = 512  # matrix of the phantom DICOM, as real head CT
-    style: str = "randomized"  # ml.phantom.STYLES: domain randomization with mimics
-    positive_fraction: float = 0.6  # studies with a bleed; the rest carry mimics only
+    style: str = "classic"  # ml.phantom.STYLES; for_style() gives each style's recipe
+    positive_fraction: float = 0.8  # studies with a bleed (more examples of each subtype)
     input_size: int = 128  # what the model sees after the 512 fit and resize
     windows: tuple[str, ...] = DEFAULT_WINDOWS
     context: int = 1  # 2.5D: 3 adjacent slices
-    val_fraction: float = 0.2  # enough negative series to place the operating point
-    augment: bool = True  # ml.augment.BatchAugment on every training batch, both stages
-    slice_epochs: int = 10
+    val_fraction: float = 0.15
+    shift: int = 6  # without `augment`: random shifts (pixels at input size) and flips
+    augment: bool = False  # ml.augment.BatchAugment on every training batch, both stages
+    slice_epochs: int = 12
     slice_batch_size: int = 32
-    series_epochs: int = 3
+    series_epochs: int = 4
     series_batch_size: int = 8
     lr: float = 2e-3
     min_sensitivity_any: float = 0.95  # series-level target of the operating point
+
+    @classmethod
+    def for_style(cls, style: str, **changes: Any) -> DemoRecipe:
+        """The recipe for training on `style`: the classic one, or for the other styles more
+        negative studies (they carry the mimics), a larger validation split (enough negative
+        series to place the operating point) and `ml.augment` on every batch."""
+        preset = {} if style == "classic" else _ROBUST
+        return dataclasses.replace(cls(style=style, **preset), **changes)
 
     def __post_init__(self) -> None:
         for name in ("studies", "slices", "slice_epochs", "series_epochs"):
@@ -73,7 +83,9 @@ class DemoRecipe:
     def command(self) -> str:
         """The `ichtriage` command line that reproduces this recipe."""
         args = ["ichtriage", "admin", "demo-model", "--seed", str(self.seed)]
-        defaults = DemoRecipe()
+        if self.style != "classic":
+            args += ["--style", self.style]
+        defaults = DemoRecipe.for_style(self.style)
         flags = (("--studies", "studies"), ("--slices", "slices"), ("--style", "style"),
                  ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
                  ("--series-epochs", "series_epochs"))  # fmt: skip
@@ -86,8 +98,20 @@ class DemoRecipe:
         return text + (f"  (recipe changed in code: {', '.join(changed)})" if changed else "")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON types only, so the card inside the checkpoint equals its .json file."""
+        """JSON types only, so the card inside the checkpoint equals its .json file.
+
+        A classic recipe leaves out the fields that came with the other styles while they hold
+        the value they had before they existed (cards written then still match their recipe);
+        `shift` is left out where `augment` makes it unused.
+        """
         data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        legacy = {"style": "classic", "augment": False, "min_sensitivity_any": 0.95}
+        if self.style == "classic":
+            for name, value in legacy.items():
+                if data[name] == value:
+                    del data[name]
+        if self.augment:
+            del data["shift"]
         return data
 
     def training_data(self) -> str:
@@ -192,6 +216,7 @@ def _phantoms(folder: Path, recipe: DemoRecipe) -> Path:
     return labels
 
 
+_ROBUST: dict[str, Any] = {"positive_fraction": 0.6, "val_fraction": 0.2, "augment": True}
 _PHANTOM_FIELDS = ("seed", "studies", "slices", "phantom_size", "positive_fraction", "style")
 
 
@@ -203,5 +228,6 @@ def _stage(
     return train_on_split(
         config, split, cache_root=work / "cache", workers=workers, progress=progress,
         log=None if log is None else (lambda entry: log(name, entry)),
+        augment=None if recipe.augment else (lambda data: Augmented(data, shift=recipe.shift)),
         batch_augment=BatchAugment(recipe.windows) if recipe.augment else None,
     )  # fmt: skip

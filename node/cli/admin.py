@@ -136,11 +136,12 @@ def _demo_parser(commands: Any) -> None:
     add("--seed", type=int, default=1, help="phantoms, split and training" + D)
     add("--studies", type=int, default=400, help="phantom studies" + D)
     add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
-    add("--style", choices=("randomized", "classic", "polar"), default="randomized",
-        help="phantom style to train on (polar: only to measure transfer the other way)" + D)
+    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+        help="phantoms to train on; randomized and polar also take more negatives, a larger "
+             "validation split and ml.augment (polar: only to measure transfer)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
-    add("--epochs", type=int, default=10, help="epochs of the slice stage, ichnet" + D)
-    add("--series-epochs", type=int, default=3, help="epochs of the series stage, ichnet_seq" + D)
+    add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
+    add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
@@ -275,9 +276,9 @@ def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
     from ml.evaluate import model_summary
     from ml.shipped import shipped_checkpoint
 
-    recipe = DemoRecipe(seed=args.seed, studies=args.studies, slices=args.slices,
-                        style=args.style, input_size=args.input_size, slice_epochs=args.epochs,
-                        series_epochs=args.series_epochs)  # fmt: skip
+    recipe = DemoRecipe.for_style(args.style, seed=args.seed, studies=args.studies,
+                                  slices=args.slices, input_size=args.input_size,
+                                  slice_epochs=args.epochs, series_epochs=args.series_epochs)  # fmt: skip
     out = args.out or shipped_checkpoint()
     print(f"training the demo model: {recipe.command()}", flush=True)
     result = train_demo_model(
