@@ -57,13 +57,7 @@ def make_head(rng: np.random.Generator, size: int, domain: Domain | None = None)
     a, b, c = a * stretch, b * domain.head_scale / np.sqrt(domain.aspect), c * domain.head_scale
     turn = np.deg2rad(rng.uniform(-10, 10) + domain.turn_deg)
     centre = rng.uniform(-8, 8, size=2) + np.asarray(domain.offset_mm)  # mm, x and y
-    reach = (max(a, b) + 2) / pixel_mm
-    mid = (size - 1) / 2 + centre / pixel_mm
-    lo, hi = (
-        np.clip(np.floor(mid - reach), 0, size - 1).astype(int),
-        np.clip(np.ceil(mid + reach) + 1, 1, size).astype(int),
-    )
-    box = (slice(int(lo[1]), int(hi[1])), slice(int(lo[0]), int(hi[0])))
+    box = _box(size, centre, (max(a, b) + 2) / pixel_mm, pixel_mm)
     coords = (np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2)) * np.float32(pixel_mm)
     x = coords[None, box[1]] - np.float32(centre[0])
     y = coords[box[0], None] - np.float32(centre[1])
@@ -101,6 +95,14 @@ def make_head(rng: np.random.Generator, size: int, domain: Domain | None = None)
         fixed=_fixed_structures(u, un, vn, alpha, atrophy),
         tilt=float(np.tan(np.deg2rad(domain.tilt_deg))),
     )  # fmt: skip
+
+
+def _box(size: int, centre: np.ndarray, reach: float, pixel_mm: float) -> tuple[slice, slice]:
+    """Rows and columns of the image that can hold a head `reach` pixels around `centre` mm."""
+    mid = (size - 1) / 2 + centre / pixel_mm
+    lo = np.clip(np.floor(mid - reach), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(mid + reach) + 1, 1, size).astype(int)
+    return slice(int(lo[1]), int(hi[1])), slice(int(lo[0]), int(hi[0]))
 
 
 def _apply_densities(hu: dict[str, float], domain: Domain) -> None:
