@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import subprocess
@@ -55,6 +56,8 @@ class ModelCard:
     code_version: str = ""  # filled by save_checkpoint when empty
     created_at: str = ""  # ISO 8601 UTC, filled by save_checkpoint when empty
     sha256: str = ""  # of the state_dict, set by save_checkpoint
+    temperature: dict[str, float] = field(default_factory=dict)  # per label: sigmoid(logit / T);
+    # a label not named has T = 1 (ml.calibration fits them on validation data)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
@@ -73,12 +76,20 @@ class ModelCard:
             raise ValueError(f"thresholds: need one per label {self.labels}")
         if not all(0.0 <= float(t) <= 1.0 for t in self.thresholds.values()):
             raise ValueError(f"thresholds: must lie in [0, 1], got {self.thresholds}")
+        if set(self.temperature) - set(self.labels):
+            raise ValueError(f"temperature: unknown labels {sorted(set(self.temperature) - set(self.labels))}")
+        if not all(0.0 < float(t) < math.inf for t in self.temperature.values()):
+            raise ValueError(f"temperature: must be positive and finite, got {self.temperature}")
         if self.input_size < architecture(self.architecture).min_input_size:
             raise ValueError(f"input_size: too small for {self.architecture}: {self.input_size}")
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    def temperatures(self) -> tuple[float, ...]:
+        """One temperature per label, in label order (1.0 where the card names none)."""
+        return tuple(float(self.temperature.get(name, 1.0)) for name in self.labels)
 
     @classmethod
     def new(
@@ -111,6 +122,8 @@ class ModelCard:
         data = dataclasses.asdict(self)
         data["labels"], data["windows"] = list(self.labels), list(self.windows)
         data["num_labels"] = self.num_labels
+        if not self.temperature:  # uncalibrated (T = 1): written as cards were before
+            del data["temperature"]
         return data
 
     @classmethod

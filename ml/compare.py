@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from ml.augment import BatchAugment
 from ml.cache import SliceCache, build_cache
 from ml.inference import FIT_SIZE
 from ml.labels import LABELS
 from ml.metrics import Metrics
 from ml.models import architecture, build_model
 from ml.rsna import ImageRecord, index_images, read_labels, split_by_patient
-from ml.series import augmentation, dataset_for
+from ml.series import dataset_for
 from ml.train import TrainConfig, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -85,10 +86,12 @@ def train_on_split(
     config: TrainConfig, split: Split, *, cache_root: Path, workers: int = 0,
     progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None,
     augment: Callable[[Any], Any] | None = None,
+    batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:  # fmt: skip
     """Cache the split for `config`'s input settings and train (see `ml.train.train`).
 
-    `augment` wraps the training dataset (e.g. in `ml.series.Augmented`).
+    `augment` wraps the training dataset (e.g. in `ml.series.Augmented`); `batch_augment`
+    changes each training batch (`ml.augment.BatchAugment`).
     """
     card = config.card()
     train_cache, val_cache = build_split_caches(
@@ -100,7 +103,7 @@ def train_on_split(
         train_set = augment(train_set)
     logger.info("%s: %d training and %d validation slices", config.architecture,
                 len(train_cache), len(val_cache))  # fmt: skip
-    return train(config, train_set, val_set, progress=progress, log=log)
+    return train(config, train_set, val_set, progress=progress, log=log, augment=batch_augment)
 
 
 # --- comparison ----------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def compare(
     'valid' layers need 195), or at its own size when base.input_size is None. A sequence
     model follows the two-stage recipe of `ml.train` when `ichnet` was trained before it at
     the same size and context: it starts from that checkpoint with the backbone frozen.
-    `augment` trains with `ml.series.augmentation`.
+    `augment` trains with `ml.augment.BatchAugment`.
     """
     if not architectures:
         raise ValueError("architectures: name at least one")
@@ -160,7 +163,7 @@ def compare(
         result = train_on_split(
             config, split, cache_root=out_dir / "cache", workers=workers, progress=progress,
             log=None if log is None else (lambda entry, name=name: log(name, entry)),  # type: ignore[misc]
-            augment=augmentation(size) if augment else None,
+            batch_augment=BatchAugment(card.windows) if augment else None,
         )  # fmt: skip
         if name == "ichnet":
             slice_models[(size, card.context)] = result.best_checkpoint

@@ -1,10 +1,13 @@
 """The shipped demo model: synthetic phantoms in, `ml/weights/ichnet_demo.pt` out, in one call.
 
 `train_demo_model` writes training phantoms as DICOM (`ml.phantom.write_dataset`, 512 x 512
-like real head CT), splits them by patient, caches them at the model's input size and trains
-the default architecture with the two-stage recipe of `ml.train`: `ichnet` on slices, then
-`ichnet_seq` with that backbone frozen (only the GRU learns). Every random choice follows
-`DemoRecipe.seed`, so the same recipe on the same machine gives the same model.
+like real head CT; `DemoRecipe.for_style("randomized")` for domain randomization), splits them
+by patient, caches them at the model's input size and trains the default architecture with
+the two-stage recipe of `ml.train` (flips and shifts, or `ml.augment.BatchAugment` on every
+batch): `ichnet` on slices, then `ichnet_seq` with that backbone frozen (only the GRU
+learns). The series stage's `ml.train` run calibrates it (temperatures) and chooses its
+thresholds on the validation series. Every random choice follows `DemoRecipe.seed`, so the same recipe on the
+same machine gives the same model.
 """
 
 from __future__ import annotations
@@ -20,19 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from torch import nn
-from torch.utils.data import DataLoader
-
-from ml.cache import SliceCache
+from ml.augment import BatchAugment
 from ml.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from ml.compare import Split, build_split_caches, load_split, train_on_split
-from ml.inference import resolve_device
-from ml.labels import LABELS
-from ml.metrics import DEFAULT_MIN_SENSITIVITY, Metrics, choose_thresholds, evaluate, series_level
+from ml.compare import Split, load_split, train_on_split
 from ml.phantom import write_dataset
-from ml.series import Augmented, SeriesDataset
-from ml.train import TrainConfig, TrainResult, pad_series, predict
+from ml.series import Augmented
+from ml.train import TrainConfig, TrainResult
 from ml.windowing import DEFAULT_WINDOWS
 
 logger = logging.getLogger(__name__)
@@ -52,19 +48,30 @@ class DemoRecipe:
 
     seed: int = 1  # phantoms, patient split, weights and shuffling
     studies: int = 400
-    slices: int = 24
+    slices: int = 24  # per series (on average for styles other than classic: 3/4 to 3/2)
     phantom_size: int = 512  # matrix of the phantom DICOM, as real head CT
+    style: str = "classic"  # ml.phantom.STYLES; for_style() gives each style's recipe
     positive_fraction: float = 0.8  # studies with a bleed (more examples of each subtype)
     input_size: int = 128  # what the model sees after the 512 fit and resize
     windows: tuple[str, ...] = DEFAULT_WINDOWS
     context: int = 1  # 2.5D: 3 adjacent slices
     val_fraction: float = 0.15
-    shift: int = 6  # augmentation: random shifts (pixels at input size) and left-right flips
+    shift: int = 6  # without `augment`: random shifts (pixels at input size) and flips
+    augment: bool = False  # ml.augment.BatchAugment on every training batch, both stages
     slice_epochs: int = 12
     slice_batch_size: int = 32
     series_epochs: int = 4
     series_batch_size: int = 8
     lr: float = 2e-3
+    min_sensitivity_any: float = 0.95  # series-level target of the operating point
+
+    @classmethod
+    def for_style(cls, style: str, **changes: Any) -> DemoRecipe:
+        """The recipe for training on `style`: the classic one, or for the other styles more
+        negative studies (they carry the mimics), a larger validation split (enough negative
+        series to place the operating point) and `ml.augment` on every batch."""
+        preset = {} if style == "classic" else _ROBUST
+        return dataclasses.replace(cls(style=style, **preset), **changes)
 
     def __post_init__(self) -> None:
         for name in ("studies", "slices", "slice_epochs", "series_epochs"):
@@ -76,28 +83,43 @@ class DemoRecipe:
     def command(self) -> str:
         """The `ichtriage` command line that reproduces this recipe."""
         args = ["ichtriage", "admin", "demo-model", "--seed", str(self.seed)]
-        defaults = DemoRecipe()
-        for flag, name in (("--studies", "studies"), ("--slices", "slices"),
-                           ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
-                           ("--series-epochs", "series_epochs")):  # fmt: skip
+        if self.style != "classic":
+            args += ["--style", self.style]
+        defaults = DemoRecipe.for_style(self.style)
+        flags = (("--studies", "studies"), ("--slices", "slices"), ("--style", "style"),
+                 ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
+                 ("--series-epochs", "series_epochs"))  # fmt: skip
+        for flag, name in flags:
             if getattr(self, name) != getattr(defaults, name):
                 args += [flag, str(getattr(self, name))]
-        other = {f.name for f in dataclasses.fields(self)} - {
-            "seed", "studies", "slices", "input_size", "slice_epochs", "series_epochs"}
+        other = {f.name for f in dataclasses.fields(self)} - {"seed"} - {n for _, n in flags}
         changed = sorted(n for n in other if getattr(self, n) != getattr(defaults, n))
         text = shlex.join(args)
         return text + (f"  (recipe changed in code: {', '.join(changed)})" if changed else "")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON types only, so the card inside the checkpoint equals its .json file."""
+        """JSON types only, so the card inside the checkpoint equals its .json file.
+
+        A classic recipe leaves out the fields that came with the other styles while they hold
+        the value they had before they existed (cards written then still match their recipe);
+        `shift` is left out where `augment` makes it unused.
+        """
         data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        legacy = {"style": "classic", "augment": False, "min_sensitivity_any": 0.95}
+        if self.style == "classic":
+            for name, value in legacy.items():
+                if data[name] == value:
+                    del data[name]
+        if self.augment:
+            del data["shift"]
         return data
 
     def training_data(self) -> str:
         return (
-            f"synthetic head-CT phantoms from ml.phantom, no patient data: {self.studies} studies "
-            f"x {self.slices} slices at {self.phantom_size} x {self.phantom_size} "
-            f"({self.positive_fraction:.0%} with bleeds), phantom seed {self.seed}; patient split "
+            f"synthetic head-CT phantoms from ml.phantom, no patient data: {self.studies} "
+            f"{self.style} studies of about {self.slices} slices at {self.phantom_size} x "
+            f"{self.phantom_size} ({self.positive_fraction:.0%} with bleeds), phantom seed "
+            f"{self.seed}; patient split "
             f"seed {self.seed}, {self.val_fraction:.0%} of patients held out for validation; "
             f"two stages: ichnet {self.slice_epochs} epochs, then ichnet_seq {self.series_epochs} "
             f"epochs with the backbone frozen; command: {self.command()}"
@@ -145,6 +167,7 @@ def _train(
         batch_size=recipe.slice_batch_size, lr=recipe.lr, seed=recipe.seed, device=device,
         input_size=recipe.input_size, windows=recipe.windows, context=recipe.context,
         num_workers=workers, training_data=recipe.training_data(),
+        min_sensitivity_any=recipe.min_sensitivity_any,
     )  # fmt: skip
     slices = _stage(first, split, work, recipe, workers, progress, log)
     seconds["slice_stage"] = round(time.monotonic() - started - sum(seconds.values()), 1)
@@ -155,75 +178,25 @@ def _train(
     )  # fmt: skip
     series = _stage(second, split, work, recipe, workers, progress, log)
     seconds["series_stage"] = round(time.monotonic() - started - sum(seconds.values()), 1)
-    _, val_cache = build_split_caches(split, work / "cache", windows=recipe.windows,
-                                      input_size=recipe.input_size)  # fmt: skip
-    model, card = load_checkpoint(series.best_checkpoint)
-    thresholds, image_metrics, series_metrics = _series_thresholds(
-        model, val_cache, recipe.context, device
-    )
+    model, card = load_checkpoint(series.best_checkpoint)  # calibrated, thresholds chosen
     seconds["total"] = round(time.monotonic() - started, 1)
     metrics = {
-        **card.metrics,  # epoch, epochs
-        "validation": image_metrics.to_dict(),  # both levels at the card's thresholds
-        "validation_series": series_metrics.to_dict(),
-        "threshold_rule": "on the validation series (max over slices), as the node calls: "
-                          "any >= 95% sensitivity, subtypes Youden; each then centred, in "
-                          "logits, in the gap below it that holds no negative series",
+        **card.metrics,  # epoch, epochs, validation at both levels, calibration, operating point
+        "threshold_rule": "on the validation series (max over slices of the calibrated "
+                          "probabilities, as the node calls): any >= "
+                          f"{recipe.min_sensitivity_any:.0%} sensitivity, subtypes Youden; each "
+                          "then centred, in logits, in the gap below it that holds no negative "
+                          "series",
         "slice_stage": {"epoch": slices.card.metrics.get("epoch"),
                         "validation": slices.metrics.to_dict()},
         "recipe": recipe.to_dict(),
         "train_seconds": seconds,
     }  # fmt: skip
-    final = dataclasses.replace(card, intended_use=DEMO_INTENDED_USE, thresholds=thresholds,
-                                metrics=metrics, sha256="", created_at="")  # fmt: skip
+    final = dataclasses.replace(card, intended_use=DEMO_INTENDED_USE, metrics=metrics,
+                                sha256="", created_at="")  # fmt: skip
     final = save_checkpoint(out, model, final)
     logger.info("demo model %s written in %.0f s", out, seconds["total"])
     return DemoResult(out, final, seconds, split.describe())
-
-
-def _series_thresholds(
-    model: nn.Module, val_cache: SliceCache, context: int, device: str
-) -> tuple[dict[str, float], Metrics, Metrics]:
-    """Thresholds for series-level calls chosen on the validation series; image and series
-    metrics at them.
-
-    The node calls a label when the series maximum reaches the threshold; thresholds chosen
-    on single images (as ml.train does) sit too low for that, most visibly for the subtypes'
-    Youden points: a negative series has many slices to exceed one by chance.
-    """
-    target = resolve_device(device)
-    dataset = SeriesDataset(val_cache, context)
-    loader = DataLoader(dataset, batch_size=4, collate_fn=pad_series)
-    y, prob = predict(model.to(target), loader, target)
-    ids = [uid for i, uid in enumerate(dataset.series_uids) for _ in dataset.slice_indices(i)]
-    _, y_series, p_series = series_level(ids, y, prob)
-    chosen = choose_thresholds(y_series, p_series, min_sensitivity=DEFAULT_MIN_SENSITIVITY)
-    thresholds = {
-        name: _centred(y_series[:, j] > 0.5, p_series[:, j], chosen[name])
-        for j, name in enumerate(LABELS)
-    }
-    return thresholds, evaluate(y, prob, thresholds), evaluate(y_series, p_series, thresholds)
-
-
-def _centred(truth: np.ndarray, score: np.ndarray, threshold: float) -> float:
-    """Move `threshold` to the middle, in logits, of the gap below it that holds no negative.
-
-    `choose_thresholds` returns the highest threshold meeting its criterion, on the edge of
-    that gap: with a confident model that edge is a probability of 1.0, and an unseen bleed
-    scoring 0.9999 would be missed. The middle keeps the validation specificity and calls at
-    least the same positives.
-    """
-    if truth.all() or not truth.any():
-        return threshold  # the fallback of choose_thresholds: nothing to centre on
-    below = score[~truth & (score < threshold)]
-    if below.size == 0:
-        return threshold
-    low, high = np.clip([float(below.max()), threshold], _CLIP, 1 - _CLIP)
-    middle = (np.log(low / (1 - low)) + np.log(high / (1 - high))) / 2
-    return round(float(1 / (1 + np.exp(-middle))), 6)
-
-
-_CLIP = 1e-4  # probabilities beyond this are treated as certain when centring
 
 
 def _phantoms(folder: Path, recipe: DemoRecipe) -> Path:
@@ -237,12 +210,14 @@ def _phantoms(folder: Path, recipe: DemoRecipe) -> Path:
         raise ValueError(f"work_dir: {folder} holds other files; give an empty or earlier work dir")
     logger.info("writing %d phantom studies to %s", recipe.studies, folder)
     write_dataset(folder, studies=recipe.studies, seed=recipe.seed, slices=recipe.slices,
-                  size=recipe.phantom_size, positive_fraction=recipe.positive_fraction)  # fmt: skip
+                  size=recipe.phantom_size, positive_fraction=recipe.positive_fraction,
+                  style=recipe.style)  # fmt: skip
     written.write_text(stamp)
     return labels
 
 
-_PHANTOM_FIELDS = ("seed", "studies", "slices", "phantom_size", "positive_fraction")
+_ROBUST: dict[str, Any] = {"positive_fraction": 0.6, "val_fraction": 0.2, "augment": True}
+_PHANTOM_FIELDS = ("seed", "studies", "slices", "phantom_size", "positive_fraction", "style")
 
 
 def _stage(
@@ -253,5 +228,6 @@ def _stage(
     return train_on_split(
         config, split, cache_root=work / "cache", workers=workers, progress=progress,
         log=None if log is None else (lambda entry: log(name, entry)),
-        augment=lambda data: Augmented(data, shift=recipe.shift),
+        augment=None if recipe.augment else (lambda data: Augmented(data, shift=recipe.shift)),
+        batch_augment=BatchAugment(recipe.windows) if recipe.augment else None,
     )  # fmt: skip

@@ -103,8 +103,9 @@ class Classifier:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
         volume = self.preprocess(slices)
-        logits = self._logits(volume, batch_size)
-        per_slice = torch.sigmoid(logits.float()).cpu().numpy()
+        logits = self._logits(volume, batch_size).float()
+        temperature = torch.tensor(self.card.temperatures(), device=logits.device)
+        per_slice = torch.sigmoid(logits / temperature).cpu().numpy()  # calibrated (card)
         series = per_slice.max(axis=0)
         labels = self.card.labels
         return SeriesPrediction(

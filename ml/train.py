@@ -34,17 +34,19 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ml.calibration import apply_temperatures, fit_temperatures, series_operating_point, sigmoid
 from ml.checkpoint import ModelCard, load_checkpoint, read_checkpoint, save_checkpoint
 from ml.errors import ModelError
 from ml.inference import resolve_device
 from ml.labels import LABEL_WEIGHTS, LABELS
-from ml.metrics import Metrics, choose_thresholds, evaluate, plot_roc
+from ml.metrics import Metrics, binary_cross_entropy, choose_thresholds, evaluate, plot_roc
 from ml.models import DEFAULT_ARCHITECTURE, architecture, build_model, train_mode
 from ml.windowing import DEFAULT_WINDOWS, windows_by_name
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # x, y, mask (sequence only)
+Augment = Callable[[torch.Tensor], torch.Tensor]  # a training batch's x, changed (ml.augment)
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,13 @@ def _loader(dataset: Dataset[Any], config: TrainConfig, device: torch.device, *,
     )  # fmt: skip
 
 
-def _batches(loader: DataLoader[Any], device: torch.device, desc: str, progress: bool) -> Iterator[Batch]:
+def _batches(loader: DataLoader[Any], device: torch.device, desc: str, progress: bool,
+             augment: Augment | None = None) -> Iterator[Batch]:  # fmt: skip
     bar = tqdm(loader, desc=desc, unit="batch", leave=False,
                disable=not (progress and sys.stderr.isatty()))  # fmt: skip
     for x, y, mask in bar:
+        if augment is not None:  # on the CPU, before the move: its draws are torch's CPU ones
+            x = augment(x)
         yield (x.to(device, non_blocking=True), y.to(device, non_blocking=True),
                None if mask is None else mask.to(device))  # fmt: skip
 
@@ -178,30 +183,55 @@ def _forward(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, amp: 
 
 
 @torch.inference_mode()
+def predict_logits(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, *, amp: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(labels, logits), each (rows, L); padded slices of series are left out."""
+    model.eval()
+    truths, outputs = [], []
+    for x, y, mask in _batches(loader, device, "validate", progress):
+        logits = _forward(model, x, mask, amp).float()
+        if mask is not None:
+            logits, y = logits[mask], y[mask]
+        truths.append(y.cpu().numpy())
+        outputs.append(logits.cpu().numpy())
+    return np.concatenate(truths), np.concatenate(outputs).astype(np.float64)
+
+
 def predict(
     model: nn.Module, loader: DataLoader[Any], device: torch.device, *, amp: bool = False,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(labels, probabilities), each (rows, L); padded slices of series are left out."""
-    model.eval()
-    truths, probs = [], []
-    for x, y, mask in _batches(loader, device, "validate", progress):
-        prob = torch.sigmoid(_forward(model, x, mask, amp).float())
-        if mask is not None:
-            prob, y = prob[mask], y[mask]
-        truths.append(y.cpu().numpy())
-        probs.append(prob.cpu().numpy())
-    return np.concatenate(truths), np.concatenate(probs)
+    """(labels, probabilities), each (rows, L), uncalibrated; padded slices are left out."""
+    y, logits = predict_logits(model, loader, device, amp=amp, progress=progress)
+    return y, sigmoid(logits)
+
+
+def series_ids_of(dataset: Dataset[Any]) -> list[str] | None:
+    """The series of each row `predict` returns for `dataset`, when it knows them.
+
+    `ml.series.SeriesDataset` yields whole series; `ml.cache.SliceDataset` slices in cache
+    order. Anything else: None.
+    """
+    uids = getattr(dataset, "series_uids", None)
+    rows = getattr(dataset, "slice_indices", None)
+    if uids is not None and callable(rows):
+        return [uid for i, uid in enumerate(uids) for _ in rows(i)]
+    cache = getattr(dataset, "cache", None)
+    if cache is not None and isinstance(getattr(cache, "series_uids", None), list):
+        return list(cache.series_uids)
+    return None
 
 
 def _train_epoch(
     model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, criterion: WeightedBCEWithLogits, device: torch.device,
-    amp: bool, desc: str, progress: bool,
+    amp: bool, desc: str, progress: bool, augment: Augment | None,
 ) -> float:  # fmt: skip
     train_mode(model)
     total, rows = 0.0, 0
-    for x, y, mask in _batches(loader, device, desc, progress):
+    for x, y, mask in _batches(loader, device, desc, progress, augment):
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(_forward(model, x, mask, amp), y, mask)
         scaler.scale(loss).backward()
@@ -267,8 +297,10 @@ def train(
     *,
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
+    augment: Augment | None = None,
 ) -> TrainResult:
-    """Train `config.architecture`; `log` gets each epoch's history entry.
+    """Train `config.architecture`; `log` gets each epoch's history entry; `augment` changes
+    each training batch (e.g. `ml.augment.BatchAugment`).
 
     Seeds torch, numpy and random (global state) with `config.seed`; each epoch shuffles with
     its own generator (seed + epoch), so a resumed run repeats an uninterrupted one.
@@ -303,7 +335,8 @@ def train(
         started = time.monotonic()
         loader = _loader(train_set, config, device, seed=config.seed + epoch)
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        train_loss = _train_epoch(model, loader, optimizer, scaler, criterion, device, amp, desc, progress)
+        train_loss = _train_epoch(model, loader, optimizer, scaler, criterion, device, amp, desc,
+                                  progress, augment)  # fmt: skip
         metrics = evaluate(*predict(model, val_loader, device, amp=amp, progress=progress))
         entry = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics.loss,
@@ -321,19 +354,41 @@ def train(
         logger.info("%s %s", config.architecture, entry)
         if log is not None:
             log(entry)
-    return _finish(config, paths, state, val_loader, device, amp)
+    return _finish(config, paths, state, val_loader, series_ids_of(val_set), device, amp)
 
 
 def _finish(config: TrainConfig, paths: dict[str, Path], state: _State,
-            val_loader: DataLoader[Any], device: torch.device, amp: bool) -> TrainResult:  # fmt: skip
-    """Choose thresholds on validation with the best model and write them into its card."""
+            val_loader: DataLoader[Any], series_ids: list[str] | None, device: torch.device,
+            amp: bool) -> TrainResult:  # fmt: skip
+    """Calibrate the best model on validation and choose its thresholds; write both into its card.
+
+    Temperatures are fitted on the validation slices; thresholds are chosen on the validation
+    series (maximum over slices, as the node calls) when the data says which slice belongs to
+    which series, else on single images.
+    """
     model, card = load_checkpoint(paths["best"], device=device)
-    y, p = predict(model, val_loader, device, amp=amp)
-    thresholds = choose_thresholds(y, p, min_sensitivity={"any": config.min_sensitivity_any})
-    metrics = evaluate(y, p, thresholds)
+    y, logits = predict_logits(model, val_loader, device, amp=amp)
+    temperature = fit_temperatures(y, logits)
+    p = apply_temperatures(logits, temperature)
+    target = {"any": config.min_sensitivity_any}
+    calibration = {
+        "method": "temperature scaling per label, fitted on the validation slices",
+        "nll_before": float(binary_cross_entropy(y, sigmoid(logits)).mean()),
+        "nll_after": float(binary_cross_entropy(y, p).mean()),
+    }
+    extra: dict[str, Any] = {"calibration": calibration}
+    if series_ids is not None and len(series_ids) == len(y):
+        point = series_operating_point(series_ids, y, p, target=target)
+        thresholds, metrics = point.thresholds, point.image
+        extra |= {"validation_series": point.series.to_dict(), "operating_point": point.summary()}
+    else:
+        thresholds = choose_thresholds(y, p, min_sensitivity=target)
+        metrics = evaluate(y, p, thresholds)
+        extra["operating_point"] = {"level": "image (series unknown)", "target_sensitivity": target}
     card = dataclasses.replace(
-        card, thresholds=thresholds, sha256="", created_at="",
-        metrics={"epoch": state.best_epoch, "epochs": state.epoch, "validation": metrics.to_dict()},
+        card, thresholds=thresholds, temperature=temperature, sha256="", created_at="",
+        metrics={"epoch": state.best_epoch, "epochs": state.epoch, "validation": metrics.to_dict(),
+                 **extra},
     )  # fmt: skip
     card = save_checkpoint(paths["best"], model, card)
     roc = plot_roc(y, p, config.checkpoint_dir / "best.roc.png")

@@ -60,7 +60,8 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     add("--val-fraction", type=float, default=0.15, help="patients held out for validation" + D)
     add("--seed", type=int, default=0, help="patient split, weights and shuffling" + D)
     add("--augment", action="store_true",
-        help="random left-right flips and shifts (up to 5%% of the side) in training")
+        help="change each training batch at random: HU shift and scale, window jitter, flips, "
+             "small affine and elastic moves, noise, blur, resize (ml.augment)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
         help="processes decoding DICOM and loading batches, 0: this one" + D)
     _device(parser)
@@ -92,6 +93,9 @@ def _phantoms_parser(commands: Any) -> None:
     add("--size", type=int, default=512, metavar="PX",
         help="matrix; real head CT is 512, keep it for training" + D)
     add("--positive-fraction", type=float, default=0.6, help="studies with a bleed" + D)
+    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+        help="classic: the fixed look; randomized: domain randomization with mimics (train); "
+             "polar: the second style, written apart (validate only)" + D)
     _common(phantoms)
 
 
@@ -117,6 +121,9 @@ def _evaluate_parser(commands: Any) -> None:
     _data(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object only")
     evaluate.add_argument("--roc", type=Path, metavar="PNG", help="write image-level ROC curves")
+    evaluate.add_argument("--report", type=Path, metavar="DIR",
+                          help="write a report folder: ROC and PR curves, reliability, confusion "
+                               "matrices, the worst series, report.json")  # fmt: skip
     _device(evaluate)
     _common(evaluate)
 
@@ -128,7 +135,10 @@ def _demo_parser(commands: Any) -> None:
     add("--out", type=Path, help="checkpoint to write (default: ichnet_demo.pt in the ml package)")
     add("--seed", type=int, default=1, help="phantoms, split and training" + D)
     add("--studies", type=int, default=400, help="phantom studies" + D)
-    add("--slices", type=int, default=24, help="slices per phantom series" + D)
+    add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
+    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+        help="phantoms to train on; randomized and polar also take more negatives, a larger "
+             "validation split and ml.augment (polar: only to measure transfer)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
     add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
     add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
@@ -157,8 +167,10 @@ def _phantoms(args: argparse.Namespace, settings: Settings) -> int:
     from ml.phantom import write_dataset
 
     csv_path = write_dataset(args.out, studies=args.studies, seed=args.seed, slices=args.slices,
-                             size=args.size, positive_fraction=args.positive_fraction)  # fmt: skip
-    print(f"wrote {args.studies} studies x {args.slices} slices ({args.size} px) under {args.out}")
+                             size=args.size, positive_fraction=args.positive_fraction,
+                             style=args.style)  # fmt: skip
+    print(f"wrote {args.studies} {args.style} studies of about {args.slices} slices ({args.size} px)"
+          f" under {args.out}")
     print(f"labels: {csv_path}")
     return 0
 
@@ -186,9 +198,9 @@ def _epoch_line(entry: dict[str, Any]) -> str:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
-    from ml.series import augmentation
 
     config = _config(args, settings, args.arch, args.out)
     split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
@@ -196,7 +208,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     result = train_on_split(
         config, split, cache_root=args.out / "cache", workers=args.loader_workers,
         log=lambda entry: print(_epoch_line(entry), flush=True),
-        augment=augmentation(config.card().input_size) if args.augment else None,
+        batch_augment=BatchAugment(config.card().windows) if args.augment else None,
     )  # fmt: skip
     print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
     print("\n".join(metric_lines({"validation": result.metrics})))
@@ -226,6 +238,10 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     evaluation = evaluate_classifier(classifier, records, batch_size=settings.batch_size)
     if args.roc is not None:
         plot_roc(evaluation.y, evaluation.prob, args.roc)
+    if args.report is not None:
+        from ml.report import write_report
+
+        write_report(evaluation, args.report)
     if args.json:
         report = to_json(evaluation)
         report["model"]["path"] = str(path)
@@ -235,6 +251,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     print(format_report(evaluation))
     if args.roc is not None:
         print(f"ROC curves (image level): {args.roc}")
+    if args.report is not None:
+        print(f"report: {args.report}")
     return 0
 
 
@@ -258,9 +276,9 @@ def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
     from ml.evaluate import model_summary
     from ml.shipped import shipped_checkpoint
 
-    recipe = DemoRecipe(seed=args.seed, studies=args.studies, slices=args.slices,
-                        input_size=args.input_size, slice_epochs=args.epochs,
-                        series_epochs=args.series_epochs)  # fmt: skip
+    recipe = DemoRecipe.for_style(args.style, seed=args.seed, studies=args.studies,
+                                  slices=args.slices, input_size=args.input_size,
+                                  slice_epochs=args.epochs, series_epochs=args.series_epochs)  # fmt: skip
     out = args.out or shipped_checkpoint()
     print(f"training the demo model: {recipe.command()}", flush=True)
     result = train_demo_model(

@@ -49,6 +49,17 @@ def test_card_says_synthetic_and_not_for_clinical_use() -> None:
     assert 0 < card.thresholds["any"] < 1
 
 
+def test_each_style_has_its_recipe_and_command() -> None:
+    classic, robust = DemoRecipe(), DemoRecipe.for_style("randomized", slice_epochs=10)
+    assert classic.style == "classic" and not classic.augment
+    assert "style" not in classic.to_dict()  # cards written before styles still match
+    assert (robust.style, robust.augment, robust.positive_fraction, robust.val_fraction) == (
+        "randomized", True, 0.6, 0.2)  # fmt: skip
+    assert robust.to_dict()["style"] == "randomized" and "shift" not in robust.to_dict()
+    assert robust.command() == "ichtriage admin demo-model --seed 1 --style randomized --epochs 10"
+    assert "randomized studies" in robust.training_data()
+
+
 def _series(seed: int, subtypes: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray]:
     hu, labels = make_volume(np.random.default_rng(seed), slices=SLICES, size=512, subtypes=subtypes)
     return list(hu), labels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -157,3 +158,25 @@ def test_config_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="name"):
         _config(tmp_path, architecture="lenet")
     assert np.isclose(_config(tmp_path).lr, 3e-3)
+
+
+class SquaresInSeries(Squares):
+    """Squares whose slices belong to series of four, as a SliceDataset's cache says."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.cache = SimpleNamespace(series_uids=[f"series-{i // 4}" for i in range(n)])
+
+
+def test_operating_point_and_calibration_are_chosen_on_validation_series(tmp_path: Path) -> None:
+    result = train(_config(tmp_path), Squares(96, 1), SquaresInSeries(48, 2), progress=False)
+    card = result.card
+    assert set(card.temperature) == set(LABELS) and all(t > 0 for t in card.temperature.values())
+    point = card.metrics["operating_point"]
+    assert point["level"].startswith("series") and point["target_sensitivity"] == {"any": 0.95}
+    series = card.metrics["validation_series"]
+    assert series["n"] == 12  # 48 slices in series of four
+    assert point["achieved"]["any"]["sensitivity"] >= 0.95
+    assert series["per_label"]["any"]["threshold"] == card.thresholds["any"]
+    calibration = card.metrics["calibration"]
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9

@@ -1,0 +1,1 @@
+"""Synthetic head CT: anatomy, lesions, mimics, scanner effects, styles and DICOM writing."""
