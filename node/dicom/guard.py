@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -112,7 +113,6 @@ class GuardedSocket(AssociationSocket):
         return guarded
 
     def _guard(self, limits: ReadLimits) -> None:
-        client_socket = cast(socket.socket, self.socket)
         self.limits = limits
         self._request_deadline: float | None = time.monotonic() + limits.request_timeout
         self._pending: tuple[int, int] | None = None  # (type, length) of the header just read
@@ -122,8 +122,7 @@ class GuardedSocket(AssociationSocket):
         self.received = 0  # bytes read so far
         # One wait per system call; the deadline is checked between calls, so a PDU that
         # trickles in ends within its deadline plus one wait.
-        self._wait = min(limits.request_timeout, limits.pdu_timeout)
-        client_socket.settimeout(self._wait)
+        self._set_wait(min(limits.request_timeout, limits.pdu_timeout))
 
     @property
     def _host(self) -> str:
@@ -141,11 +140,23 @@ class GuardedSocket(AssociationSocket):
         if len(body) == nr_bytes:
             if self._request_deadline is not None:
                 self._request_deadline = None  # the association request is in
-                self._wait = self.limits.pdu_timeout
-                cast(socket.socket, self.socket).settimeout(self._wait)
+                self._set_wait(self.limits.pdu_timeout)
             if pending[0] == P_DATA_TF:
                 self._count_data(body)
         return body
+
+    def _set_wait(self, seconds: float) -> None:
+        """How long one read may wait. A plain socket stays blocking with a kernel receive
+        timeout (SO_RCVTIMEO: no poll() before each read, as Python's own timeouts make);
+        a TLS socket takes Python's timeout."""
+        sock = cast(socket.socket, self.socket)
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(seconds)
+            return
+        sock.settimeout(None)
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
 
     def _deadline(self) -> float:
         deadline = time.monotonic() + self.limits.pdu_timeout
@@ -203,7 +214,7 @@ class GuardedSocket(AssociationSocket):
             try:
                 with memoryview(buffer) as view:
                     received = sock.recv_into(view[read:], len(buffer) - read)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # the wait set by _set_wait ran out
                 self._timed_out(read, count)
             if not received:
                 break  # the peer closed: return what arrived, as pynetdicom does
