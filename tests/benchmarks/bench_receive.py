@@ -215,7 +215,7 @@ def start_target(name: str, stack: ExitStack, work: Path, args: argparse.Namespa
         cmd = [args.ichtriage, "serve", "--data-dir", str(work / "node-data"),
                "--port", str(port), "--http-port", "0", "--settle-seconds", "2",
                "--workers", "0", "--ae-title", NODE_AET,
-               "--receive-path", "stock" if name == "node-stock" else "fast",
+               *(["--receive-path", "stock"] if name == "node-stock" else []),
                *args.node_args.split()]  # fmt: skip
         ready = re.compile(r"\bready\b", re.IGNORECASE)
         pid = stack.enter_context(_process(cmd, work / f"{name}.log", ready, args.node_timeout))
