@@ -138,10 +138,11 @@ def _start_sender(settings: Settings, services: Services, polls: Polls) -> None:
 def _model_words(holder: ModelHolder | None) -> str:
     """The active model as the ready line names it: architecture, sha256, code, device."""
     if holder is None:
-        return "no triage workers"
-    card = holder.get().card
+        return "no model loaded"
+    loaded = holder.get()
+    card = loaded.card
     code = f", code {card.code_version}" if card.code_version else ""
-    return f"model {card.architecture} (sha256 {card.sha256[:12]}{code}) on {holder.get().device}"
+    return f"model {card.architecture} (sha256 {card.sha256[:12]}{code}) on {loaded.device}"
 
 
 def serve(settings: Settings) -> int:

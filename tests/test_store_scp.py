@@ -112,3 +112,19 @@ def test_a_bug_of_the_raw_header_reader_falls_back_to_pydicom(
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from instance")).scalar() == 1
     engine.dispose()
+
+
+def test_an_unused_refusal_is_forgotten_when_its_connection_ends(
+        node_parts: dict[str, Any]) -> None:
+    """A connection over a limit that never sends its request: its refusal must not meet the
+    next connection that comes from the same host and port."""
+    store = InstanceStore(node_parts["engine"], node_parts["files"])
+    handlers = StoreHandlers(store, AssociationLog(node_parts["engine"]), ae_title="NODE")
+    handlers.refuse("10.0.0.7", 40000, "2 associations open from this host")
+    handlers.forget("10.0.0.7", 40000)
+    server, listener = serve(handlers)
+    try:
+        assert send_one(listener.getsockname()[1]) == 0x0000
+    finally:
+        stop(server, listener)
+    assert handlers._refusals == {}

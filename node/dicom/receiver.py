@@ -128,6 +128,7 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
     send_lock = threading.Lock()
 
     def finished(address: Any) -> None:
+        handlers.forget(str(address[0]), int(address[1]))
         with send_lock:
             try:
                 channel.send(DONE + b" " + str(address[0]).encode())

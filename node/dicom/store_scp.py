@@ -71,6 +71,12 @@ class StoreHandlers:
         with self._lock:
             self._refusals[(host, port)] = reason
 
+    def forget(self, host: str, port: int) -> None:
+        """The connection from `host`:`port` has ended: a refusal it never used (no request
+        came) must not meet a later connection from the same address."""
+        with self._lock:
+            self._refusals.pop((host, port), None)
+
     def bindings(self) -> list[Any]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
