@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 
 from ml.phantom import write_series
 from tests import factories, peers
@@ -70,17 +73,24 @@ def test_a_sigkill_during_a_transfer_leaves_rows_and_files_agreeing(
     series = factories.ct_series(40)
     folder = tmp_path / "in"
     factories.write_series(folder, series)
-    # A long settle time while sending: a pause of a loaded machine must not complete the
-    # series before the kill (that is another test's case).
+    # The sender stores `kill_after` instances and keeps its association open: the kill comes
+    # mid-transfer whatever the machine's speed (a storescu run could end before the poll saw
+    # `kill_after` rows, and the series would then be complete, not cut off). A long settle
+    # time: a pause of a loaded machine must not complete the series before the kill.
     with running_node(tmp_path, settle=10) as node:
-        sender = subprocess.Popen(
-            [peers.dcmtk_tool("storescu"), "-aet", "CT1", "-aec", "ICHTRIAGE", "-to", "10",
-             "+sd", "+r", "127.0.0.1", str(node.port), str(folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=peers.nodelay_env())
-        wait_for(lambda: node.query("select count(*) from instance")[0][0] >= kill_after,
-                 timeout=60, what=f"{kill_after} instances in")
-        kill_tree(node)
-        sender.wait(timeout=30)
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="ICHTRIAGE")
+        assert assoc.is_established
+        try:
+            for ds in series[:kill_after]:
+                assert assoc.send_c_store(ds).Status == 0x0000
+            # The next instance is on its way when the node dies.
+            threading.Thread(target=assoc.send_c_store, args=(series[kill_after],),
+                             daemon=True).start()
+            kill_tree(node)
+        finally:
+            assoc.abort()
     with running_node(tmp_path, settle=0.3) as again:
         indexed, on_disk = rows_and_files(again)
         assert indexed == on_disk  # every row has its file, every file its row
