@@ -233,3 +233,35 @@ def test_an_implicit_body_on_a_compressed_context_is_refused(
         assert conn.execute(text("select count(*) from instance")).scalar() == 0
     engine.dispose()
     assert not list((tmp_path / "data").rglob("*.dcm"))
+
+
+def test_text_of_a_data_set_without_a_character_set_is_indexed_in_the_default(
+        node_parts: dict[str, Any]) -> None:
+    """Issue 12 row 5: GB2312 bytes with no Specific Character Set; a site that sets
+    default_character_set (as Orthanc's DefaultEncoding) sees the name, not mojibake. The
+    stored file keeps its bytes."""
+    name = "王^小明"
+    ds = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=1)
+    ds.PatientName = name.encode("gb2312")  # raw bytes: nothing declares their encoding
+    assert "SpecificCharacterSet" not in ds
+    store = InstanceStore(node_parts["engine"], node_parts["files"])
+    server, listener = serve(StoreHandlers(store, AssociationLog(node_parts["engine"]),
+                                           ae_title="NODE", default_character_set="GB18030"))
+    try:
+        ae = AE("CT1")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate(LOOPBACK, listener.getsockname()[1], ae_title="NODE")
+        assert assoc.is_established
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+    finally:
+        stop(server, listener)
+    engine = create_engine(node_parts["url"])
+    with engine.connect() as conn:
+        (indexed,) = conn.execute(text("select patient_name from patient")).scalars().all()
+        (file_path,) = conn.execute(text("select file_path from instance")).scalars().all()
+    engine.dispose()
+    assert indexed == name
+    stored = dcmread(node_parts["files"].root / file_path, stop_before_pixels=True)
+    assert "SpecificCharacterSet" not in stored
+    assert stored.get_item("PatientName").value.rstrip(b" ") == name.encode("gb2312")

@@ -49,6 +49,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
     add("--workers", type=int,
         help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
+    add("--default-character-set", metavar="TERM", help="Specific Character Set assumed for "
+        "data sets that declare none, e.g. 'ISO_IR 100' or 'GB18030' (default: none, the "
+        "standard's ISO-IR 6)")
     _limit_flags(parser)
 
 
@@ -75,7 +78,8 @@ SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
                 "max_message_mb", "max_associations", "max_associations_per_host",
-                "association_request_timeout", "network_timeout", "receive_path")
+                "association_request_timeout", "network_timeout", "receive_path",
+                "default_character_set")
 
 
 def build_parser() -> argparse.ArgumentParser:

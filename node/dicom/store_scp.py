@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
@@ -22,6 +24,7 @@ from node.config import AllowedPeer
 from node.dicom import status
 from node.dicom.header import HeaderValues, RawHeaderError, found_implicit_vr, read_header
 from node.dicom.meta import _uid, encode_file_meta, header_values, meta_from_values
+from node.series_warnings import SaidOncePerSeries, counted
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -56,7 +59,9 @@ class StoreHandlers:
     """Event handlers of one receiving process, bound to its AE's server."""
 
     def __init__(self, store: InstanceStore, log: AssociationLog, *, ae_title: str,
-                 allowed: tuple[AllowedPeer, ...] = ()) -> None:
+                 allowed: tuple[AllowedPeer, ...] = (), default_character_set: str = "") -> None:
+        """`default_character_set`: the Specific Character Set that text of a data set
+        declaring none is decoded in for the index (the stored file is not changed)."""
         self.store = store
         self.log = log
         self.ae_title = ae_title
@@ -64,6 +69,8 @@ class StoreHandlers:
         self._tallies: dict[int, _Tally] = {}
         self._refusals: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
+        self._said = SaidOncePerSeries()
+        self.default_character_set = default_character_set
 
     def refuse(self, host: str, port: int, reason: str) -> None:
         """Reject the association about to come from `host`:`port` (over a limit) with a
@@ -194,7 +201,11 @@ class StoreHandlers:
         request = _request(event)
         context = event.context
         syntax = _body_syntax(event)
-        meta = _meta(_header_values(event, syntax), request.AffectedSOPClassUID,
+        with counted() as complaints:  # pydicom's, e.g. a misspelt Specific Character Set
+            values = _header_values(event, syntax, self.default_character_set)
+        if complaints:
+            self._said.say(_uid(values.get("SeriesInstanceUID")), complaints)
+        meta = _meta(values, request.AffectedSOPClassUID,
                      request.AffectedSOPInstanceUID, str(context.abstract_syntax), syntax)
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid, sop_uid=meta.sop_uid,
@@ -252,14 +263,15 @@ def _body_syntax(event: Event) -> UID:
     return actual
 
 
-def _header_values(event: Event, syntax: UID) -> HeaderValues:
+def _header_values(event: Event, syntax: UID, default_character_set: str) -> HeaderValues:
     """The index attributes of the received data set (encoded in `syntax`): read from its
-    bytes where the raw reader handles the encoding, else through pydicom, never touching
-    the pixel data."""
+    bytes where the raw reader handles the encoding (ASCII text only), else through pydicom,
+    never touching the pixel data. Text of a data set that declares no Specific Character
+    Set is decoded in `default_character_set` where one is given."""
     data = _request(event).DataSet
     if data is None or syntax.is_deflated:
         try:
-            return header_values(event.dataset)
+            return _decoded(event.dataset, default_character_set)
         except MALFORMED_DATA_SET as exc:
             raise IngestError(status.CANNOT_UNDERSTAND,
                               f"data set cannot be decoded: {type(exc).__name__}") from exc
@@ -276,12 +288,20 @@ def _header_values(event: Event, syntax: UID) -> HeaderValues:
             buffer.release()
     data.seek(0)
     try:
-        return header_values(read_dataset(data, syntax.is_implicit_VR,
-                                          syntax.is_little_endian, stop_when=_before_pixels,
-                                          defer_size=4096))
+        return _decoded(read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
+                                     stop_when=_before_pixels, defer_size=4096),
+                        default_character_set)
     except MALFORMED_DATA_SET as exc:
         raise IngestError(status.CANNOT_UNDERSTAND,
                           f"data set cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _decoded(ds: Dataset, default_character_set: str) -> HeaderValues:
+    if default_character_set and "SpecificCharacterSet" not in ds:
+        implicit_vr, little_endian = ds.original_encoding
+        ds.set_original_encoding(implicit_vr, little_endian,
+                                 convert_encodings(default_character_set))
+    return header_values(ds)
 
 
 def _request(event: Event) -> C_STORE:
