@@ -155,7 +155,7 @@ class TriageWorker:
             skipped.update(read.skipped)
             final = assemble(headers.planes, self.volume_rules,
                              undecodable={**headers.unreadable, **skipped},
-                             head_areas=read.head_areas)
+                             head_areas=read.head_areas, cavity_areas=read.cavity_areas)
             if [p.key for p in final.slices] == read.used:
                 read.skipped = skipped
                 return final, read, prediction
