@@ -16,7 +16,15 @@ from pynetdicom.sop_class import (
 
 from node.config import Settings
 from node.conformance import GENERATED_BY, render
-from node.conformance.facts import Service, SopClass, accepted_services, retrieves, service_name
+from node.conformance.facts import (
+    Service,
+    SopClass,
+    accepted_services,
+    initiator,
+    retrieves,
+    service_name,
+    storage_scu_scope,
+)
 from node.conformance.sr_tree import content_tree, sample_report
 from node.dicom.ae import build_ae
 from node.dicom.status import DESCRIPTIONS
@@ -102,3 +110,8 @@ def test_query_retrieve_services_would_be_grouped_and_described() -> None:
     assert [s.uid for s in retrieves([qr])] == [PatientRootQueryRetrieveInformationModelMove,
                                                 StudyRootQueryRetrieveInformationModelGet]
     assert retrieves(accepted_services(Settings())) == []
+    report = sample_report()
+    initiator_ = initiator(str(report.SOPClassUID), str(report.file_meta.TransferSyntaxUID))
+    assert "any stored SOP class" in storage_scu_scope([qr], initiator_)
+    assert storage_scu_scope(accepted_services(Settings()), initiator_) == (
+        "Comprehensive 3D SR Storage only")

@@ -78,7 +78,7 @@ def _overview(services: list[facts.Service], initiator: facts.Initiator) -> list
         if len(service.sop_classes) > 8:
             rows.append(f"| {service.name}: {len(service.sop_classes)} SOP classes "
                         "(every storage SOP class pynetdicom knows) | "
-                        f"{UID(initiator.sop_class).name} only | Yes |")
+                        f"{facts.storage_scu_scope(services, initiator)} | Yes |")
     return [*rows, "", "Media Interchange: none.", ""]
 
 

@@ -110,3 +110,12 @@ def retrieves(services: Sequence[Service]) -> list[SopClass]:
 
 def _uid_key(uid: str) -> tuple[int, ...]:
     return tuple(int(part) for part in uid.split("."))
+
+
+def storage_scu_scope(services: Sequence[Service], initiator: Initiator) -> str:
+    """Which storage SOP classes the node sends: the report, and with a retrieve service
+    whatever it stores."""
+    report = UID(initiator.sop_class).name
+    if retrieves(services):
+        return f"{report}; for C-MOVE and C-GET, any stored SOP class"
+    return f"{report} only"

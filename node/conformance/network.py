@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pydicom.uid import UID
 
 from node.config import Settings
-from node.conformance.facts import Implementation, Initiator, Service, SopClass, retrieves
+from node.conformance.facts import (
+    Implementation,
+    Initiator,
+    Service,
+    SopClass,
+    retrieves,
+    storage_scu_scope,
+)
 from node.dicom import status
 
 
@@ -68,7 +75,7 @@ def sop_class_table(settings: Settings, services: Sequence[Service],
         scu = any(s.uid == initiator.sop_class for s in service.sop_classes)
         what = (f"{len(service.sop_classes)} SOP classes (listed under Association Acceptance)"
                 if len(service.sop_classes) > 1 else service.sop_classes[0].name)
-        scu_text = f"Yes ({UID(initiator.sop_class).name} only)" if scu else "No"
+        scu_text = f"Yes ({storage_scu_scope(services, initiator)})" if scu else "No"
         rows.append(f"| {service.name} | {what} | {scu_text} | Yes |")
     return [*rows, ""]
 
