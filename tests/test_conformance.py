@@ -47,6 +47,12 @@ def test_command_prints_the_statement() -> None:
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
                          check=True).stdout
     assert out == COMMITTED.read_text()
+    sample = ROOT / "deploy" / "ichtriage.toml"
+    site = subprocess.run([sys.executable, "-m", "node", "admin", "conformance", "--config",
+                           str(sample)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120, check=True).stdout
+    assert "| `allow_ae` | `CT_ER1@10.0.0.21`, `CT_ER2@10.0.0.22` |" in site
+    assert "| Listening address | `bind` | `0.0.0.0` |" in site
 
 
 def test_every_accepted_context_is_listed() -> None:

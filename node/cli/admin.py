@@ -86,6 +86,8 @@ def add_admin_parser(sub: Any) -> None:
     conformance.add_argument("--defaults", action="store_true",
                              help="describe the default settings (docs/conformance.md), not "
                                   "this installation's configuration and environment")
+    conformance.add_argument("--config", type=Path,
+                             help="TOML settings file (env: ICHTRIAGE_CONFIG)")
     _common(conformance)
 
 
