@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,70 @@ def test_units_pass_systemd_analyze(tmp_path: Path) -> None:
         security = subprocess.run([analyze, "security", "--offline=true", "--threshold=30",
                                    path], capture_output=True, text=True, timeout=120)
         assert security.returncode == 0, security.stdout[-2000:] + security.stderr
+
+
+def _exec_start(unit: Path) -> list[str]:
+    """The unit's ExecStart as argv, with its Environment= defaults put in as systemd would."""
+    text = unit.read_text()
+    env = dict(re.findall(r"^Environment=(\w+)=(\S*)$", text, flags=re.M))
+    line = re.search(r"^ExecStart=(.+)$", text, flags=re.M)
+    assert line is not None, f"{unit.name}: no ExecStart"
+    return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word)
+            for word in line.group(1).split()]
+
+
+def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _until_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> str:
+    """The process's 'ready:' line, once it has logged it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready = [line for line in log.read_text(errors="replace").splitlines()
+                 if "ready:" in line]
+        if ready:
+            return ready[0]
+        time.sleep(0.1)
+    raise AssertionError(f"{log.name}: no ready line\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.mark.slow
+def test_installed_units_start_the_node_and_a_worker(tmp_path: Path) -> None:
+    """The command lines of the installed units, with the installed settings (over loopback
+    and a free port), start a node that answers a C-ECHO and a worker on the same database;
+    both stop cleanly on SIGTERM, as systemd stops them."""
+    from pynetdicom import AE
+
+    from tests.peers import free_port
+
+    prefix = tmp_path / "root"
+    _install(prefix)
+    units = prefix / "etc" / "systemd" / "system"
+    data = prefix / "var" / "lib" / "ichtriage"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICHTRIAGE_")} | {
+        "ICHTRIAGE_BIND": "127.0.0.1", "ICHTRIAGE_PORT": str(port), "ICHTRIAGE_RECEIVERS": "1",
+        "ICHTRIAGE_WORKERS": "0", "ICHTRIAGE_HTTP_PORT": "0", "ICHTRIAGE_MIN_FREE_MB": "0",
+        "ICHTRIAGE_ALLOW_AE": "DEPLOYTEST@127.0.0.1", "ICHTRIAGE_DEVICE": "cpu"}
+    node = _start(_exec_start(units / "ichtriage.service"), data, env, tmp_path / "node.log")
+    worker = None
+    try:
+        _until_ready(node, tmp_path / "node.log")
+        ae = AE(ae_title="DEPLOYTEST")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="ICHTRIAGE")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        worker = _start(_exec_start(units / "ichtriage-worker@.service"), data, env,
+                        tmp_path / "worker.log")
+        assert "1 triage workers" in _until_ready(worker, tmp_path / "worker.log")
+        assert (data / "ichtriage.db").is_file(), "the installed data_dir holds the database"
+    finally:
+        for proc in (worker, node):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    assert node.wait(timeout=90) == 0
+    assert worker is not None and worker.wait(timeout=90) == 0
