@@ -159,12 +159,13 @@ def acceptance_policy(settings: Settings, services: Sequence[Service]) -> list[s
         f"service provider (presentation) | {status.REASON_LOCAL_LIMIT_EXCEEDED} local limit "
         "exceeded | more than `max_associations` open, or `max_associations_per_host` from "
         "the calling host |", "",
-        "The association is aborted (A-ABORT) when no complete A-ASSOCIATE-RQ arrives within "
-        f"{settings.association_request_timeout:g} s of the connection "
-        "(`association_request_timeout`), a PDU takes longer than "
-        f"{settings.network_timeout:g} s to arrive or the association is idle that long "
-        "(`network_timeout`), a PDU is longer than the limit for its type, a PDU other than "
-        "an A-ASSOCIATE-RQ comes first, or one message's data set grows past "
+        "The connection is closed when no complete A-ASSOCIATE-RQ arrives within "
+        f"{settings.association_request_timeout:g} s of connecting (`association_request_timeout`) "
+        f"or a PDU takes longer than {settings.network_timeout:g} s to arrive; an "
+        f"association idle for {settings.network_timeout:g} s (`network_timeout`) is "
+        "aborted. An A-ABORT is sent, and the connection closed, when a PDU is longer than "
+        "the limit for its type, a PDU other than an A-ASSOCIATE-RQ comes first, or one "
+        "message's data set grows past "
         f"{settings.max_message_mb} MB (`max_message_mb`).", "",
     ]
     for service in services:
