@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,10 +13,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine, insert, select
 
 from node.dicom import fastpath
-from storage.models import Patient, Study
+from storage.models import Patient, Series, Study, TriageResult
 from tests import factories, peers
 from tests.nodeproc import NodeProcess, running_node
 
@@ -209,6 +210,30 @@ def test_an_ae_allowed_to_store_only_cannot_query(qr: QRNode) -> None:
                    aet="CT1")
     assert done.returncode != 0
     assert "no acceptable presentation contexts" in done.stderr.lower(), done.stderr
+
+
+def test_study_level_answers_carry_the_triage_most_urgent_first(qr: QRNode) -> None:
+    engine = create_engine(qr.node.db_url)
+    try:
+        with engine.begin() as conn:
+            series_pk = conn.execute(select(Series.id).where(
+                Series.series_uid == str(qr.studies["P2"][0].SeriesInstanceUID))).scalar_one()
+            conn.execute(insert(TriageResult).values(
+                series_pk=series_pk, model_name="m", model_version="1", probabilities="{}",
+                calls=json.dumps({"any": True, "subdural": True}), positive=True,
+                max_probability=0.93, complete=True))
+    finally:
+        engine.dispose()
+    found = findscu(qr, "-S", "STUDY", {
+        "PatientID": "", "(0011,0010)": "ICHTRIAGE 1.0", "(0011,1001)": "",
+        "(0011,1002)": "", "(0011,1003)": ""})
+    assert found[0].PatientID == "P2"
+    triage = found[0].private_block(0x0011, "ICHTRIAGE 1.0")
+    assert triage[0x01].value == "HIGH"
+    assert float(triage[0x02].value) == pytest.approx(0.93)
+    assert triage[0x03].value == "SUBDURAL"
+    assert all(r.private_block(0x0011, "ICHTRIAGE 1.0")[0x01].value in ("", None)
+               for r in found[1:])
 
 
 def test_patient_names_and_ids_stay_out_of_the_log(qr: QRNode) -> None:

@@ -281,3 +281,20 @@ def test_permissions_to_store_and_to_query_are_apart(node: Node) -> None:
         assert assoc.send_c_store(ct_series(1)[0]).Status == 0x0124
     finally:
         assoc.release()
+
+
+def test_a_database_failure_is_answered_as_such(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'not-migrated.db'}")  # no tables
+    queries = QueryHandlers(engine, FileStore(tmp_path / "data"), ae_title=NODE)
+    ae = build_ae(Settings(ae_title=NODE))
+    server = ae.make_server((LOOPBACK, 0), evt_handlers=queries.bindings(),
+                            server_class=LimitedServer,
+                            request_handler=fastpath.request_handler("fast"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node = Node(server, engine)
+        assert [s for s, _ in _find(node, _study_identifier())] == [0xC320]
+        assert [s for s, _ in _find(node, _study_identifier())] == [0xC320]  # still serving
+    finally:
+        stop_server(server)
+        engine.dispose()
