@@ -242,3 +242,25 @@ def test_patient_names_and_ids_stay_out_of_the_log(qr: QRNode) -> None:
     assert "C-FIND" in log  # the queries are logged, by their keys' names
     for secret in ("Chen", "chen", "O'Brien", "ACC-P"):
         assert secret not in log
+
+
+@pytest.mark.parametrize("path", fastpath.PATHS)
+def test_orthanc_moves_a_study_from_the_node_to_itself(path: str, tmp_path: Path) -> None:
+    """Orthanc, as a PACS would, asks the node (C-MOVE, through its REST API) to send a study
+    to Orthanc, and receives every instance."""
+    if not peers.have_orthanc():
+        peers.missing_peer("Orthanc")
+    orthanc_port = peers.free_port()
+    series = factories.ct_series(5, patient_name="Moved^Study", patient_id="PM")
+    factories.write_series(tmp_path / "in", series)
+    with running_node(tmp_path / "node", "--receive-path", path,
+                      "--move-destination", f"ORTHANC@127.0.0.1:{orthanc_port}") as node:
+        sent = peers.run_storescu(tmp_path / "in", node.port, aet="CT1", called_aet="ICHTRIAGE")
+        assert sent.returncode == 0, sent.stderr
+        with peers.orthanc_server(tmp_path, dicom_port=orthanc_port, known_modalities={
+                "node": ("ICHTRIAGE", "127.0.0.1", node.port)}) as orthanc:
+            assert orthanc.sop_instance_uids() == set()
+            orthanc.rest("/modalities/node/move", method="POST", timeout=60.0, body={
+                "Level": "Study", "TargetAet": "ORTHANC",
+                "Resources": [{"StudyInstanceUID": str(series[0].StudyInstanceUID)}]})
+            assert orthanc.sop_instance_uids() == {str(d.SOPInstanceUID) for d in series}
