@@ -19,7 +19,8 @@ from sqlalchemy import Engine, insert
 from node.config import AllowedPeer, Destination, Settings
 from node.dicom import fastpath
 from node.dicom.ae import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE, build_ae
-from node.dicom.qr_scp import PRIVATE_CREATOR, TRIAGE_GROUP, QueryHandlers
+from node.dicom.qr_identifiers import PRIVATE_CREATOR, TRIAGE_GROUP
+from node.dicom.qr_scp import QueryHandlers
 from node.dicom.store_scp import StoreHandlers
 from storage.associations import AssociationLog
 from storage.db import make_engine, upgrade

@@ -12,7 +12,8 @@ row. Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): a key of the wrong level 
 level 0xA900, a value its VR cannot match 0xC000, a database failure 0xC320, an unknown move
 destination 0xA801 (pynetdicom answers it when the destination yielded is (None, None)).
 
-The triage at STUDY level: private group 0011, private creator "ICHTRIAGE 1.0" (`TRIAGE_TAGS`):
+The triage at STUDY level: private group 0011, private creator "ICHTRIAGE 1.0"
+(`node.dicom.qr_identifiers.TRIAGE_TAGS`):
 ask for (0011,xx01) TriagePriority (CS: HIGH, INCOMPLETE, ROUTINE; empty when not triaged),
 (0011,xx02) TriageProbability (DS, the highest label probability of the result shown) and
 (0011,xx03) TriageFindings (CS, 1-n: the hemorrhage subtypes called). Whether asked or not,
@@ -26,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -37,6 +37,7 @@ from pynetdicom.presentation import PresentationContext
 from node.config import AllowedPeer, Destination
 from node.dicom import status
 from node.dicom.ae import PATIENT_ROOT, STUDY_ROOT
+from node.dicom.qr_identifiers import ResponseTemplate, identifier_keys, text
 from node.dicom.store_scp import MALFORMED_DATA_SET
 from storage.errors import DatabaseError
 from storage.files import FileStore
@@ -57,13 +58,6 @@ logger = logging.getLogger(__name__)
 
 QR_SOP_CLASSES = {**{uid: InformationModel.PATIENT_ROOT for uid in PATIENT_ROOT},
                   **{uid: InformationModel.STUDY_ROOT for uid in STUDY_ROOT}}
-
-TRIAGE_GROUP = 0x0011
-PRIVATE_CREATOR = "ICHTRIAGE 1.0"
-# keyword -> (element offset in the private block, VR)
-TRIAGE_TAGS = {"TriagePriority": (0x01, "CS"), "TriageProbability": (0x02, "DS"),
-               "TriageFindings": (0x03, "CS")}
-_TRIAGE_BY_OFFSET = {offset: keyword for keyword, (offset, _vr) in TRIAGE_TAGS.items()}
 
 UNIQUE_KEYS = {QueryLevel.PATIENT: "PatientID", QueryLevel.STUDY: "StudyInstanceUID",
                QueryLevel.SERIES: "SeriesInstanceUID", QueryLevel.IMAGE: "SOPInstanceUID"}
@@ -112,12 +106,14 @@ class QueryHandlers:
         """Pending responses, one per matching row, as the rows are read (PS3.4 C.4.1)."""
         try:
             identifier, query = self._query(event)
-            rows = find(self.engine, query)
-            for row in _guarded(rows):
+            template = ResponseTemplate.of(identifier, [a.keyword for a in query.return_keys()],
+                                           str(query.level), self.ae_title)
+            implicit = str(event.context.transfer_syntax) == ImplicitVRLittleEndian
+            for row in _guarded(find(self.engine, query)):
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
-                yield status.PENDING, self._response(identifier, query, row)
+                yield status.PENDING, template.response(row, implicit=implicit)
         except QueryFailure as failure:
             yield failure.answer(), None
             return
@@ -126,11 +122,11 @@ class QueryHandlers:
     # -- C-MOVE and C-GET -------------------------------------------------------------------
     def on_move(self, event: Event) -> Iterator[Any]:
         """Destination, count, then one pending (status, data set) per instance (C.4.2)."""
-        destination = self.destinations.get(_text(event.move_destination))
+        destination = self.destinations.get(text(event.move_destination))
         if destination is None:
             logger.warning("C-MOVE from %s to unknown destination %r refused",
                            event.assoc.requestor.ae_title.strip(),
-                           _text(event.move_destination))
+                           text(event.move_destination))
             yield None, None
             return
         try:
@@ -206,36 +202,6 @@ class QueryHandlers:
                     event.assoc.requestor.ae_title.strip(), ", ".join(sorted(keys)))
         return identifier, query
 
-    def _response(self, identifier: Dataset, query: Query, row: dict[str, Any]) -> Dataset:
-        """The identifier with every key filled: from the row where the index has it, else
-        empty (PS3.4 C.2.2.1.3)."""
-        response = Dataset()
-        response.QueryRetrieveLevel = str(query.level)
-        non_ascii = False
-        for elem in identifier:
-            if elem.tag.group == 0x0008 and elem.tag.element == 0x0052:
-                continue
-            if elem.tag.group == 0x0008 and elem.tag.element == 0x0005:
-                continue
-            keyword = _keyword(identifier, elem)
-            if elem.tag.is_private and keyword is None:
-                continue  # private creators come with the block; others are not ours
-            if keyword in row:
-                value = row[keyword]
-                non_ascii |= isinstance(value, str) and not value.isascii()
-                if keyword in TRIAGE_TAGS:
-                    offset, vr = TRIAGE_TAGS[keyword]
-                    block = response.private_block(TRIAGE_GROUP, PRIVATE_CREATOR, create=True)
-                    block.add_new(offset, vr, "" if value is None else value)
-                else:
-                    setattr(response, keyword, "" if value is None else value)
-            else:
-                response.add(DataElement(elem.tag, elem.VR, None if elem.VR != "SQ" else []))
-        response.RetrieveAETitle = self.ae_title
-        if non_ascii:
-            response.SpecificCharacterSet = "ISO_IR 192"
-        return response
-
 
 class QueryFailure(Exception):
     """A request answered with a failure status (and an error comment)."""
@@ -274,39 +240,6 @@ def _guarded(rows: Iterator[Any]) -> Iterator[Any]:
             close()
 
 
-def identifier_keys(identifier: Dataset) -> dict[str, list[str]]:
-    """Each key of a C-FIND/C-MOVE/C-GET identifier as keyword -> its values as text (an
-    empty key: []). The node's private triage keys by their `TRIAGE_TAGS` keyword; other
-    private keys, and sequences' contents, are left out (returned empty, never matched).
-
-    Raises what pydicom raises on an element that cannot be decoded.
-    """
-    keys: dict[str, list[str]] = {}
-    for elem in identifier:
-        keyword = _keyword(identifier, elem)
-        if keyword is None:
-            continue
-        if elem.VR == "SQ" or elem.value is None or elem.value == "":
-            keys[keyword] = []
-        elif isinstance(elem.value, (list, tuple)) or elem.VM > 1:
-            keys[keyword] = [str(v).strip() for v in elem.value]
-        else:
-            keys[keyword] = [str(elem.value).strip()]
-    return keys
-
-
-def _keyword(identifier: Dataset, elem: DataElement) -> str | None:
-    if not elem.tag.is_private:
-        return elem.keyword or None
-    if elem.tag.group != TRIAGE_GROUP or elem.tag.is_private_creator:
-        return None
-    creator_tag = (TRIAGE_GROUP << 16) | (elem.tag.element >> 8)
-    creator = identifier.get(creator_tag)
-    if creator is None or _text(creator.value) != PRIVATE_CREATOR:
-        return None
-    return _TRIAGE_BY_OFFSET.get(elem.tag.element & 0xFF)
-
-
 def _move_contexts(pairs: Sequence[tuple[str, str]]) -> list[PresentationContext]:
     """The contexts to propose to a move destination: each instance's own transfer syntax,
     and for native encodings both little endian ones too (pynetdicom converts between
@@ -321,12 +254,6 @@ def _move_contexts(pairs: Sequence[tuple[str, str]]) -> list[PresentationContext
         logger.warning("a C-MOVE needs %d presentation contexts; the first %d are proposed, "
                        "instances needing the others fail", len(contexts), MAX_CONTEXTS)
     return contexts[:MAX_CONTEXTS]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("ascii", errors="replace")
-    return str(value or "").strip()
 
 
 def _service(event: Event) -> str:
