@@ -10,18 +10,10 @@ from sqlalchemy import Engine, insert, select
 
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
+from storage.matching import IdentifierError, MatchingValueError, wildcard_pattern
 from storage.models import Patient, Series, TriageResult
-from storage.query import (
-    IdentifierError,
-    InformationModel,
-    MatchingValueError,
-    Query,
-    count_instances,
-    find,
-    instances,
-    presentations,
-    wildcard_pattern,
-)
+from storage.query import Query, count_instances, find, instances, presentations
+from storage.query_keys import InformationModel
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SR = "1.2.840.10008.5.1.4.1.1.88.22"

@@ -17,14 +17,14 @@ The triage at STUDY level: private group 0011, private creator "ICHTRIAGE 1.0"
 ask for (0011,xx01) TriagePriority (CS: HIGH, INCOMPLETE, ROUTINE; empty when not triaged),
 (0011,xx02) TriageProbability (DS, the highest label probability of the result shown) and
 (0011,xx03) TriageFindings (CS, 1-n: the hemorrhage subtypes called). Whether asked or not,
-STUDY level answers come most urgent first (`storage.query.TRIAGE_ORDER`).
+STUDY level answers come most urgent first (`storage.query_keys.TRIAGE_ORDER`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -33,6 +33,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
+from sqlalchemy import Engine
 
 from node.config import AllowedPeer, Destination
 from node.dicom import status
@@ -41,20 +42,12 @@ from node.dicom.qr_identifiers import ResponseTemplate, identifier_keys, text
 from node.dicom.store_scp import MALFORMED_DATA_SET
 from storage.errors import DatabaseError
 from storage.files import FileStore
-from storage.query import (
-    IdentifierError,
-    InformationModel,
-    MatchingValueError,
-    Query,
-    QueryError,
-    QueryLevel,
-    count_instances,
-    find,
-    instances,
-    presentations,
-)
+from storage.matching import IdentifierError, MatchingValueError, QueryError
+from storage.query import Query, count_instances, find, instances, presentations
+from storage.query_keys import InformationModel, QueryLevel
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 QR_SOP_CLASSES = {**{uid: InformationModel.PATIENT_ROOT for uid in PATIENT_ROOT},
                   **{uid: InformationModel.STUDY_ROOT for uid in STUDY_ROOT}}
@@ -73,7 +66,7 @@ class QueryHandlers:
     rejected at negotiation. `destinations` are the known C-MOVE destinations by AE title.
     """
 
-    def __init__(self, engine: Any, files: FileStore, *, ae_title: str,
+    def __init__(self, engine: Engine, files: FileStore, *, ae_title: str,
                  destinations: Sequence[Destination] = (),
                  allowed: Sequence[AllowedPeer] = ()) -> None:
         self.engine = engine
@@ -131,8 +124,8 @@ class QueryHandlers:
             return
         try:
             _identifier, query = self._query(event, retrieve=True)
-            contexts = _move_contexts(presentations(self.engine, query))
-            total = count_instances(self.engine, query)
+            contexts = _move_contexts(_answered(presentations, self.engine, query))
+            total = _answered(count_instances, self.engine, query)
         except QueryFailure as failure:
             # pynetdicom takes a status only after the destination and a count
             yield destination.host, destination.port
@@ -146,7 +139,7 @@ class QueryHandlers:
         """Count, then one pending (status, data set) per instance (PS3.4 C.4.3)."""
         try:
             _identifier, query = self._query(event, retrieve=True)
-            total = count_instances(self.engine, query)
+            total = _answered(count_instances, self.engine, query)
         except QueryFailure as failure:
             yield 1
             yield failure.answer(), None
@@ -226,6 +219,14 @@ class QueryFailure(Exception):
         answer.Status = self.code
         answer.ErrorComment = self.comment[:64]
         return answer
+
+
+def _answered(function: Callable[[Engine, Query], T], engine: Engine, query: Query) -> T:
+    """`function(engine, query)`, with the storage layer's errors as QueryFailure."""
+    try:
+        return function(engine, query)
+    except (QueryError, DatabaseError) as exc:
+        raise QueryFailure.of(exc) from exc
 
 
 def _guarded(rows: Iterator[Any]) -> Iterator[Any]:
