@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import create_engine, insert, select
 
 from node.dicom import fastpath
@@ -22,6 +22,7 @@ from tests.nodeproc import NodeProcess, running_node
 
 pytestmark = [pytest.mark.slow, peers.needs(peers.have_dcmtk(), "DCMTK")]
 
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 # patient name, patient id, study date, slices
 STUDIES = [("Chen^Wei", "P1", "20260105", 3), ("chen^li", "P2", "20260120", 2),
            ("O'Brien^Pat", "P4", "20251231", 2)]
@@ -59,9 +60,32 @@ def qr(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ds.AccessionNumber = f"ACC-{pid}"
             factories.write_series(tmp / "in" / pid, series)
             studies[pid] = series
+        report = _report(studies["P1"][0])  # a report in the first study, as the node's SR is
+        report.save_as(tmp / "in" / "P1" / "report.dcm", enforce_file_format=True)
+        studies["P1"] = [*studies["P1"], report]
         sent = peers.run_storescu(tmp / "in", node.port, aet="CT1", called_aet="ICHTRIAGE")
         assert sent.returncode == 0, sent.stderr
         yield QRNode(node, tmp / "sink", tmp / "work", studies)
+
+
+def _report(image: Dataset) -> Dataset:
+    """A small Comprehensive SR instance in `image`'s study."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = COMPREHENSIVE_SR
+    for keyword in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate",
+                    "AccessionNumber"):
+        setattr(ds, keyword, getattr(image, keyword))
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.SeriesNumber = 99
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    return ds
 
 
 def _run(qr: QRNode, tool: str, *args: str, keys: dict[str, str], aet: str = "VIEWER"
@@ -98,9 +122,10 @@ def test_study_root_study_level_wildcards_ranges_and_counts(qr: QRNode) -> None:
                                         "ModalitiesInStudy": "", "StudyDate": ""})
     assert sorted(_values(found, "PatientID")) == ["P1", "P2"]
     by_id = {r.PatientID: r for r in found}
-    assert by_id["P1"].NumberOfStudyRelatedInstances == 3
+    assert by_id["P1"].NumberOfStudyRelatedInstances == 4  # 3 slices and a report
     assert by_id["P1"].StudyInstanceUID == qr.study_uid("P1")
     assert by_id["P2"].ModalitiesInStudy == "CT"
+    assert list(by_id["P1"].ModalitiesInStudy) == ["CT", "SR"]
     ranged = findscu(qr, "-S", "STUDY", {"StudyDate": "20260101-20260131", "PatientID": ""})
     assert sorted(_values(ranged, "PatientID")) == ["P1", "P2"]
     before = findscu(qr, "-S", "STUDY", {"StudyDate": "-20251231", "PatientID": ""})
@@ -114,19 +139,21 @@ def test_patient_root_every_level(qr: QRNode) -> None:
     patients = findscu(qr, "-P", "PATIENT", {"PatientID": "", "PatientName": "",
                                              "NumberOfPatientRelatedInstances": ""})
     assert {r.PatientID: r.NumberOfPatientRelatedInstances for r in patients} == {
-        "P1": 3, "P2": 2, "P4": 2}
+        "P1": 4, "P2": 2, "P4": 2}
     studies = findscu(qr, "-P", "STUDY", {"PatientID": "P2", "StudyInstanceUID": ""})
     assert _values(studies, "StudyInstanceUID") == [qr.study_uid("P2")]
     series = findscu(qr, "-P", "SERIES", {"PatientID": "P1", "StudyInstanceUID": qr.study_uid("P1"),
                                           "SeriesInstanceUID": "", "Modality": "",
                                           "NumberOfSeriesRelatedInstances": ""})
-    assert [(r.Modality, r.NumberOfSeriesRelatedInstances) for r in series] == [("CT", 3)]
+    assert [(r.Modality, r.NumberOfSeriesRelatedInstances) for r in series] == [("CT", 3),
+                                                                                ("SR", 1)]
     first = qr.studies["P1"][0]
     images = findscu(qr, "-P", "IMAGE", {
         "PatientID": "P1", "StudyInstanceUID": first.StudyInstanceUID,
         "SeriesInstanceUID": first.SeriesInstanceUID, "SOPInstanceUID": "",
         "InstanceNumber": ""})
-    assert _values(images, "SOPInstanceUID") == [str(d.SOPInstanceUID) for d in qr.studies["P1"]]
+    assert _values(images, "SOPInstanceUID") == [str(d.SOPInstanceUID)
+                                                 for d in qr.studies["P1"][:3]]
 
 
 def test_study_root_series_and_image_levels(qr: QRNode) -> None:
@@ -185,8 +212,9 @@ def test_movescu_moves_a_study_into_storescp(qr: QRNode) -> None:
     assert done.returncode == 0, done.stderr
     moved = [dcmread(p) for p in set(qr.sink.iterdir()) - before]
     assert sorted(str(d.SOPInstanceUID) for d in moved) == sorted(
-        str(d.SOPInstanceUID) for d in qr.studies["P1"])
+        str(d.SOPInstanceUID) for d in qr.studies["P1"])  # the images and the report
     assert {str(d.file_meta.TransferSyntaxUID) for d in moved} == {"1.2.840.10008.1.2.1"}
+    assert {d.Modality for d in moved} == {"CT", "SR"}
 
 
 def test_movescu_to_an_unknown_destination_is_refused(qr: QRNode) -> None:

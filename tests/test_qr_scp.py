@@ -16,9 +16,16 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, insert
 
-from node.config import AllowedPeer, Destination, Settings
+from node.cli.main import build_parser, settings_from
+from node.config import AllowedPeer, ConfigError, Destination, Settings, load_settings
 from node.dicom import fastpath
-from node.dicom.ae import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE, build_ae
+from node.dicom.ae import (
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    build_ae,
+)
 from node.dicom.qr_identifiers import PRIVATE_CREATOR, TRIAGE_GROUP
 from node.dicom.qr_scp import QueryHandlers
 from node.dicom.store_scp import StoreHandlers
@@ -299,3 +306,61 @@ def test_a_database_failure_is_answered_as_such(tmp_path: Path) -> None:
     finally:
         stop_server(server)
         engine.dispose()
+
+
+def test_patient_root_move_of_a_patient_and_get_of_one_image(node: Node) -> None:
+    series = _store(node, 3, patient_id="PID-MOVE")
+    SINK_RECEIVED.clear()
+    ae = _scu()
+    ae.add_requested_context(PATIENT_ROOT_MOVE)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "PATIENT"
+        identifier.PatientID = "PID-MOVE"
+        final = [s for s, _ in assoc.send_c_move(identifier, "SINK", PATIENT_ROOT_MOVE)][-1]
+    finally:
+        assoc.release()
+    assert (int(final.Status), final.NumberOfCompletedSuboperations) == (0x0000, 3)
+    assert sorted(d.SOPInstanceUID for d, _ in SINK_RECEIVED) == sorted(
+        d.SOPInstanceUID for d in series)
+
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE,
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.SeriesInstanceUID = series[1].SeriesInstanceUID
+        identifier.SOPInstanceUID = series[1].SOPInstanceUID
+        statuses = [int(s.Status) for s, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
+    finally:
+        assoc.release()
+    assert statuses == [0xFF00, 0x0000]
+    assert received == [series[1].SOPInstanceUID]
+
+
+def test_move_destinations_come_from_flags_environment_and_toml(tmp_path: Path) -> None:
+    flag = settings_from(build_parser().parse_args(
+        ["serve", "--move-destination", "VIEWER@10.0.0.5:104",
+         "--move-destination", "PACS@pacs.local:11112", "--allow-query-ae", "VIEWER"]))
+    assert [str(d) for d in flag.move_destination] == ["VIEWER@10.0.0.5:104",
+                                                       "PACS@pacs.local:11112"]
+    assert flag.allow_query_ae == (AllowedPeer("VIEWER"),)
+    env = load_settings(env={"ICHTRIAGE_MOVE_DESTINATION": "A@h:1,B@h:2",
+                             "ICHTRIAGE_ALLOW_STORE_AE": "CT1@10.0.0.21"})
+    assert [d.ae_title for d in env.move_destination] == ["A", "B"]
+    assert env.allow_store_ae == (AllowedPeer("CT1", "10.0.0.21"),)
+    toml = tmp_path / "node.toml"
+    toml.write_text('move_destination = ["VIEWER@10.0.0.5:104"]\n')
+    assert load_settings(config_file=toml, env={}).move_destination == (
+        Destination("VIEWER", "10.0.0.5", 104),)
+    with pytest.raises(ConfigError, match="move_destination"):
+        load_settings(env={"ICHTRIAGE_MOVE_DESTINATION": "A@h:1,A@g:2"})
+    with pytest.raises(ConfigError, match="AE@HOST:PORT"):
+        load_settings(env={"ICHTRIAGE_MOVE_DESTINATION": "nowhere"})
