@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, build_role, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, insert
@@ -86,9 +91,9 @@ SINK_RECEIVED: list[tuple[Dataset, str]] = []  # data set, transfer syntax it ca
 
 
 def _sink() -> ThreadedAssociationServer:
-    """A pynetdicom storage SCP: the C-MOVE destination."""
+    """A pynetdicom storage SCP: the C-MOVE destination, taking either little endian."""
     ae = AE("SINK")
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 
     def on_store(event: evt.Event) -> int:
         SINK_RECEIVED.append((event.dataset, str(event.context.transfer_syntax)))
@@ -364,3 +369,36 @@ def test_move_destinations_come_from_flags_environment_and_toml(tmp_path: Path) 
         load_settings(env={"ICHTRIAGE_MOVE_DESTINATION": "A@h:1,A@g:2"})
     with pytest.raises(ConfigError, match="AE@HOST:PORT"):
         load_settings(env={"ICHTRIAGE_MOVE_DESTINATION": "nowhere"})
+
+
+def test_a_move_sends_each_file_in_its_own_transfer_syntax(node: Node) -> None:
+    series = ct_series(2)
+    ae = AE("SCU")
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in series)
+    finally:
+        assoc.release()
+    SINK_RECEIVED.clear()
+    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.SeriesInstanceUID = series[0].SeriesInstanceUID
+        final = [s for s, _ in assoc.send_c_move(identifier, "SINK", STUDY_ROOT_MOVE)][-1]
+    finally:
+        assoc.release()
+    assert int(final.Status) == 0x0000
+    # stored as received (implicit VR), sent as stored, though the sink takes explicit too
+    assert [syntax for _, syntax in SINK_RECEIVED] == [ImplicitVRLittleEndian] * 2
+
+
+def test_move_contexts_offer_the_stored_syntax_alone_then_a_fallback() -> None:
+    from node.dicom.qr_scp import _move_contexts
+
+    jpeg = "1.2.840.10008.1.2.4.70"
+    contexts = _move_contexts([(CTImageStorage, ImplicitVRLittleEndian),
+                               (CTImageStorage, jpeg), (CTImageStorage, jpeg)])
+    assert [list(map(str, cx.transfer_syntax)) for cx in contexts] == [
+        [ImplicitVRLittleEndian], [ExplicitVRLittleEndian, ImplicitVRLittleEndian], [jpeg]]

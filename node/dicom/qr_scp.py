@@ -242,15 +242,18 @@ def _guarded(rows: Iterator[Any]) -> Iterator[Any]:
 
 
 def _move_contexts(pairs: Sequence[tuple[str, str]]) -> list[PresentationContext]:
-    """The contexts to propose to a move destination: each instance's own transfer syntax,
-    and for native encodings both little endian ones too (pynetdicom converts between
-    those); compressed data is sent only as it is stored."""
+    """The contexts to propose to a move destination: per SOP class, one context for each
+    transfer syntax its instances are stored in, alone (so the peer cannot pick another
+    and the file goes as stored); and, for a native (uncompressed) one, a second context of
+    the other little endian syntaxes, used only when the peer refuses the first (pynetdicom
+    then converts). Compressed data is sent only as stored."""
     contexts: list[PresentationContext] = []
+    fallbacks: set[str] = set()
     for sop_class, syntax in sorted(set(pairs)):
-        offered = [syntax] + ([s for s in _NATIVE if s != syntax]
-                              if UID(syntax) in _NATIVE or not UID(syntax).is_compressed
-                              else [])
-        contexts.append(build_context(sop_class, offered))
+        contexts.append(build_context(sop_class, [syntax]))
+        if not UID(syntax).is_compressed and sop_class not in fallbacks:
+            fallbacks.add(sop_class)
+            contexts.append(build_context(sop_class, list(_NATIVE)))
     if len(contexts) > MAX_CONTEXTS:
         logger.warning("a C-MOVE needs %d presentation contexts; the first %d are proposed, "
                        "instances needing the others fail", len(contexts), MAX_CONTEXTS)
