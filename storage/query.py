@@ -186,10 +186,13 @@ def find(engine: Engine, request: Query) -> Iterator[dict[str, Any]]:
         with reader(engine).connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS) \
                 .execute(query)
-            for row in result:
-                values = row._mapping
-                yield {a.keyword: (a.convert(values[a.keyword]) if a.convert
-                                   else values[a.keyword]) for a in keys}
+            try:
+                for row in result:
+                    values = row._mapping
+                    yield {a.keyword: (a.convert(values[a.keyword]) if a.convert
+                                       else values[a.keyword]) for a in keys}
+            finally:
+                result.close()  # a cancelled answer: the server-side cursor too
     except SQLAlchemyError as exc:
         raise DatabaseError(f"query failed: {exc.__class__.__name__}") from exc
 
@@ -250,8 +253,11 @@ def instances(engine: Engine, request: Query) -> Iterator[StoredInstance]:
         with reader(engine).connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS) \
                 .execute(query)
-            for row in result:
-                yield StoredInstance(row[0], row[1], row[2], row[3])
+            try:
+                for row in result:
+                    yield StoredInstance(row[0], row[1], row[2], row[3])
+            finally:
+                result.close()
     except SQLAlchemyError as exc:
         raise DatabaseError(f"query failed: {exc.__class__.__name__}") from exc
 

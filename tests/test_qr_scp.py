@@ -402,3 +402,37 @@ def test_move_contexts_offer_the_stored_syntax_alone_then_a_fallback() -> None:
                                (CTImageStorage, jpeg), (CTImageStorage, jpeg)])
     assert [list(map(str, cx.transfer_syntax)) for cx in contexts] == [
         [ImplicitVRLittleEndian], [ExplicitVRLittleEndian, ImplicitVRLittleEndian], [jpeg]]
+
+
+def test_find_and_cancel_on_both_databases(engine: Engine, tmp_path: Path) -> None:
+    """The streamed answer (a server-side cursor on PostgreSQL) and a cancel that closes it
+    part-way; the next query on the same pool still answers."""
+    with engine.begin() as conn:
+        pk = conn.execute(insert(Patient).values(patient_key="X\\", patient_id="X")
+                          .returning(Patient.id)).scalar_one()
+        conn.execute(insert(Study), [{"study_uid": f"1.2.9.{i}", "patient_pk": pk}
+                                     for i in range(1500)])
+    queries = QueryHandlers(engine, FileStore(tmp_path / "data"), ae_title=NODE)
+    server = build_ae(Settings(ae_title=NODE)).make_server(
+        (LOOPBACK, 0), evt_handlers=queries.bindings(), server_class=LimitedServer,
+        request_handler=fastpath.request_handler("fast"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node = Node(server, engine)
+        assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
+        statuses = []
+        try:
+            for n, (status, _ds) in enumerate(assoc.send_c_find(
+                    _study_identifier(), STUDY_ROOT_FIND, msg_id=3)):
+                statuses.append(int(status.Status))
+                if n == 0:
+                    assoc.send_c_cancel(3, query_model=STUDY_ROOT_FIND)
+        finally:
+            assoc.release()
+        assert statuses[-1] == 0xFE00 and len(statuses) < 1500
+        found = _find(node, _study_identifier(StudyInstanceUID="1.2.9.7\\1.2.9.1499"))
+        assert sorted(ds.StudyInstanceUID for s, ds in found if s == 0xFF00 and ds) == [
+            "1.2.9.1499", "1.2.9.7"]
+        assert len(_find(node, _study_identifier())) == 1501
+    finally:
+        stop_server(server)
