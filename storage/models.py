@@ -247,7 +247,7 @@ class Model(Base):
     architecture: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(64))
     card: Mapped[str] = mapped_column(Text)  # JSON, as the checkpoint carries it
-    file_path: Mapped[str] = mapped_column(String(500))  # relative to the registry's folder
+    file_path: Mapped[str] = mapped_column(String(500))  # absolute: the registry's own copy
     file_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the file's bytes
     weights_sha256: Mapped[str] = mapped_column(String(64))  # the card's, of the state_dict
     source_path: Mapped[str] = mapped_column(String(500), default="")  # where it was imported from

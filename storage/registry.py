@@ -1,7 +1,8 @@
 """The model registry: every model the node knows, which one is active, and every decision.
 
 A model is a checkpoint file the registry keeps in its own folder (copied there on import,
-named by the file's sha256, so nothing outside can change it under a name), with its card,
+named by the file's sha256, so nothing outside can change it under a name; the row holds the
+absolute path, so an admin command and the node agree on it whatever their data directory), with its card,
 metrics and state: candidate, active or retired. Exactly one model is active: a partial unique
 index (`state = 'active'`, see `storage.models.Model`) makes the database refuse a second, so
 two promotions at once cannot both win. Promote, rollback and retire are each one
@@ -94,7 +95,7 @@ class ModelEntry:
     architecture: str
     version: str
     card: dict[str, Any]
-    file_path: Path  # absolute, inside the registry's folder
+    file_path: Path  # absolute: the copy made on import, in the registry's folder
     file_sha256: str
     weights_sha256: str
     source_path: str
@@ -210,7 +211,7 @@ class ModelRegistry:
     def _entry(self, row: Any) -> ModelEntry:
         return ModelEntry(
             pk=row.id, name=row.name, architecture=row.architecture, version=row.version,
-            card=json.loads(row.card), file_path=self.root / row.file_path,
+            card=json.loads(row.card), file_path=Path(row.file_path),
             file_sha256=row.file_sha256, weights_sha256=row.weights_sha256,
             source_path=row.source_path, training_data=row.training_data,
             metrics=json.loads(row.metrics), created_at=row.created_at,
@@ -234,7 +235,7 @@ class ModelRegistry:
                     raise DuplicateModelError(f"a model named {new.name!r} is registered already")
                 pk = conn.execute(insert(Model).values(
                     name=new.name, architecture=new.architecture, version=new.version,
-                    card=json.dumps(dict(new.card), allow_nan=False), file_path=stored.name,
+                    card=json.dumps(dict(new.card), allow_nan=False), file_path=str(stored),
                     file_sha256=new.file_sha256, weights_sha256=new.weights_sha256,
                     source_path=str(source)[:500], training_data=new.training_data,
                     metrics=json.dumps(dict(new.metrics or {}), allow_nan=False),
@@ -340,7 +341,7 @@ class ModelRegistry:
         """`source` copied to `<root>/<sha256>.pt` (atomically); RegistryError when the copy's
         bytes are not those the caller verified."""
         self.root.mkdir(parents=True, exist_ok=True)
-        target = self.root / f"{sha256}.pt"
+        target = (self.root / f"{sha256}.pt").resolve()
         if target.is_file() and file_sha256(target) == sha256:
             return target  # a copy left by an import that did not commit: the same bytes
         tmp = self.root / f".{sha256}.tmp"

@@ -75,7 +75,7 @@ def test_import_keeps_a_copy_card_and_metrics(registry: ModelRegistry,
     assert entry.card == card and entry.weights_sha256 == card["sha256"]
     assert entry.version == card["sha256"][:12]
     assert entry.training_data == card["training_data"]
-    assert entry.file_path.parent == registry.root and entry.file_path.is_file()
+    assert entry.file_path.parent == registry.root.resolve() and entry.file_path.is_file()
     assert entry.file_path.read_bytes() == checkpoints[0].read_bytes()
     assert entry.source_path == str(checkpoints[0])
     (decision,) = registry.history("first")

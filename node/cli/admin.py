@@ -1,4 +1,5 @@
-"""`ichtriage admin`: phantoms, training, evaluation, comparison and the demo model.
+"""`ichtriage admin`: phantoms, training, evaluation, comparison, the demo model, the model
+registry and requeueing (`node.cli.models`).
 
 torch and `ml` are imported inside the commands that need them, never when the parser is
 built: `ichtriage serve --help` stays fast and the receiving processes never load torch.
@@ -81,6 +82,10 @@ def add_admin_parser(sub: Any) -> None:
     _training(compare, epochs=3)
     _common(compare)
     _demo_parser(commands)
+    from node.cli.models import add_models_parser, add_requeue_parser
+
+    add_models_parser(commands)
+    add_requeue_parser(commands)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -154,6 +159,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
 
     configure_logging(settings.log_level)
+    if args.admin_command in ("models", "requeue"):
+        from node.cli.models import run_models, run_requeue
+
+        return (run_models if args.admin_command == "models" else run_requeue)(args, settings)
     commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model}  # fmt: skip
     try:
