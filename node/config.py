@@ -102,7 +102,8 @@ class Settings:
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
     check_interval: float = 0.25  # how often the scheduler looks for settled series and results to send
-    model: str = ""  # checkpoint file of the active model; empty: the shipped demo model
+    model: str = ""  # checkpoint imported and made active at start when not registered yet
+    # (empty: the shipped demo model when the registry is empty); then the registry decides
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
@@ -148,6 +149,11 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the model registry keeps the checkpoints it imported (storage.registry)."""
+        return self.data_dir / "models"
 
     @property
     def receiver_count(self) -> int:

@@ -78,13 +78,12 @@ def load_model(settings: Settings, engine: Engine) -> ModelHolder:
         ModelHolder,
         ModelUnavailableError,
         ensure_active_model,
-        registry_root,
     )
     from storage.errors import StorageError
     from storage.registry import ModelRegistry
 
     check_device(settings.device)
-    registry = ModelRegistry(engine, registry_root(settings.data_dir))
+    registry = ModelRegistry(engine, settings.models_dir)
     shown = settings.model or "(the registry's active model)"
     try:
         entry = ensure_active_model(registry, settings.model)

@@ -107,7 +107,6 @@ def _when(text: str) -> datetime:
 
 def run_models(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
-    from node.triage.registry import registry_root
     from storage.db import open_existing
     from storage.errors import DatabaseMissingError
     from storage.registry import (
@@ -124,7 +123,7 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
     except DatabaseMissingError as exc:
         print(f"{where}: {exc}", file=sys.stderr)
         return Exit.NO_DATABASE
-    registry = ModelRegistry(engine, registry_root(settings.data_dir))
+    registry = ModelRegistry(engine, settings.models_dir)
     try:
         return _MODELS[args.models_command](registry, args)
     except UnknownModelError as exc:

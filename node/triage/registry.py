@@ -33,15 +33,10 @@ logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 START_ACTOR = "node start"
-MODELS_FOLDER = "models"  # under the data directory
 
 
 class ModelUnavailableError(Exception):
     """No model can be run: none active, or its file is missing or not the registered one."""
-
-
-def registry_root(data_dir: Path) -> Path:
-    return data_dir / MODELS_FOLDER
 
 
 def default_name(path: Path, weights_sha256: str) -> str:

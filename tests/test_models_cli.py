@@ -1,0 +1,196 @@
+"""The admin's model life cycle through the command line, as real processes: `ichtriage admin
+models ...` and `ichtriage admin requeue`, their exit codes and listings; and end to end, a
+running node that names the promoted model in its results and SRs, and the old one after a
+rollback, without a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydicom import dcmread
+
+from ml.checkpoint import ModelCard, card_path, load_checkpoint, save_checkpoint
+from ml.labels import LABELS
+from ml.models import build_model
+from ml.phantom import write_series
+from ml.shipped import shipped_checkpoint
+from node.triage.sr import read_triage_sr
+from tests import peers
+from tests.nodeproc import NodeProcess, running_node, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ichtriage(*args: str | Path, check_rc: int | None = 0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "error", "ICHTRIAGE_LOG_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, "-m", "node", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=240, cwd=ROOT)
+    if check_rc is not None:
+        assert done.returncode == check_rc, f"rc {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def models(data: Path, *args: str | Path, rc: int = 0) -> subprocess.CompletedProcess[str]:
+    return ichtriage("admin", "models", *args, "--data-dir", data, check_rc=rc)
+
+
+def listing(data: Path) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = json.loads(models(data, "list", "--json").stdout)
+    return rows
+
+
+def recalibrated(source: Path, out: Path, *, any_threshold: float) -> Path:
+    """The shipped model with its thresholds moved: a legitimate new card (a recalibration),
+    saved through ml.checkpoint as a new checkpoint."""
+    model, card = load_checkpoint(source)
+    thresholds = {**card.thresholds, "any": any_threshold}
+    new = ModelCard.from_dict({**card.to_dict(), "thresholds": thresholds, "sha256": "",
+                               "created_at": "", "code_version": "",
+                               "training_data": card.training_data + "; thresholds moved in "
+                                                                     "a test"})
+    save_checkpoint(out, model, new)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("tiny")
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        card = ModelCard.new("ichnet", windows=("brain", "subdural", "bone"), input_size=32,
+                             training_data=f"random weights, seed {seed}; CLI test")
+        model = build_model("ichnet", in_channels=card.in_channels, input_size=32)
+        save_checkpoint(folder / f"tiny{seed}.pt", model, card)
+        paths.append(folder / f"tiny{seed}.pt")
+    return paths
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = tmp_path / "var"
+    ichtriage("db", "upgrade", "--data-dir", folder)
+    return folder
+
+
+def test_import_promote_rollback_retire_and_their_listings(data: Path, tiny: list[Path]) -> None:
+    assert "no model is registered yet" in models(data, "list").stdout
+    out = models(data, "import", tiny[0], "--name", "first", "--reason", "baseline",
+                 "--by", "alice").stdout
+    assert out.startswith("registered first ") and "as candidate" in out
+    models(data, "import", tiny[1], "--name", "second", "--version", "2.0", "--activate")
+    assert [(m["name"], m["state"], m["version"]) for m in listing(data)] == [
+        ("first", "candidate", json.loads(card_path(tiny[0]).read_text())["sha256"][:12]),
+        ("second", "active", "2.0")]
+    models(data, "promote", "first", "--reason", "better AUC", "--by", "bob")
+    (first,) = [m for m in listing(data) if m["name"] == "first"]
+    assert (first["state"], first["promoted_by"], first["reason"]) == ("active", "bob",
+                                                                      "better AUC")
+    table = models(data, "list").stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "VERSION", "ARCHITECTURE", "STATE"]
+    assert any(line.split()[0] == "first" and "active" in line.split() for line in table[2:])
+    assert "rolled back: second 2.0" in models(data, "rollback", "--by", "carol").stdout
+    models(data, "retire", "first", "--reason", "worse on the held-out set", "--by", "dave")
+    shown = json.loads(models(data, "show", "first", "--json").stdout)
+    assert shown["state"] == "retired" and shown["card"]["architecture"] == "ichnet"
+    assert [(d["action"], d["to"], d["actor"]) for d in shown["decisions"]] == [
+        ("import", "candidate", "alice"), ("promote", "active", "bob"),
+        ("demote", "candidate", "carol"), ("retire", "retired", "dave")]
+    text = models(data, "show", "first").stdout
+    assert "worse on the held-out set" in text and "decisions:" in text
+
+
+BAD = [  # (arguments, exit code, what the one line of stderr says)
+    (("promote", "nope"), 3, "no model named 'nope'"),
+    (("retire", "nope"), 3, "no model named 'nope'"),
+    (("show", "nope"), 3, "no model named 'nope'"),
+    (("retire", "first"), 4, "refused: first is the active model"),
+    (("promote", "first"), 4, "refused: first is the active model already"),
+    (("rollback",), 4, "refused: first has no earlier active model"),
+    (("import", "MISSING"), 2, "checkpoint not found"),
+    (("import", "CORRUPT"), 2, "cannot read checkpoint"),
+    (("import", "FIRST"), 4, "refused: .* is registered already, as 'first'"),
+    (("import", "SECOND", "--name", "bad name"), 2, "name: 'bad name'"),
+]
+
+
+def test_bad_input_is_a_clear_error_an_exit_code_and_no_change(
+        data: Path, tiny: list[Path], tmp_path: Path) -> None:
+    models(data, "import", tiny[0], "--name", "first", "--activate")
+    (tmp_path / "corrupt.pt").write_bytes(tiny[1].read_bytes()[:3000])
+    files = {"MISSING": tmp_path / "missing.pt", "CORRUPT": tmp_path / "corrupt.pt",
+             "FIRST": tiny[0], "SECOND": tiny[1]}
+    before = listing(data)
+    stored = sorted((data / "models").iterdir())
+    for args, rc, message in BAD:
+        done = models(data, *[str(files.get(a, a)) for a in args], rc=rc)
+        assert done.stdout == "", args
+        (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+        assert re.search(message, line), (args, line)
+    assert listing(data) == before
+    assert sorted((data / "models").iterdir()) == stored
+
+
+def test_a_missing_database_is_exit_1_and_creates_nothing(tmp_path: Path) -> None:
+    done = models(tmp_path / "typo", "list", rc=1)
+    assert "no database at" in done.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def sr_of(node: NodeProcess, sr_uid: str) -> tuple[str, str, dict[str, tuple[float, bool]]]:
+    """(ManufacturerModelName, SoftwareVersions, per-label reading) of an SR in the node."""
+    ((path,),) = node.query(f"select file_path from instance where sop_uid = '{sr_uid}'")
+    ds = dcmread(node.data_dir / "data" / str(path))
+    return str(ds.ManufacturerModelName), str(ds.SoftwareVersions), read_triage_sr(ds)
+
+
+def result_of(node: NodeProcess, series_uid: str) -> tuple[object, ...]:
+    sql = ("select r.model_name, r.model_version, m.name, r.sr_sop_uid from triage_result r "
+           "join series s on s.id = r.series_pk left join model m on m.id = r.model_pk "
+           f"where s.series_uid = '{series_uid}'")
+    wait_for(lambda: node.query(sql), timeout=180, what=f"a result on {series_uid}")
+    (row,) = node.query(sql)
+    return row
+
+
+@pytest.mark.slow
+@peers.needs(peers.have_dcmtk(), "DCMTK")
+def test_promote_then_rollback_on_a_running_node(tmp_path: Path) -> None:
+    """The life cycle end to end: the demo model registered on first start; a second model
+    imported and promoted while the node runs; the next study's result and SR name it (and
+    its calls are its own); a rollback, and the next one names the demo again."""
+    second = recalibrated(shipped_checkpoint(), tmp_path / "recalibrated.pt", any_threshold=0.0)
+    first = write_series(tmp_path / "a", seed=931, slices=16, size=512)
+    then = write_series(tmp_path / "b", seed=902, slices=24, size=512)  # no bleed
+    with running_node(tmp_path / "node", workers=1) as node:
+        assert "model demo " in node.log_text()  # the ready line names the registry entry
+        data = node.data_dir
+        assert [(m["name"], m["state"]) for m in listing(data)] == [("demo", "active")]
+        models(data, "import", second, "--name", "recalibrated", "--version", "2")
+        models(data, "promote", "recalibrated", "--reason", "any called at 0.0 (test)")
+
+        sent = peers.run_storescu(tmp_path / "a", node.port, aet="CT1", called_aet="ICHTRIAGE")
+        assert sent.returncode == 0, sent.stderr
+        name, version, entry, sr_uid = result_of(node, first.series_uid)
+        assert (name, version, entry) == ("recalibrated", "2", "recalibrated")
+        model_name, software, reading = sr_of(node, str(sr_uid))
+        assert (model_name, software) == ("recalibrated", "2")
+        assert reading["any"][1] is True  # threshold 0: its own call, not the demo's
+
+        assert "rolled back: demo" in models(data, "rollback", "--reason", "test").stdout
+        sent = peers.run_storescu(tmp_path / "b", node.port, aet="CT1", called_aet="ICHTRIAGE")
+        assert sent.returncode == 0, sent.stderr
+        name, version, entry, sr_uid = result_of(node, then.series_uid)
+        demo = next(m for m in listing(data) if m["name"] == "demo")
+        assert (name, version, entry) == ("demo", demo["version"], "demo")
+        model_name, software, reading = sr_of(node, str(sr_uid))
+        assert (model_name, software) == ("demo", demo["version"])
+        assert reading["any"][1] is False and set(reading) == set(LABELS)
+        assert node.proc.poll() is None  # no restart
