@@ -19,7 +19,7 @@ from pydicom import dcmread
 from ml.checkpoint import ModelCard, card_path, load_checkpoint, save_checkpoint
 from ml.labels import LABELS
 from ml.models import build_model
-from ml.phantom import write_series
+from ml.phantom import write_dataset, write_series
 from ml.shipped import shipped_checkpoint
 from node.triage.sr import read_triage_sr
 from tests import peers
@@ -194,3 +194,22 @@ def test_promote_then_rollback_on_a_running_node(tmp_path: Path) -> None:
         assert (model_name, software) == ("demo", demo["version"])
         assert reading["any"][1] is False and set(reading) == set(LABELS)
         assert node.proc.poll() is None  # no restart
+
+
+def test_evaluate_takes_a_registry_name_and_defaults_to_the_active_model(
+        data: Path, tiny: list[Path], tmp_path: Path) -> None:
+    labels = write_dataset(tmp_path / "set", studies=2, seed=5, slices=6, size=64)
+    models(data, "import", tiny[0], "--name", "first")
+    models(data, "import", tiny[1], "--name", "second", "--activate")
+    files = {m["name"]: m["file"] for m in listing(data)}
+
+    def evaluated(*model: str) -> object:
+        out = ichtriage("admin", "evaluate", *model, "--data-dir", data, "--dicom-dir",
+                        tmp_path / "set", "--labels", labels, "--json", "--device", "cpu").stdout
+        return json.loads(out)["model"]["path"]
+
+    assert evaluated("--model", "first") == files["first"]
+    assert evaluated() == files["second"]
+    done = ichtriage("admin", "evaluate", "--model", "nope", "--data-dir", data, "--dicom-dir",
+                     tmp_path / "set", "--labels", labels, check_rc=2)
+    assert "no model named 'nope'" in done.stderr

@@ -121,9 +121,13 @@ def _evaluate_parser(commands: Any) -> None:
         "evaluate", help="score a model on labelled DICOM, at image and series level"
     )
     evaluate.add_argument("--model", dest="model_ref", metavar="NAME_OR_PATH",
-                          help="checkpoint file, or 'demo' for the shipped model "
-                               "(default: the node's active model)")  # fmt: skip
+                          help="checkpoint file, a name in the model registry, or 'demo' "
+                               "for the shipped model (default: the registry's active model)")  # fmt: skip
     _data(evaluate)
+    evaluate.add_argument("--data-dir", type=Path, help="the node's data directory, for a model "
+                          "named in its registry (default: ./var, or the setting)")
+    evaluate.add_argument("--db-url", help="the node's database (default: SQLite in the data "
+                          "directory)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object only")
     evaluate.add_argument("--roc", type=Path, metavar="PNG", help="write image-level ROC curves")
     evaluate.add_argument("--report", type=Path, metavar="DIR",
@@ -157,6 +161,7 @@ def _demo_parser(commands: Any) -> None:
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
+    from storage.errors import StorageError
 
     configure_logging(settings.log_level)
     if args.admin_command in ("models", "requeue"):
@@ -167,7 +172,7 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 "compare": _compare, "demo-model": _demo_model}  # fmt: skip
     try:
         return commands[args.admin_command](args, settings)
-    except (MLError, ValueError, OSError) as exc:  # bad input or data: say so, no traceback
+    except (MLError, StorageError, ValueError, OSError) as exc:  # bad input: say so, no traceback
         print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
         return 2
 
@@ -226,11 +231,35 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:
+    """The checkpoint `--model` names: 'demo' (the shipped one), a file, or a name in the
+    node's model registry; without it, the registry's active model (or, before the node's
+    first start, the `model` setting or the shipped one)."""
     from ml.shipped import shipped_checkpoint
 
-    if reference == "demo" or (reference is None and not settings.model):
+    if reference == "demo":
         return shipped_checkpoint()
-    return Path(reference or settings.model)
+    if reference is not None and (Path(reference).is_file() or "/" in reference
+                                  or reference.endswith(".pt")):
+        return Path(reference)
+    from storage.db import open_existing
+    from storage.errors import DatabaseMissingError
+    from storage.registry import ModelRegistry
+
+    try:
+        engine = open_existing(settings.database_url)
+    except DatabaseMissingError as exc:
+        if reference is not None:
+            raise ValueError(f"--model {reference}: no such file, and no registry to look the "
+                             f"name up in: {exc}") from exc
+        return Path(settings.model) if settings.model else shipped_checkpoint()
+    try:
+        registry = ModelRegistry(engine, settings.models_dir)
+        entry = registry.get(reference) if reference is not None else registry.active()
+    finally:
+        engine.dispose()
+    if entry is None:
+        return Path(settings.model) if settings.model else shipped_checkpoint()
+    return entry.file_path
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
