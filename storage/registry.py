@@ -300,6 +300,17 @@ class ModelRegistry:
         logger.info("model %s retired by %s", name, actor)
         return self.get(name)
 
+    def note(self, name: str, *, action: str, actor: str, reason: str) -> ModelEntry:
+        """Record a decision that leaves the model's state as it is (a gate that kept a
+        candidate, say): an event, and the reason shown with the model."""
+        if not action or len(action) > 16:
+            raise ValueError(f"action: 1-16 characters, got {action!r}")
+        with self._changing(f"{action} {name}") as conn:
+            pk, state = self._state_of(conn, name)
+            conn.execute(update(Model).where(Model.id == pk).values(reason=reason))
+            _event(conn, pk, action, state, state, actor, reason)
+        return self.get(name)
+
     def _activate(self, conn: Connection, pk: int, state: ModelState, action: str, actor: str,
                   reason: str, *, rollback_to: int | None = None) -> None:
         """Inside `conn`'s transaction: the active model (if any) becomes a candidate, `pk`

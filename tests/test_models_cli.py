@@ -213,3 +213,34 @@ def test_evaluate_takes_a_registry_name_and_defaults_to_the_active_model(
     done = ichtriage("admin", "evaluate", "--model", "nope", "--data-dir", data, "--dicom-dir",
                      tmp_path / "set", "--labels", labels, check_rc=2)
     assert "no model named 'nope'" in done.stderr
+
+
+def test_the_gate_promotes_the_better_and_keeps_a_zero_step_candidate_with_its_reason(
+        data: Path, tiny: list[Path], tmp_path: Path) -> None:
+    held_out = tmp_path / "held-out"
+    labels = write_dataset(held_out, studies=4, seed=21, slices=8, size=512,
+                           positive_fraction=0.5)
+    models(data, "import", tiny[0], "--name", "zero-step", "--activate")  # random weights
+    models(data, "import", shipped_checkpoint(), "--name", "demo")
+
+    def gate(name: str, rc: int) -> dict[str, object]:
+        done = models(data, "gate", name, "--dicom-dir", held_out, "--labels", labels,
+                      "--device", "cpu", "--json", "--by", "admin", rc=rc)
+        decision: dict[str, object] = json.loads(done.stdout)
+        return decision
+
+    promoted = gate("demo", 0)  # trained vs untrained: better, sensitivity held
+    assert promoted["promote"] is True and promoted["active"] == "zero-step"
+    assert [(m["name"], m["state"]) for m in listing(data)] == [("zero-step", "candidate"),
+                                                                ("demo", "active")]
+    models(data, "import", tiny[1], "--name", "zero-step-2")  # a zero-step candidate
+    refused = gate("zero-step-2", 4)
+    assert refused["promote"] is False and "is not better than the active model's" in str(
+        refused["reason"])
+    rows = {m["name"]: m for m in listing(data)}
+    assert rows["zero-step-2"]["state"] == "candidate" and rows["demo"]["state"] == "active"
+    assert rows["zero-step-2"]["reason"] == refused["reason"]  # shown by `models list`
+    assert "is not better than" in models(data, "list").stdout
+    decisions = json.loads(models(data, "show", "zero-step-2", "--json").stdout)["decisions"]
+    assert [(d["action"], d["actor"], d["reason"]) for d in decisions][-1] == (
+        "gate", "admin", refused["reason"])

@@ -4,7 +4,8 @@ Exit codes (every subcommand): 0 done; 1 the database is missing or unreachable;
 (a checkpoint that is missing, corrupt or not what its card says, a malformed argument);
 3 an unknown model name or study; 4 refused by the model's state (promote a retired or the
 active one, retire the active one, nothing to roll back to, a name or file registered
-already). A refusal changes nothing.
+already), and a gate that kept its candidate. A refusal changes nothing, but a gate's
+decision is recorded either way.
 """
 
 from __future__ import annotations
@@ -82,6 +83,27 @@ def add_models_parser(commands: Any) -> None:
     retire = _node(sub.add_parser("retire", help="take a candidate out of service for good"))
     retire.add_argument("name")
     _by_and_reason(retire)
+    _gate_parser(sub)
+
+
+def _gate_parser(sub: Any) -> None:
+    gate = _node(sub.add_parser(
+        "gate", help="evaluate a candidate and the active model on the same held-out set; "
+                     "promote the candidate only if it is better and keeps sensitivity(any) "
+                     "(exit 0 promoted, 4 kept as a candidate; the reason is recorded)"))
+    add = gate.add_argument
+    add("name", help="the candidate")
+    add("--dicom-dir", type=Path, required=True, help="held-out set: <image id>.dcm files")
+    add("--labels", type=Path, required=True, help="its labels, RSNA stage_2_train.csv format")
+    add("--metric", choices=("weighted_log_loss", "auc_any"), default="weighted_log_loss",
+        help="what 'better' means (default: %(default)s)")
+    add("--margin", type=float, default=0.0, help="by at least this much (default: %(default)s)")
+    add("--min-sensitivity", type=float, default=0.95, metavar="S",
+        help="sensitivity(any) the triage requires at the operating threshold; the candidate "
+             "keeps the active model's, up to this (default: %(default)s)")
+    add("--device", help="torch device (default: auto, or the setting)")
+    add("--json", action="store_true", help="one JSON object")
+    add("--by", default=None, metavar="NAME", help="who decides (default: the current user)")
 
 
 def add_requeue_parser(commands: Any) -> None:
@@ -211,8 +233,44 @@ def _retire(registry: Any, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _gate(registry: Any, args: argparse.Namespace) -> int:
+    from ml.evaluate import evaluate_classifier
+    from ml.gate import decide
+    from ml.inference import Classifier
+    from ml.rsna import index_images, read_labels
+    from storage.registry import ModelStateError
+
+    candidate, active = registry.get(args.name), registry.active()
+    if active is None:
+        raise ModelStateError("no model is active to compare with: promote one first")
+    if candidate.state.value != "candidate":
+        raise ModelStateError(f"{candidate.name} is {candidate.state.value}, not a candidate")
+    records = index_images(args.dicom_dir, read_labels(args.labels))
+    if not records:
+        raise ValueError(f"no .dcm file under {args.dicom_dir} has labels in {args.labels}")
+    device = args.device or "auto"
+    measured = {}
+    for entry in (candidate, active):
+        classifier = Classifier.load(entry.file_path, device=device)
+        measured[entry.name] = evaluate_classifier(classifier, records).series
+    decision = decide(measured[candidate.name], measured[active.name], metric=args.metric,
+                      min_sensitivity_any=args.min_sensitivity, margin=args.margin)
+    actor = args.by or _who()
+    if decision.promote:
+        registry.promote(candidate.name, actor=actor, reason=decision.reason)
+    else:
+        registry.note(candidate.name, action="gate", actor=actor, reason=decision.reason)
+    if args.json:
+        print(json.dumps({"candidate": candidate.name, "active": active.name,
+                          **decision.to_dict()}, allow_nan=False))
+    else:
+        verdict = "promoted" if decision.promote else "kept as a candidate"
+        print(f"{candidate.name} vs {active.name}: {verdict}: {decision.reason}")
+    return Exit.OK if decision.promote else Exit.REFUSED
+
+
 _MODELS = {"list": _list, "show": _show, "import": _import, "promote": _promote,
-           "rollback": _rollback, "retire": _retire}
+           "rollback": _rollback, "retire": _retire, "gate": _gate}
 
 
 def run_requeue(args: argparse.Namespace, settings: Settings) -> int:
