@@ -244,3 +244,19 @@ def test_the_gate_promotes_the_better_and_keeps_a_zero_step_candidate_with_its_r
     decisions = json.loads(models(data, "show", "zero-step-2", "--json").stdout)["decisions"]
     assert [(d["action"], d["actor"], d["reason"]) for d in decisions][-1] == (
         "gate", "admin", refused["reason"])
+
+
+def test_admin_train_registers_its_best_checkpoint_as_a_candidate(data: Path,
+                                                                  tmp_path: Path) -> None:
+    labels = write_dataset(tmp_path / "set", studies=4, seed=7, slices=6, size=64,
+                           positive_fraction=0.75)
+    out = ichtriage("admin", "train", "--arch", "ichnet", "--dicom-dir", tmp_path / "set",
+                    "--labels", labels, "--out", tmp_path / "run", "--epochs", 1,
+                    "--input-size", 32, "--batch-size", 8, "--val-fraction", 0.25, "--seed", 3,
+                    "--device", "cpu", "--register", "trained", "--data-dir", data).stdout
+    assert "registered trained " in out
+    (entry,) = listing(data)
+    assert (entry["name"], entry["state"], entry["architecture"]) == (
+        "trained", "candidate", "ichnet")
+    assert str(labels) in str(entry["training_data"]) and entry["metrics"]
+    assert entry["source"] == str(tmp_path / "run" / "best.pt")

@@ -113,6 +113,13 @@ def _train_parser(commands: Any) -> None:
                        help="local weights or checkpoint to start from")
     train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--register", metavar="NAME",
+                       help="import the best checkpoint into the node's model registry as a "
+                            "candidate named NAME (then `admin models gate NAME ...`)")
+    train.add_argument("--data-dir", type=Path, help="the node's data directory, for --register "
+                       "(default: ./var, or the setting)")
+    train.add_argument("--db-url", help="the node's database, for --register (default: SQLite "
+                       "in the data directory)")
     _common(train)
 
 
@@ -227,6 +234,10 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
     print("\n".join(metric_lines({"validation": result.metrics})))
     print(f"\ncheckpoint: {result.best_checkpoint}")
+    if args.register:
+        from node.cli.models import register_trained
+
+        return register_trained(result.best_checkpoint, args.register, settings)
     return 0
 
 

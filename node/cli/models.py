@@ -273,6 +273,30 @@ _MODELS = {"list": _list, "show": _show, "import": _import, "promote": _promote,
            "rollback": _rollback, "retire": _retire, "gate": _gate}
 
 
+def register_trained(checkpoint: Path, name: str, settings: Settings) -> int:
+    """`admin train --register NAME`: the run's best checkpoint, a candidate in the registry."""
+    from node.triage.registry import import_checkpoint
+    from storage.db import open_existing
+    from storage.errors import DatabaseMissingError
+    from storage.registry import ModelRegistry, RegistryError
+
+    try:
+        engine = open_existing(settings.database_url)
+    except DatabaseMissingError as exc:
+        print(f"ichtriage admin train --register: {exc}", file=sys.stderr)
+        return Exit.NO_DATABASE
+    try:
+        entry = import_checkpoint(ModelRegistry(engine, settings.models_dir), checkpoint,
+                                  name=name, actor=_who(), reason="trained by admin train")
+    except RegistryError as exc:
+        print(f"ichtriage admin train --register: refused: {exc}", file=sys.stderr)
+        return Exit.REFUSED
+    finally:
+        engine.dispose()
+    print(f"registered {entry.name} {entry.version} as a candidate")
+    return Exit.OK
+
+
 def run_requeue(args: argparse.Namespace, settings: Settings) -> int:
     from node.scheduler import TRIAGE, series_lock
     from storage.db import open_existing
