@@ -274,3 +274,41 @@ def test_the_holder_follows_the_registry_and_checks_the_file(
     registry.rollback(actor="a")
     with pytest.raises(ModelUnavailableError, match="is not the one registered"):
         holder.get()
+
+
+def test_promotions_racing_each_other_leave_one_active_model(
+        registry: ModelRegistry, checkpoints: list[Path]) -> None:
+    """Threads promoting different models at once: each promotion wins whole or fails with a
+    RegistryError; never two active, never none."""
+    import threading
+
+    from storage.registry import RegistryError
+
+    for i, path in enumerate(checkpoints):
+        import_checkpoint(registry, path, name=f"m{i}", actor="a", activate=(i == 0))
+    barrier = threading.Barrier(3)
+    outcomes: list[str] = []
+
+    def promote(name: str) -> None:
+        for _ in range(5):
+            barrier.wait()
+            try:
+                registry.promote(name, actor=name)
+                outcomes.append("won")
+            except ModelStateError:
+                outcomes.append("already")  # the other thread's promotion of it came first
+            except RegistryError:
+                outcomes.append("lost")
+
+    threads = [threading.Thread(target=promote, args=(f"m{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 15 and "won" in outcomes
+    with registry.engine.connect() as conn:
+        active = conn.execute(select(func.count()).select_from(Model)
+                              .where(Model.state == ModelState.ACTIVE)).scalar_one()
+    assert active == 1
+    wins = [d for d in registry.history() if d.action == "promote" and d.actor != "a"]
+    assert len(wins) == outcomes.count("won")  # a lost promotion left no decision behind
