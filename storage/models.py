@@ -278,6 +278,26 @@ class ModelEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Retraining(Base):
+    """One retraining run: a lock that survives restarts (at most one row is running, a
+    partial unique index), and a record of what it made and decided."""
+
+    __tablename__ = "retraining"
+    __table_args__ = (
+        Index("uq_retraining_running", "status", unique=True,
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "retraining_status"),
+                                              default=JobStatus.RUNNING)
+    owner: Mapped[str] = mapped_column(String(128))  # host:pid of the process that runs it
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    candidate: Mapped[str] = mapped_column(String(64), default="")  # registry name, once made
+    outcome: Mapped[str] = mapped_column(Text, default="")  # the gate's reason, or the error
+
+
 class TriageResult(Base):
     """The model's reading of one series: the series-level probabilities and calls."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydicom import dcmread
+from sqlalchemy import create_engine
 
 from ml.checkpoint import ModelCard, card_path, load_checkpoint, save_checkpoint
 from ml.labels import LABELS
@@ -22,6 +24,7 @@ from ml.models import build_model
 from ml.phantom import write_dataset, write_series
 from ml.shipped import shipped_checkpoint
 from node.triage.sr import read_triage_sr
+from storage.retraining import RetrainingLog
 from tests import peers
 from tests.nodeproc import NodeProcess, running_node, wait_for
 
@@ -260,3 +263,35 @@ def test_admin_train_registers_its_best_checkpoint_as_a_candidate(data: Path,
         "trained", "candidate", "ichnet")
     assert str(labels) in str(entry["training_data"]) and entry["metrics"]
     assert entry["source"] == str(tmp_path / "run" / "best.pt")
+
+
+def test_admin_retrain_trains_registers_gates_and_records_under_the_lock(
+        data: Path, tmp_path: Path) -> None:
+    labels = write_dataset(tmp_path / "set", studies=4, seed=7, slices=6, size=64,
+                           positive_fraction=0.75)
+    held = write_dataset(tmp_path / "held", studies=2, seed=8, slices=6, size=512,
+                         positive_fraction=0.5)
+    models(data, "import", shipped_checkpoint(), "--name", "demo", "--activate")
+    retrain = ("admin", "retrain", "--arch", "ichnet", "--dicom-dir", tmp_path / "set",
+               "--labels", labels, "--out", tmp_path / "run", "--epochs", 1, "--input-size", 32,
+               "--batch-size", 8, "--val-fraction", 0.25, "--seed", 3, "--device", "cpu",
+               "--heldout-dir", tmp_path / "held", "--heldout-labels", held,
+               "--name", "nightly", "--data-dir", data)
+    engine = create_engine(f"sqlite:///{data / 'ichtriage.db'}")
+    try:
+        log = RetrainingLog(engine)
+        busy = log.start(f"{socket.gethostname()}:{os.getpid()}", alive=lambda owner: True)
+        done = ichtriage(*retrain, check_rc=4)  # this test's process holds the lock: refused
+        assert "refused: a retraining is running by" in done.stderr
+        assert [m["name"] for m in listing(data)] == ["demo"]  # nothing trained or registered
+        log.finish(busy, ok=False, outcome="released by the test")
+
+        out = ichtriage(*retrain, check_rc=4).stdout  # one epoch on 4 studies: not better
+        assert "nightly vs demo: kept as a candidate: gate on 2 held-out series" in out
+        rows = {m["name"]: m for m in listing(data)}
+        assert rows["nightly"]["state"] == "candidate" and rows["demo"]["state"] == "active"
+        last = log.runs()[-1]
+        assert (last.status, last.candidate) == ("done", "nightly")
+        assert last.outcome == rows["nightly"]["reason"]
+    finally:
+        engine.dispose()

@@ -17,7 +17,7 @@ from node.config import Settings
 from node.logs import configure_logging
 
 if TYPE_CHECKING:
-    from ml.train import TrainConfig
+    from ml.train import TrainConfig, TrainResult
 
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
 
@@ -86,6 +86,9 @@ def add_admin_parser(sub: Any) -> None:
 
     add_models_parser(commands)
     add_requeue_parser(commands)
+    from node.cli.retrain import add_retrain_parser
+
+    add_retrain_parser(commands, _training, _data)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -175,7 +178,7 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         from node.cli.models import run_models, run_requeue
 
         return (run_models if args.admin_command == "models" else run_requeue)(args, settings)
-    commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
+    commands = {"retrain": _retrain, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model}  # fmt: skip
     try:
         return commands[args.admin_command](args, settings)
@@ -218,7 +221,22 @@ def _epoch_line(entry: dict[str, Any]) -> str:
             f"({entry['seconds']:.0f} s)")  # fmt: skip
 
 
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli.retrain import run_retrain
+
+    return run_retrain(args, settings, lambda a, s: _trained(a, s).best_checkpoint)
+
+
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    result = _trained(args, settings)
+    if args.register:
+        from node.cli.models import register_trained
+
+        return register_trained(result.best_checkpoint, args.register, settings)
+    return 0
+
+
+def _trained(args: argparse.Namespace, settings: Settings) -> TrainResult:
     from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
@@ -234,11 +252,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
     print("\n".join(metric_lines({"validation": result.metrics})))
     print(f"\ncheckpoint: {result.best_checkpoint}")
-    if args.register:
-        from node.cli.models import register_trained
-
-        return register_trained(result.best_checkpoint, args.register, settings)
-    return 0
+    return result
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:

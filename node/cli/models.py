@@ -31,7 +31,7 @@ class Exit(enum.IntEnum):
     REFUSED = 4
 
 
-def _who() -> str:
+def who() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container)
@@ -91,19 +91,26 @@ def _gate_parser(sub: Any) -> None:
         "gate", help="evaluate a candidate and the active model on the same held-out set; "
                      "promote the candidate only if it is better and keeps sensitivity(any) "
                      "(exit 0 promoted, 4 kept as a candidate; the reason is recorded)"))
-    add = gate.add_argument
-    add("name", help="the candidate")
-    add("--dicom-dir", type=Path, required=True, help="held-out set: <image id>.dcm files")
-    add("--labels", type=Path, required=True, help="its labels, RSNA stage_2_train.csv format")
+    gate.add_argument("name", help="the candidate")
+    gate.add_argument("--dicom-dir", type=Path, required=True,
+                      help="held-out set: <image id>.dcm files")
+    gate.add_argument("--labels", type=Path, required=True,
+                      help="its labels, RSNA stage_2_train.csv format")
+    gate_options(gate)
+    gate.add_argument("--device", help="torch device (default: auto, or the setting)")
+    gate.add_argument("--json", action="store_true", help="one JSON object")
+    gate.add_argument("--by", default=None, metavar="NAME",
+                      help="who decides (default: the current user)")
+
+
+def gate_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
     add("--metric", choices=("weighted_log_loss", "auc_any"), default="weighted_log_loss",
         help="what 'better' means (default: %(default)s)")
     add("--margin", type=float, default=0.0, help="by at least this much (default: %(default)s)")
     add("--min-sensitivity", type=float, default=0.95, metavar="S",
         help="sensitivity(any) the triage requires at the operating threshold; the candidate "
              "keeps the active model's, up to this (default: %(default)s)")
-    add("--device", help="torch device (default: auto, or the setting)")
-    add("--json", action="store_true", help="one JSON object")
-    add("--by", default=None, metavar="NAME", help="who decides (default: the current user)")
 
 
 def add_requeue_parser(commands: Any) -> None:
@@ -207,7 +214,7 @@ def _show(registry: Any, args: argparse.Namespace) -> int:
 def _import(registry: Any, args: argparse.Namespace) -> int:
     from node.triage.registry import import_checkpoint
 
-    entry = import_checkpoint(registry, args.path, actor=args.by or _who(), name=args.name,
+    entry = import_checkpoint(registry, args.path, actor=args.by or who(), name=args.name,
                               version=args.version, reason=args.reason, activate=args.activate)
     print(f"registered {entry.name} {entry.version} ({entry.architecture}) as "
           f"{entry.state.value}: {entry.file_path}")
@@ -215,57 +222,67 @@ def _import(registry: Any, args: argparse.Namespace) -> int:
 
 
 def _promote(registry: Any, args: argparse.Namespace) -> int:
-    entry = registry.promote(args.name, actor=args.by or _who(), reason=args.reason)
+    entry = registry.promote(args.name, actor=args.by or who(), reason=args.reason)
     print(f"{entry.name} {entry.version} is the active model; workers take it up before "
           "their next job")
     return Exit.OK
 
 
 def _rollback(registry: Any, args: argparse.Namespace) -> int:
-    entry = registry.rollback(actor=args.by or _who(), reason=args.reason)
+    entry = registry.rollback(actor=args.by or who(), reason=args.reason)
     print(f"rolled back: {entry.name} {entry.version} is the active model")
     return Exit.OK
 
 
 def _retire(registry: Any, args: argparse.Namespace) -> int:
-    entry = registry.retire(args.name, actor=args.by or _who(), reason=args.reason)
+    entry = registry.retire(args.name, actor=args.by or who(), reason=args.reason)
     print(f"{entry.name} is retired")
     return Exit.OK
 
 
-def _gate(registry: Any, args: argparse.Namespace) -> int:
+def gate_candidate(registry: Any, name: str, *, dicom_dir: Path, labels: Path, metric: str,
+                   min_sensitivity: float, margin: float, device: str,
+                   actor: str) -> tuple[Any, str]:
+    """Evaluate candidate `name` and the active model on the same held-out set, then promote
+    the candidate or keep it with the reason (ml.gate); (the decision, the active's name)."""
     from ml.evaluate import evaluate_classifier
     from ml.gate import decide
     from ml.inference import Classifier
     from ml.rsna import index_images, read_labels
     from storage.registry import ModelStateError
 
-    candidate, active = registry.get(args.name), registry.active()
+    candidate, active = registry.get(name), registry.active()
     if active is None:
         raise ModelStateError("no model is active to compare with: promote one first")
     if candidate.state.value != "candidate":
         raise ModelStateError(f"{candidate.name} is {candidate.state.value}, not a candidate")
-    records = index_images(args.dicom_dir, read_labels(args.labels))
+    records = index_images(dicom_dir, read_labels(labels))
     if not records:
-        raise ValueError(f"no .dcm file under {args.dicom_dir} has labels in {args.labels}")
-    device = args.device or "auto"
+        raise ValueError(f"no .dcm file under {dicom_dir} has labels in {labels}")
     measured = {}
     for entry in (candidate, active):
         classifier = Classifier.load(entry.file_path, device=device)
         measured[entry.name] = evaluate_classifier(classifier, records).series
-    decision = decide(measured[candidate.name], measured[active.name], metric=args.metric,
-                      min_sensitivity_any=args.min_sensitivity, margin=args.margin)
-    actor = args.by or _who()
+    decision = decide(measured[candidate.name], measured[active.name], metric=metric,
+                      min_sensitivity_any=min_sensitivity, margin=margin)
     if decision.promote:
         registry.promote(candidate.name, actor=actor, reason=decision.reason)
     else:
         registry.note(candidate.name, action="gate", actor=actor, reason=decision.reason)
+    return decision, active.name
+
+
+def _gate(registry: Any, args: argparse.Namespace) -> int:
+    decision, active = gate_candidate(
+        registry, args.name, dicom_dir=args.dicom_dir, labels=args.labels, metric=args.metric,
+        min_sensitivity=args.min_sensitivity, margin=args.margin, device=args.device or "auto",
+        actor=args.by or who())
     if args.json:
-        print(json.dumps({"candidate": candidate.name, "active": active.name,
-                          **decision.to_dict()}, allow_nan=False))
+        print(json.dumps({"candidate": args.name, "active": active, **decision.to_dict()},
+                         allow_nan=False))
     else:
         verdict = "promoted" if decision.promote else "kept as a candidate"
-        print(f"{candidate.name} vs {active.name}: {verdict}: {decision.reason}")
+        print(f"{args.name} vs {active}: {verdict}: {decision.reason}")
     return Exit.OK if decision.promote else Exit.REFUSED
 
 
@@ -287,7 +304,7 @@ def register_trained(checkpoint: Path, name: str, settings: Settings) -> int:
         return Exit.NO_DATABASE
     try:
         entry = import_checkpoint(ModelRegistry(engine, settings.models_dir), checkpoint,
-                                  name=name, actor=_who(), reason="trained by admin train")
+                                  name=name, actor=who(), reason="trained by admin train")
     except RegistryError as exc:
         print(f"ichtriage admin train --register: refused: {exc}", file=sys.stderr)
         return Exit.REFUSED
@@ -314,7 +331,7 @@ def run_requeue(args: argparse.Namespace, settings: Settings) -> int:
     except DatabaseMissingError as exc:
         print(f"ichtriage admin requeue: {exc}", file=sys.stderr)
         return Exit.NO_DATABASE
-    reason = f"queued again by {args.by or _who()}" + (f": {args.reason}" if args.reason else "")
+    reason = f"queued again by {args.by or who()}" + (f": {args.reason}" if args.reason else "")
     try:
         done = requeue(engine, JobQueue(engine), selection, kind=TRIAGE, lock=series_lock,
                        reason=reason, dry_run=args.dry_run)

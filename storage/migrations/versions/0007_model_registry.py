@@ -6,7 +6,8 @@ Create Date: 2026-11-30 15:48:12
 
 Issue 16: exactly one active model, enforced by a partial unique index (state = 'active')
 on SQLite and PostgreSQL alike; every promote, rollback and retire is a row of model_event;
-triage_result.model_pk names the registry entry that produced the result.
+triage_result.model_pk names the registry entry that produced the result; a retraining row
+per run, at most one running (a lock that survives restarts).
 """
 
 from collections.abc import Sequence
@@ -62,6 +63,19 @@ def upgrade() -> None:
     with op.batch_alter_table('model_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_model_event_model_pk'), ['model_pk'], unique=False)
 
+    op.create_table('retraining',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('status', sa.Enum('queued', 'running', 'done', 'failed', name='retraining_status', native_enum=False, length=16), nullable=False),
+    sa.Column('owner', sa.String(length=128), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('candidate', sa.String(length=64), nullable=False),
+    sa.Column('outcome', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_retraining'))
+    )
+    with op.batch_alter_table('retraining', schema=None) as batch_op:
+        batch_op.create_index('uq_retraining_running', ['status'], unique=True, sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'"))
+
     with op.batch_alter_table('triage_result', schema=None) as batch_op:
         batch_op.add_column(sa.Column('model_pk', sa.Integer(), nullable=True))
         batch_op.create_index(batch_op.f('ix_triage_result_model_pk'), ['model_pk'], unique=False)
@@ -75,6 +89,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_triage_result_model_pk'))
         batch_op.drop_column('model_pk')
 
+    with op.batch_alter_table('retraining', schema=None) as batch_op:
+        batch_op.drop_index('uq_retraining_running', sqlite_where=sa.text("status = 'running'"), postgresql_where=sa.text("status = 'running'"))
+
+    op.drop_table('retraining')
     with op.batch_alter_table('model_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_model_event_model_pk'))
 
