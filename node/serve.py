@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from node.config import Settings
+from node.config import ConfigError, Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool, ReceiverStartError
 from node.logs import configure_logging
+from node.retraining import schedule_retraining
 from node.scheduler import Polls, SeriesMonitor
 from node.startup import StartupError, check_all, load_model
 from storage.associations import AssociationLog
@@ -189,6 +190,7 @@ def serve(settings: Settings) -> int:
             aborted_wait_seconds=settings.aborted_wait_seconds)
         polls.add(monitor.run_once, "settle")
         _start_sender(settings, services, polls)
+        schedule_retraining(polls.scheduler, settings)
         polls.start()
         if holder is not None:
             workers = _start_triage(settings, services, settings.workers, holder, stop)
@@ -199,6 +201,9 @@ def serve(settings: Settings) -> int:
                     settings.data_dir.resolve())
         stop.wait()
         return 0
+    except ConfigError as exc:  # retrain_cron that APScheduler cannot read
+        logger.error("cannot start: %s", exc)
+        return 1
     except Exception:  # a fault of the node's after the receivers started: stop, say so
         logger.exception("the node failed while starting or running; stopping")
         return 1
