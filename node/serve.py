@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from node.config import ConfigError, Settings
+from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool, ReceiverStartError
 from node.logs import configure_logging
@@ -201,9 +201,6 @@ def serve(settings: Settings) -> int:
                     settings.data_dir.resolve())
         stop.wait()
         return 0
-    except ConfigError as exc:  # retrain_cron that APScheduler cannot read
-        logger.error("cannot start: %s", exc)
-        return 1
     except Exception:  # a fault of the node's after the receivers started: stop, say so
         logger.exception("the node failed while starting or running; stopping")
         return 1

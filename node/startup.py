@@ -99,8 +99,21 @@ def load_model(settings: Settings, engine: Engine) -> ModelHolder:
     return holder
 
 
+def check_retraining(settings: Settings) -> None:
+    """A retrain_cron that APScheduler reads (field ranges, names), when one is set."""
+    if not settings.retrain_cron:
+        return
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC")
+    except ValueError as exc:
+        raise StartupError(f"retrain_cron {settings.retrain_cron!r}: {exc}") from exc
+
+
 def check_all(settings: Settings) -> None:
     """The start-up checks before the database is opened, in the order an operator would fix
     them; `load_model` follows when the command runs triage workers."""
     check_data_dir(settings)
+    check_retraining(settings)
     prepare_database(settings)

@@ -82,3 +82,16 @@ def test_a_tick_runs_a_retraining_and_records_it(tmp_path: Path) -> None:
         assert entry.architecture == "ichnet"
     finally:
         engine.dispose()
+
+
+def test_a_node_with_an_unreadable_schedule_does_not_start(tmp_path: Path) -> None:
+    env = {**os.environ, "ICHTRIAGE_RETRAIN_CRON": "99 2 * * 0", **PATHS}
+    done = subprocess.run([sys.executable, "-m", "node", "serve", "--port", "0",
+                           "--http-port", "0", "--workers", "0", "--data-dir",
+                           str(tmp_path / "var")], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert done.returncode == 1 and len(errors) == 1, output
+    assert "cannot start: retrain_cron '99 2 * * 0'" in errors[0]
+    assert "ready:" not in output and "Traceback" not in output
