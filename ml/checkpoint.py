@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -226,8 +227,13 @@ def read_checkpoint(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     """Card and verified weights of a checkpoint file, without building the model."""
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
+    return _parse_checkpoint(path, path)
+
+
+def _parse_checkpoint(source: Path | io.BytesIO,
+                      path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:  # fmt: skip
         raise ModelError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {exc}") from exc
@@ -243,6 +249,50 @@ def read_checkpoint(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
         raise ModelError(f"{path}: weights do not match the card's sha256 (altered or corrupt)")
     _check_fit(card, state_dict)
     return card, state_dict
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A checkpoint file that passed `verify_checkpoint`."""
+
+    card: ModelCard
+    file_sha256: str  # of the file's bytes, as they were read
+
+
+def verify_checkpoint(path: Path) -> VerifiedCheckpoint:
+    """The validating reader for a model registry's import: refuses a file that is not what it
+    claims (ModelError naming the problem). Beyond `read_checkpoint` (format, card fields,
+    label order, the weights' sha256, their fit to the carded architecture), the weights are
+    loaded into the card's model, and the card beside the file (`<file>.json`), when there,
+    must be the card inside it."""
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    data = _read_bytes(path)  # read once: the bytes judged are the bytes hashed
+    card, state_dict = _parse_checkpoint(io.BytesIO(data), path)
+    side = card_path(path)
+    if side.is_file():
+        try:
+            beside = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{side}: the card beside the checkpoint is unreadable: {exc}") from exc
+        inside = json.loads(json.dumps(card.to_dict()))
+        if beside != inside:
+            differ = sorted(k for k in set(beside) | set(inside) if beside.get(k) != inside.get(k))
+            raise ModelError(f"{side}: the card beside the checkpoint differs from the one inside "
+                             f"it ({', '.join(differ)})")
+    model = _build(card)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not load into {card.architecture}: {exc}") from exc
+    return VerifiedCheckpoint(card, hashlib.sha256(data).hexdigest())
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"checkpoint {path}: cannot read it: {exc.strerror or exc}") from exc
 
 
 def load_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

@@ -112,12 +112,24 @@ class Settings:
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
     check_interval: float = 0.25  # how often the scheduler looks for settled series and results to send
-    model: str = ""  # checkpoint file of the active model; empty: the shipped demo model
+    model: str = ""  # checkpoint imported and made active at start when not registered yet
+    # (empty: the shipped demo model when the registry is empty); then the registry decides
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
     job_lease_seconds: float = 30.0  # renewed every third while the worker lives
     job_max_attempts: int = 3
+    # Scheduled retraining (`ichtriage admin retrain` in its own process, at nice 10): off
+    # while retrain_cron is empty; a crontab line in UTC, e.g. "0 2 * * 0" (Sundays 02:00).
+    retrain_cron: str = ""
+    retrain_dicom_dir: Path | None = None  # training images (<image id>.dcm) ...
+    retrain_labels: Path | None = None  # ... and their labels, RSNA CSV
+    retrain_heldout_dir: Path | None = None  # the fixed held-out set of the gate ...
+    retrain_heldout_labels: Path | None = None  # ... and its labels
+    retrain_arch: str = "ichnet"
+    retrain_epochs: int = 3
+    retrain_device: str = "cpu"  # its own device: triage keeps the GPU
+    retrain_metric: str = "weighted_log_loss"  # or auc_any: what "better" means to the gate
 
     def __post_init__(self) -> None:
         _check_ae(self.ae_title, "ae_title")
@@ -158,6 +170,24 @@ class Settings:
             raise ConfigError(f"move_destination: an AE title given twice in {titles}")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
+        self._check_retraining()
+
+    def _check_retraining(self) -> None:
+        if self.retrain_metric not in ("weighted_log_loss", "auc_any"):
+            raise ConfigError(f"retrain_metric must be weighted_log_loss or auc_any, got "
+                              f"{self.retrain_metric!r}")
+        if self.retrain_epochs < 1:
+            raise ConfigError(f"retrain_epochs must be >= 1, got {self.retrain_epochs}")
+        if not self.retrain_cron:
+            return
+        if len(self.retrain_cron.split()) != 5:
+            raise ConfigError(f"retrain_cron: {self.retrain_cron!r} is not a crontab line of "
+                              "five fields (minute hour day month weekday)")
+        missing = [name for name in ("retrain_dicom_dir", "retrain_labels",
+                                     "retrain_heldout_dir", "retrain_heldout_labels")
+                   if getattr(self, name) is None]
+        if missing:
+            raise ConfigError(f"retrain_cron is set: {', '.join(missing)} must be set too")
 
     @property
     def database_url(self) -> str:
@@ -166,6 +196,11 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the model registry keeps the checkpoints it imported (storage.registry)."""
+        return self.data_dir / "models"
 
     @property
     def receiver_count(self) -> int:

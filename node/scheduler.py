@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 TRIAGE = "triage"
 
 
+def series_lock(series_uid: str) -> str:
+    """The queueing lock of a series' triage job: one queued job per series."""
+    return f"series:{series_uid}"
+
+
 class SeriesMonitor:
     def __init__(self, index: SeriesIndex, queue: JobQueue, rules: EligibilityRules, *,
                  settle_seconds: float, aborted_wait_seconds: float = 120.0) -> None:
@@ -72,7 +77,7 @@ class SeriesMonitor:
                 return reason
             if not SeriesIndex.mark(conn, series, SeriesStatus.QUEUED):
                 return None  # more instances arrived; decide when it settles again
-            job = self.queue.enqueue(conn, kind=TRIAGE, queueing_lock=f"series:{series.series_uid}",
+            job = self.queue.enqueue(conn, kind=TRIAGE, queueing_lock=series_lock(series.series_uid),
                                      series_pk=series.pk, series_revision=series.revision)
         logger.info("series %s complete (%d slices): queued for triage%s", series.series_uid,
                     facts.slices, "" if job is not None else " (already queued)")

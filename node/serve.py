@@ -19,8 +19,9 @@ from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool, ReceiverStartError
 from node.logs import configure_logging
+from node.retraining import schedule_retraining
 from node.scheduler import Polls, SeriesMonitor
-from node.startup import StartupError, check_all
+from node.startup import StartupError, check_all, load_model
 from storage.associations import AssociationLog
 from storage.db import make_engine
 from storage.files import QUARANTINE, FileStore
@@ -30,7 +31,7 @@ from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
 if TYPE_CHECKING:
-    from node.triage.worker import ModelHolder
+    from node.triage.registry import ModelHolder
 
 logger = logging.getLogger(__name__)
 
@@ -136,23 +137,31 @@ def _start_sender(settings: Settings, services: Services, polls: Polls) -> None:
 
 
 def _model_words(holder: ModelHolder | None) -> str:
-    """The active model as the ready line names it: architecture, sha256, code, device."""
+    """The active model as the ready line names it: registry name and version, architecture,
+    sha256, code, device."""
     if holder is None:
         return "no model loaded"
-    loaded = holder.get()
-    card = loaded.card
+    active = holder.get()
+    card, entry = active.classifier.card, active.entry
     code = f", code {card.code_version}" if card.code_version else ""
-    return f"model {card.architecture} (sha256 {card.sha256[:12]}{code}) on {loaded.device}"
+    return (f"model {entry.name} {entry.version} ({card.architecture}, sha256 "
+            f"{card.sha256[:12]}{code}) on {active.classifier.device}")
 
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     try:
-        holder = check_all(settings, model=settings.workers > 0)
+        check_all(settings)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         return 1
     services = open_services(settings)
+    try:
+        holder = load_model(settings, services.engine) if settings.workers > 0 else None
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        services.engine.dispose()
+        return 1
     recover(services, files_too=True)
     if not settings.allow_ae and settings.bind not in ("127.0.0.1", "::1", "localhost"):
         logger.warning("listening on %s and accepting any calling AE title: set allow_ae",
@@ -181,6 +190,7 @@ def serve(settings: Settings) -> int:
             aborted_wait_seconds=settings.aborted_wait_seconds)
         polls.add(monitor.run_once, "settle")
         _start_sender(settings, services, polls)
+        schedule_retraining(polls.scheduler, settings)
         polls.start()
         if holder is not None:
             workers = _start_triage(settings, services, settings.workers, holder, stop)
@@ -210,12 +220,17 @@ def work(settings: Settings, count: int) -> int:
     scheduler and the outbox, so results are sent once."""
     configure_logging(settings.log_level)
     try:
-        holder = check_all(settings, model=True)
+        check_all(settings)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         return 1
-    assert holder is not None
     services = open_services(settings)
+    try:
+        holder = load_model(settings, services.engine)
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        services.engine.dispose()
+        return 1
     recover(services, files_too=False)
     stop = _stop_on_signals()
     workers = _start_triage(settings, services, count, holder, stop)

@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ml.shipped import shipped_checkpoint
 from node.config import Settings
 from storage.db import upgrade
 
 if TYPE_CHECKING:
-    from node.triage.worker import ModelHolder
+    from node.triage.registry import ModelHolder
 
 logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
     """A setting the node cannot start with; the message names the setting and the fix."""
-
-
-def model_path(settings: Settings) -> Path:
-    """The active model's checkpoint: the configured file, else the shipped demo model."""
-    return Path(settings.model) if settings.model else shipped_checkpoint()
 
 
 def check_data_dir(settings: Settings) -> None:
@@ -75,28 +69,51 @@ def check_device(device: str) -> None:
                                f"{torch.cuda.device_count()} CUDA devices")
 
 
-def load_model(settings: Settings) -> ModelHolder:
-    """The active model, loaded now on its device, so that a missing or broken checkpoint
-    stops the start instead of failing every study."""
+def load_model(settings: Settings, engine: Engine) -> ModelHolder:
+    """The registry's active model (the `model` setting, or the shipped demo model on first
+    start, registered when new: `node.triage.registry`), loaded now on its device, so that a
+    missing or broken checkpoint stops the start instead of failing every study."""
     from ml.errors import MLError
-    from node.triage.worker import ModelHolder, TriageError
+    from node.triage.registry import (
+        ModelHolder,
+        ModelUnavailableError,
+        ensure_active_model,
+    )
+    from storage.errors import StorageError
+    from storage.registry import ModelRegistry
 
     check_device(settings.device)
-    path = model_path(settings)
-    if not path.is_file():
-        raise StartupError(f"model {path}: no such file (--model FILE, or `ichtriage admin "
-                           "demo-model` for the shipped one)")
-    holder = ModelHolder(path, device=settings.device)
+    registry = ModelRegistry(engine, settings.models_dir)
+    shown = settings.model or "(the registry's active model)"
+    try:
+        entry = ensure_active_model(registry, settings.model)
+    except (ModelUnavailableError, MLError, StorageError, OSError) as exc:
+        hint = "" if settings.model else " (`ichtriage admin models list`)"
+        raise StartupError(f"model {shown}: {exc}{hint}") from exc
+    holder = ModelHolder(registry, device=settings.device)
     try:
         holder.get()
-    except (TriageError, MLError, OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise StartupError(f"model {path}: cannot be loaded: {exc}") from exc
+    except (ModelUnavailableError, MLError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise StartupError(f"model {entry.name} ({entry.file_path}): cannot be loaded: "
+                           f"{exc}") from exc
     return holder
 
 
-def check_all(settings: Settings, *, model: bool) -> ModelHolder | None:
-    """Every start-up check, in the order an operator would fix them; the loaded model when
-    `model` (the command runs triage workers)."""
+def check_retraining(settings: Settings) -> None:
+    """A retrain_cron that APScheduler reads (field ranges, names), when one is set."""
+    if not settings.retrain_cron:
+        return
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC")
+    except ValueError as exc:
+        raise StartupError(f"retrain_cron {settings.retrain_cron!r}: {exc}") from exc
+
+
+def check_all(settings: Settings) -> None:
+    """The start-up checks before the database is opened, in the order an operator would fix
+    them; `load_model` follows when the command runs triage workers."""
     check_data_dir(settings)
+    check_retraining(settings)
     prepare_database(settings)
-    return load_model(settings) if model else None

@@ -226,6 +226,81 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ModelState(enum.StrEnum):
+    """Where a registered model stands: exactly one is ACTIVE (a partial unique index)."""
+
+    CANDIDATE = "candidate"  # registered, not in use; may be promoted
+    ACTIVE = "active"  # the one the workers run
+    RETIRED = "retired"  # taken out of service; never promoted or rolled back to
+
+
+class Model(Base):
+    """A model the node knows: its checkpoint file, card and state (storage.registry)."""
+
+    __tablename__ = "model"
+    __table_args__ = (
+        # The one active model: a lock in the database, not a convention (procrastinate's
+        # partial unique indexes). Two promotions at once: the second fails, nothing changes.
+        Index("uq_model_state_active", "state", unique=True,
+              sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    architecture: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    card: Mapped[str] = mapped_column(Text)  # JSON, as the checkpoint carries it
+    file_path: Mapped[str] = mapped_column(String(500))  # absolute: the registry's own copy
+    file_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the file's bytes
+    weights_sha256: Mapped[str] = mapped_column(String(64))  # the card's, of the state_dict
+    source_path: Mapped[str] = mapped_column(String(500), default="")  # where it was imported from
+    training_data: Mapped[str] = mapped_column(Text, default="")
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON, from the card
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[ModelState] = mapped_column(_enum(ModelState, "model_state"),
+                                              default=ModelState.CANDIDATE)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    promoted_by: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")  # of the last decision on it
+
+
+class ModelEvent(Base):
+    """Every decision on a registered model, in order: import, promote, rollback, retire."""
+
+    __tablename__ = "model_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_pk: Mapped[int] = mapped_column(ForeignKey("model.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    from_state: Mapped[str] = mapped_column(String(16), default="")
+    to_state: Mapped[str] = mapped_column(String(16))
+    # For an activation: the model active just before (what a rollback returns to).
+    previous_pk: Mapped[int | None] = mapped_column(ForeignKey("model.id"))
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Retraining(Base):
+    """One retraining run: a lock that survives restarts (at most one row is running, a
+    partial unique index), and a record of what it made and decided."""
+
+    __tablename__ = "retraining"
+    __table_args__ = (
+        Index("uq_retraining_running", "status", unique=True,
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "retraining_status"),
+                                              default=JobStatus.RUNNING)
+    owner: Mapped[str] = mapped_column(String(128))  # host:pid of the process that runs it
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    candidate: Mapped[str] = mapped_column(String(64), default="")  # registry name, once made
+    outcome: Mapped[str] = mapped_column(Text, default="")  # the gate's reason, or the error
+
+
 class TriageResult(Base):
     """The model's reading of one series: the series-level probabilities and calls."""
 
@@ -237,6 +312,8 @@ class TriageResult(Base):
     series_revision: Mapped[int] = mapped_column(Integer, default=0)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
+    # The registry entry that produced it (None for results older than the registry).
+    model_pk: Mapped[int | None] = mapped_column(ForeignKey("model.id"), index=True)
     # JSON objects keyed by label: {"any": 0.97, ...} and {"any": true, ...}
     probabilities: Mapped[str] = mapped_column(Text)
     calls: Mapped[str] = mapped_column(Text)

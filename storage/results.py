@@ -58,6 +58,7 @@ class NewResult:
     latency_seconds: float | None
     complete: bool = True  # False: the volume had a gap, short coverage or unread slices
     notes: str = ""  # what the volume left out, and why it is incomplete
+    model_pk: int | None = None  # the registry entry that produced it
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Results:
         pk = conn.execute(insert(TriageResult).values(
             series_pk=result.series_pk, job_pk=result.job_pk,
             series_revision=result.series_revision, model_name=result.model_name[:64],
-            model_version=result.model_version[:64],
+            model_version=result.model_version[:64], model_pk=result.model_pk,
             probabilities=json.dumps(result.probabilities), calls=json.dumps(result.calls),
             positive=any(result.calls.values()),
             max_probability=max(result.probabilities.values(), default=0.0),

@@ -18,13 +18,15 @@ from ml.phantom import write_series
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.meta import meta_from_dataset
 from node.scheduler import SeriesMonitor
+from node.triage.registry import ModelHolder, import_checkpoint
 from node.triage.sr import read_triage_sr
-from node.triage.worker import ModelHolder, TriageWorker
+from node.triage.worker import TriageWorker
 from storage.files import FileStore
 from storage.instances import InstanceStore
 from storage.jobs import JobQueue
 from storage.models import Delivery, Instance, Job, Series, SlicePrediction, TriageResult
 from storage.outbox import Outbox
+from storage.registry import ModelRegistry
 from storage.results import Results
 from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
@@ -51,11 +53,14 @@ class Node:
         self.files = FileStore(root / "data")
         self.store = InstanceStore(engine, self.files)
         self.queue = JobQueue(engine, retry=RetryPolicy(max_attempts=2, backoff_seconds=0))
+        self.registry = ModelRegistry(engine, root / "models")
+        self.entry = import_checkpoint(self.registry, model_file, name="tiny", actor="test",
+                                       activate=True)
         self.monitor = SeriesMonitor(SeriesIndex(engine), self.queue,
                                      EligibilityRules(min_slices=4), settle_seconds=0)
         self.worker = TriageWorker(
             results=Results(engine), queue=self.queue, store=self.store, files=self.files,
-            outbox=Outbox(engine), model=ModelHolder(model_file, device="cpu"),
+            outbox=Outbox(engine), model=ModelHolder(self.registry, device="cpu"),
             destinations=["PACS@127.0.0.1:104"], min_slices=4, ae_title="NODE1",
             batch_size=4, name="test")
 
@@ -88,7 +93,7 @@ def test_a_series_is_triaged_reported_and_queued_for_sending(node: Node, tmp_pat
     probabilities, calls = json.loads(str(result[0])), json.loads(str(result[1]))
     assert list(probabilities) == list(LABELS)
     assert calls["any"] is True and calls["subdural"] is False  # the test model's thresholds
-    assert result[3] == 8 and result[4] == "ichnet_seq"
+    assert result[3] == 8 and result[4] == "tiny"  # the registry's name of the model
     assert node.rows(TriageResult, TriageResult.complete, TriageResult.notes) == [(True, "")]
     # per-slice rows in anatomical order, pointing at the right instances
     per_slice = node.rows(SlicePrediction, SlicePrediction.position)

@@ -1,4 +1,5 @@
-"""`ichtriage admin`: phantoms, training, evaluation, comparison and the demo model.
+"""`ichtriage admin`: phantoms, training, evaluation, comparison, the demo model, the model
+registry and requeueing (`node.cli.models`).
 
 torch and `ml` are imported inside the commands that need them, never when the parser is
 built: `ichtriage serve --help` stays fast and the receiving processes never load torch.
@@ -16,7 +17,7 @@ from node.config import Settings
 from node.logs import configure_logging
 
 if TYPE_CHECKING:
-    from ml.train import TrainConfig
+    from ml.train import TrainConfig, TrainResult
 
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
 
@@ -89,6 +90,13 @@ def add_admin_parser(sub: Any) -> None:
     conformance.add_argument("--config", type=Path,
                              help="TOML settings file (env: ICHTRIAGE_CONFIG)")
     _common(conformance)
+    from node.cli.models import add_models_parser, add_requeue_parser
+
+    add_models_parser(commands)
+    add_requeue_parser(commands)
+    from node.cli.retrain import add_retrain_parser
+
+    add_retrain_parser(commands, _training, _data)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -116,6 +124,13 @@ def _train_parser(commands: Any) -> None:
                        help="local weights or checkpoint to start from")
     train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--register", metavar="NAME",
+                       help="import the best checkpoint into the node's model registry as a "
+                            "candidate named NAME (then `admin models gate NAME ...`)")
+    train.add_argument("--data-dir", type=Path, help="the node's data directory, for --register "
+                       "(default: ./var, or the setting)")
+    train.add_argument("--db-url", help="the node's database, for --register (default: SQLite "
+                       "in the data directory)")
     _common(train)
 
 
@@ -124,9 +139,13 @@ def _evaluate_parser(commands: Any) -> None:
         "evaluate", help="score a model on labelled DICOM, at image and series level"
     )
     evaluate.add_argument("--model", dest="model_ref", metavar="NAME_OR_PATH",
-                          help="checkpoint file, or 'demo' for the shipped model "
-                               "(default: the node's active model)")  # fmt: skip
+                          help="checkpoint file, a name in the model registry, or 'demo' "
+                               "for the shipped model (default: the registry's active model)")  # fmt: skip
     _data(evaluate)
+    evaluate.add_argument("--data-dir", type=Path, help="the node's data directory, for a model "
+                          "named in its registry (default: ./var, or the setting)")
+    evaluate.add_argument("--db-url", help="the node's database (default: SQLite in the data "
+                          "directory)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object only")
     evaluate.add_argument("--roc", type=Path, metavar="PNG", help="write image-level ROC curves")
     evaluate.add_argument("--report", type=Path, metavar="DIR",
@@ -160,14 +179,19 @@ def _demo_parser(commands: Any) -> None:
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
+    from storage.errors import StorageError
 
     configure_logging(settings.log_level)
-    commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
+    if args.admin_command in ("models", "requeue"):
+        from node.cli.models import run_models, run_requeue
+
+        return (run_models if args.admin_command == "models" else run_requeue)(args, settings)
+    commands = {"retrain": _retrain, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model,
                 "conformance": _conformance}  # fmt: skip
     try:
         return commands[args.admin_command](args, settings)
-    except (MLError, ValueError, OSError) as exc:  # bad input or data: say so, no traceback
+    except (MLError, StorageError, ValueError, OSError) as exc:  # bad input: say so, no traceback
         print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
         return 2
 
@@ -213,7 +237,22 @@ def _epoch_line(entry: dict[str, Any]) -> str:
             f"({entry['seconds']:.0f} s)")  # fmt: skip
 
 
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli.retrain import run_retrain
+
+    return run_retrain(args, settings, lambda a, s: _trained(a, s).best_checkpoint)
+
+
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    result = _trained(args, settings)
+    if args.register:
+        from node.cli.models import register_trained
+
+        return register_trained(result.best_checkpoint, args.register, settings)
+    return 0
+
+
+def _trained(args: argparse.Namespace, settings: Settings) -> TrainResult:
     from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
@@ -229,15 +268,39 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
     print("\n".join(metric_lines({"validation": result.metrics})))
     print(f"\ncheckpoint: {result.best_checkpoint}")
-    return 0
+    return result
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:
+    """The checkpoint `--model` names: 'demo' (the shipped one), a file, or a name in the
+    node's model registry; without it, the registry's active model (or, before the node's
+    first start, the `model` setting or the shipped one)."""
     from ml.shipped import shipped_checkpoint
 
-    if reference == "demo" or (reference is None and not settings.model):
+    if reference == "demo":
         return shipped_checkpoint()
-    return Path(reference or settings.model)
+    if reference is not None and (Path(reference).is_file() or "/" in reference
+                                  or reference.endswith(".pt")):
+        return Path(reference)
+    from storage.db import open_existing
+    from storage.errors import DatabaseMissingError
+    from storage.registry import ModelRegistry
+
+    try:
+        engine = open_existing(settings.database_url)
+    except DatabaseMissingError as exc:
+        if reference is not None:
+            raise ValueError(f"--model {reference}: no such file, and no registry to look the "
+                             f"name up in: {exc}") from exc
+        return Path(settings.model) if settings.model else shipped_checkpoint()
+    try:
+        registry = ModelRegistry(engine, settings.models_dir)
+        entry = registry.get(reference) if reference is not None else registry.active()
+    finally:
+        engine.dispose()
+    if entry is None:
+        return Path(settings.model) if settings.model else shipped_checkpoint()
+    return entry.file_path
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:

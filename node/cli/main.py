@@ -24,7 +24,10 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--model", help="checkpoint of the active model (default: the shipped demo model)")
+    add("--model", help="checkpoint imported into the model registry and made active at start "
+        "when not registered yet; a registered one changes nothing: the registry decides "
+        "(`ichtriage admin models`). Default: the registry's active model, the shipped demo "
+        "model on first start")
     add("--device", help=f"torch device: auto, cpu, cuda, cuda:1 (default: {DEFAULTS.device})")
 
 

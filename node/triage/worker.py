@@ -15,8 +15,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -28,6 +26,7 @@ from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
 from node.series_warnings import once_per_series
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
+from node.triage.registry import ActiveModel, ModelHolder, ModelUnavailableError
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
@@ -45,31 +44,6 @@ MAX_SKIPPED_FRACTION = 0.1
 
 class TriageError(Exception):
     """A job that cannot be done as asked; the message is shown in the worklist."""
-
-
-@dataclass
-class ModelHolder:
-    """The active model, loaded once and reloaded when its checkpoint file changes."""
-
-    path: Path
-    device: str = "auto"
-    _loaded: Classifier | None = None
-    _stamp: tuple[int, int] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self) -> Classifier:
-        with self._lock:
-            try:
-                st = self.path.stat()
-            except OSError as exc:
-                raise TriageError(f"model checkpoint {self.path} unreadable: {exc}") from exc
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._loaded is None or stamp != self._stamp:
-                self._loaded = Classifier.load(self.path, device=self.device)
-                self._stamp = stamp
-                logger.info("model %s %s loaded from %s", self._loaded.card.architecture,
-                            self._loaded.card.sha256[:12], self.path)
-            return self._loaded
 
 
 class TriageWorker:
@@ -104,7 +78,8 @@ class TriageWorker:
         try:
             with self.queue.kept_alive(job):
                 self.process(job)
-        except (TriageError, MLError, StorageError, OSError, ValueError) as exc:
+        except (TriageError, ModelUnavailableError, MLError, StorageError, OSError,
+                ValueError) as exc:
             self._failed(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             logger.exception("job %s: unexpected error", job.id)
@@ -133,14 +108,14 @@ class TriageWorker:
         if not volume.triageable:
             self._not_a_volume(job, series, volume)
             return
-        classifier = self.model.get()
-        volume, read, prediction = self._predict(classifier, headers, volume)
+        active = self.model.get()  # the registry's active model, reloaded when it changed
+        volume, read, prediction = self._predict(active.classifier, headers, volume)
         if len(read.skipped) > MAX_SKIPPED_FRACTION * len(headers.planes):
             first = next(iter(read.skipped.items()))
             raise TriageError(f"{len(read.skipped)} of {len(headers.planes)} slices unreadable: "
                               f"{first[0][0]}: {first[1]}")
         self.queue.heartbeat(job)
-        self._report(job, series, headers, volume, classifier, prediction)
+        self._report(job, series, headers, volume, active, prediction)
 
     def _predict(self, classifier: Classifier, headers: SeriesHeaders,
                  volume: Volume) -> tuple[Volume, PixelsRead, SeriesPrediction]:
@@ -172,17 +147,17 @@ class TriageWorker:
         logger.info("series %s not triaged: %s", series.series_uid, reason)
 
     def _report(self, job: ClaimedJob, series: SeriesForTriage, headers: SeriesHeaders,
-                volume: Volume, classifier: Classifier, prediction: SeriesPrediction) -> None:
-        card = classifier.card
-        results = _label_results(classifier, prediction, volume)
-        sr, notes = self._build_sr(series, headers, volume, classifier, results)
+                volume: Volume, active: ActiveModel, prediction: SeriesPrediction) -> None:
+        entry = active.entry
+        results = _label_results(active.classifier, prediction, volume)
+        sr, notes = self._build_sr(series, headers, volume, active, results)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae=self.ae_title)
         latency = (utcnow() - series.last_received_at).total_seconds()
         pks = {uid: instance.pk for uid, instance in headers.instances.items()}
         new = NewResult(
             series_pk=series.pk, job_pk=job.id, series_revision=job.series_revision,
-            model_name=card.architecture, model_version=card.sha256[:12],
+            model_name=entry.name, model_version=entry.version, model_pk=entry.pk,
             probabilities={r.label: r.probability for r in results},
             calls={r.label: r.present for r in results},
             slices=[(pks[p.sop_instance_uid], p.frame_number - 1, prediction.per_slice[i].tolist())
@@ -198,20 +173,21 @@ class TriageWorker:
             if not self.queue.complete(job, conn):
                 raise TriageError("lease lost while the job ran; another worker has it")
         positives = [r.label for r in results if r.present]
-        logger.info("series %s triaged by %s in %.2fs after its last slice: %s%s",
-                    series.series_uid, card.architecture, latency,
+        logger.info("series %s triaged by %s %s in %.2fs after its last slice: %s%s",
+                    series.series_uid, entry.name, entry.version, latency,
                     ", ".join(positives) or "no hemorrhage",
                     "" if volume.complete else " (incomplete series)")
 
     def _build_sr(self, series: SeriesForTriage, headers: SeriesHeaders, volume: Volume,
-                  classifier: Classifier, results: list[LabelResult]) -> tuple[Dataset, list[str]]:
+                  active: ActiveModel, results: list[LabelResult]) -> tuple[Dataset, list[str]]:
         """The SR of the result, and the notes kept with it (what the volume left out, what
-        it supersedes)."""
-        card = classifier.card
+        it supersedes). The algorithm is named as the registry names the model."""
+        card = active.classifier.card
         algorithm = AlgorithmInfo(
-            name=card.architecture, version=card.sha256[:12],
-            parameters={"windows": ",".join(card.windows), "input_size": str(card.input_size),
-                        "context": str(card.context)})
+            name=active.entry.name, version=active.entry.version,
+            parameters={"architecture": card.architecture,
+                        "weights_sha256": card.sha256[:12], "windows": ",".join(card.windows),
+                        "input_size": str(card.input_size), "context": str(card.context)})
         notes = volume.notes()
         earlier = self.results.earlier_report(series.pk)
         if earlier is not None:  # the series grew, or was read again: say what this replaces

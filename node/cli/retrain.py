@@ -1,0 +1,100 @@
+"""`ichtriage admin retrain`: train a candidate, register it, gate it against the active model
+on a fixed held-out set, all as one run under the retraining lock (storage.retraining: one at
+a time, across processes and restarts). The run's row records the candidate and the gate's
+decision, or the error; the registry records the decision on the model.
+
+Runs at lower CPU priority (nice 10) so a node on the same host keeps triaging first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from node.cli.models import Exit, gate_options, who
+from node.config import Settings
+
+NICENESS = 10
+
+
+def add_retrain_parser(commands: Any, training: Any, data: Any) -> None:
+    """`training` and `data` add `admin train`'s options (node.cli.admin)."""
+    retrain = commands.add_parser(
+        "retrain", help="train a candidate, register it and gate it against the active model, "
+                        "one run at a time (exit 0 promoted, 4 kept or busy)")
+    retrain.add_argument("--arch", default="ichnet", help="architecture (default: %(default)s)")
+    data(retrain)
+    training(retrain, epochs=3)
+    add = retrain.add_argument
+    add("--heldout-dir", type=Path, required=True,
+        help="the fixed held-out set both models are measured on")
+    add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV)")
+    add("--name", help="the candidate's registry name (default: retrained-<UTC time>)")
+    gate_options(retrain)
+    add("--data-dir", type=Path, help="the node's data directory (default: ./var, or the setting)")
+    add("--db-url", help="the node's database (default: SQLite in the data directory)")
+    add("--log-level", help="DEBUG, INFO, WARNING (default: INFO, or the setting)")
+
+
+def _alive(owner: str) -> bool:
+    """Whether the owner (host:pid) of a running retraining still runs; another host's is
+    taken to be alive (its lock is its own to release)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_retrain(args: argparse.Namespace, settings: Settings,
+                train: Any) -> int:
+    """`train(args, settings) -> Path` trains as `admin train` does; returns best.pt."""
+    from node.cli.models import gate_candidate
+    from node.triage.registry import import_checkpoint
+    from storage.db import open_existing
+    from storage.errors import DatabaseMissingError
+    from storage.registry import ModelRegistry
+    from storage.retraining import RetrainingBusyError, RetrainingLog
+
+    try:
+        engine = open_existing(settings.database_url)
+    except DatabaseMissingError as exc:
+        print(f"ichtriage admin retrain: {exc}", file=sys.stderr)
+        return Exit.NO_DATABASE
+    log = RetrainingLog(engine)
+    try:
+        run = log.start(f"{socket.gethostname()}:{os.getpid()}", alive=_alive)
+    except RetrainingBusyError as exc:
+        print(f"ichtriage admin retrain: refused: {exc}", file=sys.stderr)
+        engine.dispose()
+        return Exit.REFUSED
+    os.nice(NICENESS)
+    name = args.name or f"retrained-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    try:
+        registry = ModelRegistry(engine, settings.models_dir)
+        best = train(args, settings)
+        import_checkpoint(registry, best, name=name, actor=who(),
+                          reason="trained by admin retrain")
+        decision, active = gate_candidate(
+            registry, name, dicom_dir=args.heldout_dir, labels=args.heldout_labels,
+            metric=args.metric, min_sensitivity=args.min_sensitivity, margin=args.margin,
+            device=settings.device, actor=who())
+    except BaseException as exc:
+        log.finish(run, ok=False, candidate=name, outcome=f"{type(exc).__name__}: {exc}")
+        engine.dispose()
+        raise
+    log.finish(run, ok=True, candidate=name, outcome=decision.reason)
+    engine.dispose()
+    verdict = "promoted" if decision.promote else "kept as a candidate"
+    print(f"{name} vs {active}: {verdict}: {decision.reason}")
+    return Exit.OK if decision.promote else Exit.REFUSED

@@ -1,0 +1,61 @@
+"""Scheduled retraining: off unless `retrain_cron` is set. At each tick the supervisor runs
+`ichtriage admin retrain` (node.cli.retrain) as a child process, on `retrain_device`, at lower
+CPU priority, and waits for it in a scheduler thread: triage never waits for it, and the
+retraining lock in the database keeps it to one run at a time, across processes and restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from node.config import ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+
+JOB_ID = "retrain"
+
+
+def retrain_command(settings: Settings, *, out: Path) -> list[str]:
+    """The `admin retrain` command line a tick runs."""
+    def path(value: Path | None) -> str:
+        assert value is not None  # Settings checks them when retrain_cron is set
+        return str(value)
+
+    return [sys.executable, "-m", "node", "admin", "retrain",
+            "--arch", settings.retrain_arch, "--epochs", str(settings.retrain_epochs),
+            "--dicom-dir", path(settings.retrain_dicom_dir),
+            "--labels", path(settings.retrain_labels),
+            "--heldout-dir", path(settings.retrain_heldout_dir),
+            "--heldout-labels", path(settings.retrain_heldout_labels),
+            "--metric", settings.retrain_metric, "--device", settings.retrain_device,
+            "--out", str(out), "--data-dir", str(settings.data_dir),
+            "--db-url", settings.database_url, "--log-level", settings.log_level]
+
+
+def schedule_retraining(scheduler: BaseScheduler, settings: Settings) -> bool:
+    """Add the retraining tick to `scheduler`; False when retrain_cron is empty (off)."""
+    if not settings.retrain_cron:
+        return False
+    try:
+        trigger = CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(f"retrain_cron: {settings.retrain_cron!r}: {exc}") from exc
+
+    def tick() -> None:
+        out = settings.data_dir / "retraining" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        done = subprocess.run(retrain_command(settings, out=out), capture_output=True,
+                              text=True, check=False)
+        last = (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""]
+        logger.info("scheduled retraining ended (exit %d): %s", done.returncode, last[0])
+
+    scheduler.add_job(tick, trigger, id=JOB_ID, max_instances=1, coalesce=True)
+    logger.info("retraining scheduled: %s (UTC), on %s", settings.retrain_cron,
+                settings.retrain_device)
+    return True
