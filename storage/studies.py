@@ -1,0 +1,143 @@
+"""One study in detail, for the study page and API: its series, the newest result of each
+with its per-slice curve, and where each slice's file is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, func, literal, select
+
+from storage.db import reader
+from storage.models import Instance, Series, SlicePrediction, Study, TriageResult
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    position: int
+    sop_uid: str
+    frame: int
+    probabilities: list[float]  # in the result's label order (ml.labels.LABELS)
+
+
+@dataclass(frozen=True)
+class ResultDetail:
+    pk: int
+    model_name: str
+    model_version: str
+    probabilities: dict[str, float]
+    calls: dict[str, bool]
+    complete: bool
+    notes: str
+    created_at: datetime
+    latency_seconds: float | None
+    slices: int
+    sr_sop_uid: str
+    curve: list[SliceScore] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeriesDetail:
+    pk: int
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    modality: str
+    body_part: str
+    status: str
+    status_reason: str
+    instance_count: int
+    first_received_at: datetime
+    last_received_at: datetime
+    result: ResultDetail | None
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    pk: int
+    study_uid: str
+    accession_number: str
+    study_date: str
+    study_time: str
+    study_description: str
+    series: list[SeriesDetail]
+
+
+@dataclass(frozen=True)
+class SliceFile:
+    file_path: str  # relative to the file store
+    frame: int
+    count: int  # slices in the series, in the order the index counts
+
+
+class StudyReader:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def detail(self, study_uid: str) -> StudyDetail | None:
+        with reader(self.engine).connect() as conn:
+            study = conn.execute(select(Study).where(Study.study_uid == study_uid)
+                                 ).scalar_one_or_none()
+            if study is None:
+                return None
+            series = [self._series(conn, s) for s in conn.execute(
+                select(Series).where(Series.study_pk == study.id)
+                .order_by(Series.series_number, Series.id)).scalars()]
+        return StudyDetail(study.id, study.study_uid, study.accession_number, study.study_date,
+                           study.study_time, study.study_description, series)
+
+    @staticmethod
+    def _series(conn: Connection, s: Series) -> SeriesDetail:
+        result = conn.execute(select(TriageResult).where(TriageResult.series_pk == s.id)
+                              .order_by(TriageResult.id.desc()).limit(1)).scalar_one_or_none()
+        detail = None
+        if result is not None:
+            curve = [SliceScore(int(pos), sop, int(frame), json.loads(probs))
+                     for pos, sop, frame, probs in conn.execute(
+                         select(SlicePrediction.position, Instance.sop_uid, SlicePrediction.frame,
+                                SlicePrediction.probabilities)
+                         .join(Instance, Instance.id == SlicePrediction.instance_pk)
+                         .where(SlicePrediction.result_pk == result.id)
+                         .order_by(SlicePrediction.position))]
+            detail = ResultDetail(result.id, result.model_name, result.model_version,
+                                  json.loads(result.probabilities), json.loads(result.calls),
+                                  bool(result.complete), result.notes or "", result.created_at,
+                                  result.latency_seconds, result.slices, result.sr_sop_uid,
+                                  curve)
+        return SeriesDetail(s.id, s.series_uid, s.series_number, s.series_description,
+                            s.modality, s.body_part, str(s.status), s.status_reason,
+                            s.instance_count, s.first_received_at, s.last_received_at, detail)
+
+    def slice_file(self, study_uid: str, series_uid: str, index: int) -> SliceFile | None:
+        """Slice `index` of a series of the study: in the order its newest result read the
+        volume when there is one (the curve's positions), else by instance number. None when
+        the study has no such series or the index is out of range."""
+        with reader(self.engine).connect() as conn:
+            series_pk = conn.execute(
+                select(Series.id).join(Study, Study.id == Series.study_pk)
+                .where(Study.study_uid == study_uid, Series.series_uid == series_uid)
+            ).scalar_one_or_none()
+            if series_pk is None or index < 0:
+                return None
+            result_pk = conn.execute(select(func.max(TriageResult.id))
+                                     .where(TriageResult.series_pk == series_pk)).scalar()
+            if result_pk is not None:
+                count = conn.execute(select(func.count()).select_from(SlicePrediction)
+                                     .where(SlicePrediction.result_pk == result_pk)).scalar_one()
+                row = conn.execute(
+                    select(Instance.file_path, SlicePrediction.frame)
+                    .join(Instance, Instance.id == SlicePrediction.instance_pk)
+                    .where(SlicePrediction.result_pk == result_pk,
+                           SlicePrediction.position == index)).first()
+            else:
+                count = conn.execute(select(func.count()).select_from(Instance)
+                                     .where(Instance.series_pk == series_pk)).scalar_one()
+                row = conn.execute(
+                    select(Instance.file_path, literal(0))
+                    .where(Instance.series_pk == series_pk)
+                    .order_by(Instance.instance_number, Instance.id).offset(index).limit(1)
+                ).first()
+        if row is None:
+            return None
+        return SliceFile(row[0], int(row[1]), int(count))
