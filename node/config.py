@@ -78,7 +78,9 @@ class Settings:
     ae_title: str = "ICHTRIAGE"
     bind: str = "127.0.0.1"
     port: int = 11112
-    http_port: int = 8080
+    http_port: int = 8080  # 0: no HTTP server
+    http_bind: str = "127.0.0.1"  # the API and the page stay on loopback unless set
+    metrics: bool = True  # serve /metrics (open, like /healthz) on the HTTP port
     allow_ae: tuple[AllowedPeer, ...] = ()  # empty: any calling AE title
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: a SQLite file inside data_dir

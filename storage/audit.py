@@ -35,9 +35,9 @@ class AuditLog:
                 study_uid=study_uid[:64], detail=detail[:200], client=client[:64]))
 
     def recent(self, *, limit: int = 100, action: str | None = None) -> list[AuditRecord]:
-        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        query = select(AuditEvent.__table__).order_by(AuditEvent.id.desc()).limit(limit)
         if action is not None:
             query = query.where(AuditEvent.action == action)
         with reader(self.engine).connect() as conn:
             return [AuditRecord(r.at, r.actor, r.token_pk, r.action, r.study_uid, r.detail,
-                                r.client) for r in conn.execute(query).scalars()]
+                                r.client) for r in conn.execute(query)]

@@ -85,12 +85,12 @@ class FeedbackStore:
         return entries
 
     def for_study(self, study_uid: str) -> list[FeedbackEntry]:
-        query = (select(Feedback).join(Study, Study.id == Feedback.study_pk)
+        query = (select(Feedback.__table__).join(Study, Study.id == Feedback.study_pk)
                  .where(Study.study_uid == study_uid).order_by(Feedback.id))
         with reader(self.engine).connect() as conn:
             return [FeedbackEntry(f.label, f.present, f.model_call, f.verdict, f.author,
                                   f.created_at, f.result_pk)
-                    for f in conn.execute(query).scalars()]
+                    for f in conn.execute(query)]
 
     def agreement(self) -> list[Agreement]:
         """Per label, over the newest word on each study and label that judged a result."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, literal, select
 
@@ -77,20 +78,21 @@ class StudyReader:
 
     def detail(self, study_uid: str) -> StudyDetail | None:
         with reader(self.engine).connect() as conn:
-            study = conn.execute(select(Study).where(Study.study_uid == study_uid)
-                                 ).scalar_one_or_none()
+            study = conn.execute(select(Study.__table__).where(Study.study_uid == study_uid)
+                                 ).first()
             if study is None:
                 return None
             series = [self._series(conn, s) for s in conn.execute(
-                select(Series).where(Series.study_pk == study.id)
-                .order_by(Series.series_number, Series.id)).scalars()]
+                select(Series.__table__).where(Series.study_pk == study.id)
+                .order_by(Series.series_number, Series.id))]
         return StudyDetail(study.id, study.study_uid, study.accession_number, study.study_date,
                            study.study_time, study.study_description, series)
 
     @staticmethod
-    def _series(conn: Connection, s: Series) -> SeriesDetail:
-        result = conn.execute(select(TriageResult).where(TriageResult.series_pk == s.id)
-                              .order_by(TriageResult.id.desc()).limit(1)).scalar_one_or_none()
+    def _series(conn: Connection, s: Any) -> SeriesDetail:
+        result = conn.execute(select(TriageResult.__table__)
+                              .where(TriageResult.series_pk == s.id)
+                              .order_by(TriageResult.id.desc()).limit(1)).first()
         detail = None
         if result is not None:
             curve = [SliceScore(int(pos), sop, int(frame), json.loads(probs))

@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -85,13 +86,12 @@ class TokenStore:
 
     def get(self, pk: int) -> TokenInfo | None:
         with reader(self.engine).connect() as conn:
-            row = conn.execute(select(ApiToken).where(ApiToken.id == pk)).scalar_one_or_none()
+            row = conn.execute(select(ApiToken.__table__).where(ApiToken.id == pk)).first()
         return _info(row) if row is not None else None
 
     def list(self) -> list[TokenInfo]:
         with reader(self.engine).connect() as conn:
-            return [_info(r) for r in conn.execute(select(ApiToken).order_by(ApiToken.id))
-                    .scalars()]
+            return [_info(r) for r in conn.execute(select(ApiToken.__table__).order_by(ApiToken.id))]
 
     def revoke(self, pk: int) -> bool:
         """Revoke token `pk`; False when there is no such active token."""
@@ -108,7 +108,7 @@ class TokenStore:
             return None
         pk, secret = parsed
         with reader(self.engine).connect() as conn:
-            row = conn.execute(select(ApiToken).where(ApiToken.id == pk)).scalar_one_or_none()
+            row = conn.execute(select(ApiToken.__table__).where(ApiToken.id == pk)).first()
         if row is None or row.revoked_at is not None:
             return None
         if not hmac.compare_digest(_hash(secret, bytes.fromhex(row.salt)), row.secret_hash):
@@ -122,6 +122,6 @@ class TokenStore:
                          .values(last_used_at=utcnow()))
 
 
-def _info(row: ApiToken) -> TokenInfo:
+def _info(row: Any) -> TokenInfo:
     return TokenInfo(row.id, row.name, Role(row.role), row.created_at, row.revoked_at,
                      row.last_used_at)

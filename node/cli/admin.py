@@ -81,6 +81,10 @@ def add_admin_parser(sub: Any) -> None:
     _training(compare, epochs=3)
     _common(compare)
     _demo_parser(commands)
+    from node.cli.main import _setting_flags
+    from node.cli.tokens import add_tokens_parser
+
+    add_tokens_parser(commands, _setting_flags)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -154,6 +158,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
 
     configure_logging(settings.log_level)
+    if args.admin_command == "tokens":
+        from node.cli.tokens import run_tokens
+
+        return run_tokens(args, settings)
     commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model}  # fmt: skip
     try:

@@ -34,6 +34,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--bind", help=f"address to listen on (default: {DEFAULTS.bind})")
     add("--port", type=int, help=f"DICOM port (default: {DEFAULTS.port})")
     add("--http-port", type=int, help=f"HTTP port, 0 for none (default: {DEFAULTS.http_port})")
+    add("--http-bind", help=f"address the HTTP API and page listen on (default: "
+        f"{DEFAULTS.http_bind})")
+    add("--metrics", choices=("on", "off"), help="serve /metrics without a token (default: on)")
     add("--settle-seconds", type=float,
         help=f"quiet time after which a series is complete (default: {DEFAULTS.settle_seconds})")
     add("--allow-ae", action="append", metavar="AE[@HOST]",
@@ -72,6 +75,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
+                "http_bind", "metrics",
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
                 "max_message_mb", "max_associations", "max_associations_per_host",
@@ -114,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in SETTING_ARGS if hasattr(args, k)}
+    if overrides.get("metrics") is not None:
+        overrides["metrics"] = overrides["metrics"] == "on"
     return load_settings(config_file=getattr(args, "config", None), overrides=overrides)
 
 
