@@ -86,20 +86,34 @@ def page_principal(request: Request, ctx: Context) -> Principal:
     return principal
 
 
-def require(role: Role, *, page: bool = False) -> Callable[..., Principal]:
-    """A dependency that lets through principals whose role includes `role` (else 403)."""
-    def check(principal: Annotated[Principal, Depends(
-            page_principal if page else current_principal)]) -> Principal:
-        if not principal.allows(role):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"the {role} role is needed")
-        return principal
+ApiPrincipal = Annotated[Principal, Depends(current_principal)]
+PagePrincipal = Annotated[Principal, Depends(page_principal)]
+
+
+def _allowed(principal: Principal, role: Role) -> Principal:
+    if not principal.allows(role):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"the {role} role is needed")
+    return principal
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    """A dependency: the API's caller, when its role includes `role` (else 403)."""
+    def check(principal: ApiPrincipal) -> Principal:
+        return _allowed(principal, role)
+    return check
+
+
+def require_page(role: Role) -> Callable[..., Principal]:
+    """As `require`, for pages: no session sends the browser to /login."""
+    def check(principal: PagePrincipal) -> Principal:
+        return _allowed(principal, role)
     return check
 
 
 Reader = Annotated[Principal, Depends(require(Role.READER))]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST))]
-PageReader = Annotated[Principal, Depends(require(Role.READER, page=True))]
-PageRadiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST, page=True))]
+PageReader = Annotated[Principal, Depends(require_page(Role.READER))]
+PageRadiologist = Annotated[Principal, Depends(require_page(Role.RADIOLOGIST))]
 
 
 def same_origin(request: Request) -> bool:
