@@ -41,6 +41,10 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).with_name("static")),
               name="static")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
     @app.exception_handler(NotLoggedIn)
     def to_login(_request: Request, _exc: NotLoggedIn) -> Response:
         return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)

@@ -51,7 +51,9 @@ function findings(item) {
 function row(item) {
   const tr = el("tr", null, "priority-" + item.priority);
   tr.dataset.uid = item.StudyInstanceUID;
-  tr.append(el("td")).firstChild.append(el("span", item.priority, "badge priority-" + item.priority));
+  const priority = el("td");
+  priority.append(el("span", item.priority, "badge priority-" + item.priority));
+  tr.append(priority);
   tr.append(findings(item));
   tr.append(el("td", item.status, "status"));
   tr.append(el("td", waiting(item.last_slice_at), "waiting"));
