@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite talks to: DCMTK (real DICOM clients), dicom3tools
-# (dciodvfy), Orthanc (a real PACS) and PostgreSQL (the server database). Needs root; does
+# (dciodvfy), Orthanc (a real PACS), PostgreSQL (the server database) and Chromium (the page's
+# browser test; Playwright drives it and downloads no browser of its own). Needs root; does
 # nothing when everything is already there.
 set -euo pipefail
 need=()
@@ -9,6 +10,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v Orthanc >/dev/null || need+=(orthanc)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
+[[ -x /usr/lib/chromium/chromium ]] || need+=(chromium)
 ((${#need[@]})) || exit 0
 if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
