@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, insert, select
 
 from storage.db import reader
 from storage.errors import StorageError
-from storage.models import Feedback, Series, Study, TriageResult, utcnow
+from storage.models import Feedback, Instance, Series, Study, TriageResult, utcnow
 
 
 class UnknownStudyError(StorageError):
@@ -45,6 +45,17 @@ class Agreement:
     def ratio(self) -> float | None:
         judged = self.confirmed + self.corrected
         return self.confirmed / judged if judged else None
+
+
+@dataclass(frozen=True)
+class ExportStudy:
+    """The newest word on each label of a study, the series of the result it judged and
+    that series' instances (SOPInstanceUID, file path in the store)."""
+
+    study_uid: str
+    series_uid: str
+    labels: dict[str, bool]
+    instances: list[tuple[str, str]]
 
 
 class FeedbackStore:
@@ -118,4 +129,31 @@ class FeedbackStore:
         with reader(self.engine).connect() as conn:
             for uid, label, present in conn.execute(query):
                 out.setdefault(uid, {})[label] = bool(present)
+        return out
+
+    def for_export(self) -> list[ExportStudy]:
+        """Every study with feedback on a result, for the label export."""
+        newest = (select(func.max(Feedback.id).label("id"))
+                  .group_by(Feedback.study_pk, Feedback.label).subquery())
+        query = (select(Study.study_uid, Feedback.label, Feedback.present, Feedback.result_pk,
+                        Feedback.id)
+                 .join(Study, Study.id == Feedback.study_pk)
+                 .where(Feedback.id.in_(select(newest.c.id))).order_by(Feedback.id))
+        labels: dict[str, dict[str, bool]] = {}
+        judged: dict[str, int] = {}  # the result of the newest word on the study
+        with reader(self.engine).connect() as conn:
+            for uid, label, present, result_pk, _ in conn.execute(query):
+                labels.setdefault(uid, {})[label] = bool(present)
+                if result_pk is not None:
+                    judged[uid] = int(result_pk)
+            out = []
+            for uid, result_pk in judged.items():
+                series_pk, series_uid = conn.execute(
+                    select(Series.id, Series.series_uid).join(
+                        TriageResult, TriageResult.series_pk == Series.id)
+                    .where(TriageResult.id == result_pk)).one()
+                instances = [(sop, path) for sop, path in conn.execute(
+                    select(Instance.sop_uid, Instance.file_path)
+                    .where(Instance.series_pk == series_pk).order_by(Instance.id))]
+                out.append(ExportStudy(uid, series_uid, labels[uid], instances))
         return out

@@ -81,10 +81,12 @@ def add_admin_parser(sub: Any) -> None:
     _training(compare, epochs=3)
     _common(compare)
     _demo_parser(commands)
+    from node.cli.feedback import add_feedback_parser
     from node.cli.main import _setting_flags
     from node.cli.tokens import add_tokens_parser
 
     add_tokens_parser(commands, _setting_flags)
+    add_feedback_parser(commands, _setting_flags)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -162,6 +164,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         from node.cli.tokens import run_tokens
 
         return run_tokens(args, settings)
+    if args.admin_command == "feedback":
+        from node.cli.feedback import run_feedback
+
+        return run_feedback(args, settings)
     commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model}  # fmt: skip
     try:
