@@ -120,6 +120,8 @@ def entries_for(engine: Engine, study_pks: Sequence[int]) -> dict[str, WorklistE
 def _load(engine: Engine, study_ids: Select[tuple[int]] | list[int]) -> dict[str, _Study]:
     latest = (select(TriageResult.series_pk, func.max(TriageResult.id).label("result_pk"),
                      func.count(TriageResult.id).label("results"))
+              .where(TriageResult.series_pk.in_(select(Series.id)
+                                                .where(Series.study_pk.in_(study_ids))))
               .group_by(TriageResult.series_pk).subquery())
     query = (
         select(Study.study_uid, Patient.patient_name, Patient.patient_id, Study.accession_number,
