@@ -155,7 +155,11 @@ def _start_http(settings: Settings, services: Services) -> tuple[HttpServer | No
     from node.http.context import WebContext
     from node.http.server import HttpServer
 
-    ctx = WebContext(services.engine, services.files, metrics=settings.metrics)
+    from node.http.saliency import HeatMaps
+    from node.startup import model_path
+
+    ctx = WebContext(services.engine, services.files, metrics=settings.metrics,
+                     heat_maps=HeatMaps(model_path(settings), device=settings.device))
     server = HttpServer(ctx, host=settings.http_bind, port=settings.http_port)
     host, port = server.start()
     return server, f"HTTP on {host}:{port}"

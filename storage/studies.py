@@ -72,6 +72,16 @@ class SliceFile:
     count: int  # slices in the series, in the order the index counts
 
 
+@dataclass(frozen=True)
+class ResultVolume:
+    """The slices the newest result of a series read, in its order, and which model read
+    them (TriageResult.model_version: the checkpoint's sha256, first 12 digits)."""
+
+    model_name: str
+    model_version: str
+    slices: list[tuple[str, int]]  # (file path in the store, frame)
+
+
 class StudyReader:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -143,3 +153,21 @@ class StudyReader:
         if row is None:
             return None
         return SliceFile(row[0], int(row[1]), int(count))
+
+    def result_volume(self, study_uid: str, series_uid: str) -> ResultVolume | None:
+        """The volume of the series' newest result; None without a result or such series."""
+        with reader(self.engine).connect() as conn:
+            head = conn.execute(
+                select(TriageResult.id, TriageResult.model_name, TriageResult.model_version)
+                .join(Series, Series.id == TriageResult.series_pk)
+                .join(Study, Study.id == Series.study_pk)
+                .where(Study.study_uid == study_uid, Series.series_uid == series_uid)
+                .order_by(TriageResult.id.desc()).limit(1)).first()
+            if head is None:
+                return None
+            slices = [(path, int(frame)) for path, frame in conn.execute(
+                select(Instance.file_path, SlicePrediction.frame)
+                .join(Instance, Instance.id == SlicePrediction.instance_pk)
+                .where(SlicePrediction.result_pk == head[0])
+                .order_by(SlicePrediction.position))]
+        return ResultVolume(head[1], head[2], slices)

@@ -352,3 +352,22 @@ def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
             assert client.get("/healthz").status_code == 200
     finally:
         engine.dispose()
+
+
+def test_heat_maps_only_from_the_model_that_made_the_result(web: Web, tmp_path: Path) -> None:
+    from ml.shipped import shipped_checkpoint
+    from node.http.saliency import HeatMaps
+
+    ref = web.studies["sdh"]
+    base = f"/api/studies/{ref.study_uid}/series/{ref.series_uid}/slices"
+    reader = web.auth("reader")
+    assert web.client.get(f"{base}/2/heatmap.png", headers=reader).status_code == 503  # none
+    ctx = WebContext(web.engine, web.files, heat_maps=HeatMaps(shipped_checkpoint()))
+    with TestClient(create_app(ctx), base_url=ORIGIN) as client:
+        r = client.get(f"{base}/2/heatmap.png", params={"label": "subdural"}, headers=reader)
+        assert r.status_code == 409 and "v1test" in r.json()["detail"]  # another model's
+        for path, code in ((f"{base}/4/heatmap.png", 404), (f"{base}/0/heatmap.png?label=x", 422),
+                           (f"/api/studies/{web.studies['waiting'].study_uid}/series/"
+                            f"{web.studies['waiting'].series_uid}/slices/0/heatmap.png", 404)):
+            assert client.get(path, headers=reader).status_code == code, path
+        assert client.get(f"{base}/2/heatmap.png").status_code == 401

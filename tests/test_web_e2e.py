@@ -87,6 +87,14 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
                 image.scroll_into_view_if_needed()
                 wait_for(lambda: image.evaluate("i => i.complete && i.naturalWidth") == 512,
                          timeout=30, what="the key slice image")
+                page.click("#heat-on")  # where the model looked (Grad-CAM)
+                page.wait_for_selector("#heat-off")
+                heat = page.locator("figure.key-slice img").last
+                assert "/heatmap.png?label=subdural" in (heat.get_attribute("src") or "")
+                heat.scroll_into_view_if_needed()
+                wait_for(lambda: heat.evaluate("i => i.complete && i.naturalWidth") == 512,
+                         timeout=60, what="the heat map image")
+                page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
                 page.check("input[name=label_subdural][value=present]")
                 page.check("input[name=label_epidural][value=absent]")
                 page.click("#send-feedback")
@@ -103,7 +111,7 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
                             (bleed.study_uid, "subdural", 1, "confirm", "Dr E2E")]
         actions = {a for (a,) in node.query("select action from audit_event")}
         assert {"token_create", "login", "worklist_view", "study_view", "image_view",
-                "feedback"} <= actions
+                "heatmap_view", "feedback"} <= actions
         assert "Dr E2E" not in node.log_text() and token not in node.log_text()
     assert (tmp_path / "worklist.png").stat().st_size > 0
     assert (tmp_path / "study.png").stat().st_size > 0

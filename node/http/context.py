@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from node.http.saliency import HeatMaps
 from node.http.sessions import BearerCache, SessionStore
 from storage.audit import AuditLog
 from storage.feedback import FeedbackStore
@@ -24,6 +25,7 @@ class WebContext:
     engine: Engine
     files: FileStore
     metrics: bool = True  # serve /metrics
+    heat_maps: HeatMaps | None = None  # None: no heat maps (no model here)
     tokens: TokenStore = field(init=False)
     audit: AuditLog = field(init=False)
     feedback: FeedbackStore = field(init=False)

@@ -36,7 +36,7 @@ def worklist_page(request: Request, who: PageReader) -> Response:
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, ctx: Context, who: PageReader, study_uid: StudyUID,
-               window: str = "brain") -> Response:
+               window: str = "brain", heat: bool = False) -> Response:
     from node.http.studies import study_out
 
     study = study_out(ctx, study_uid)
@@ -50,6 +50,7 @@ def study_page(request: Request, ctx: Context, who: PageReader, study_uid: Study
     return render(request, "study.html", {
         "who": who, "study": study, "shown": shown,
         "window": window if window in ("brain", "subdural", "bone") else "brain",
+        "heat": heat and ctx.heat_maps is not None, "can_heat": ctx.heat_maps is not None,
         "curve": curve_svg(shown.result.curve) if shown and shown.result else None,
         "latest": latest, "csrf": who.session.csrf if who.session else "",
         "can_feedback": who.allows(Role.RADIOLOGIST)})
