@@ -153,9 +153,8 @@ def _start_http(settings: Settings, services: Services) -> tuple[HttpServer | No
     if settings.http_port == 0:
         return None, "no HTTP"
     from node.http.context import WebContext
-    from node.http.server import HttpServer
-
     from node.http.saliency import HeatMaps
+    from node.http.server import HttpServer
     from node.startup import model_path
 
     ctx = WebContext(services.engine, services.files, metrics=settings.metrics,
