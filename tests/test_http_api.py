@@ -371,3 +371,43 @@ def test_heat_maps_only_from_the_model_that_made_the_result(web: Web, tmp_path: 
                             f"{web.studies['waiting'].series_uid}/slices/0/heatmap.png", 404)):
             assert client.get(path, headers=reader).status_code == code, path
         assert client.get(f"{base}/2/heatmap.png").status_code == 401
+
+
+def test_qido_rs_study_search(web: Web) -> None:
+    def search(**params: object) -> tuple[int, list[pydicom.Dataset]]:
+        r = web.client.get("/dicom-web/studies", params=params, headers=web.auth("reader"))
+        if r.status_code != 200:
+            return r.status_code, []
+        assert r.headers["content-type"] == "application/dicom+json"
+        assert "SECRET" not in r.text and "PID-" not in r.text
+        return 200, [pydicom.Dataset.from_json(item) for item in r.json()]
+
+    s = web.studies
+    code, found = search()
+    assert code == 200 and len(found) == 5
+    sdh = next(d for d in found if d.StudyInstanceUID == s["sdh"].study_uid)
+    assert (sdh.StudyDate, sdh.AccessionNumber, sdh.ModalitiesInStudy) == ("20261125", "ACC2",
+                                                                          "CT")
+    assert (sdh.NumberOfStudyRelatedSeries, sdh.NumberOfStudyRelatedInstances) == (1, 4)
+    assert "PatientName" not in sdh and "PatientID" not in sdh
+
+    def uids(**params: object) -> set[str]:
+        code, found = search(**params)
+        assert code in (200, 204), params
+        return {d.StudyInstanceUID for d in found}
+
+    assert uids(StudyDate="20261125") == {s["sdh"].study_uid}
+    assert len(uids(StudyDate="20261126-")) == 4 and uids(StudyDate="-20261125") == {
+        s["sdh"].study_uid}
+    assert uids(AccessionNumber="ACC2") == {s["sdh"].study_uid}
+    assert len(uids(AccessionNumber="AC?*")) == 5 and uids(AccessionNumber="ACC%") == set()
+    assert uids(StudyInstanceUID=f"{s['sdh'].study_uid},{s['iph'].study_uid}") == {
+        s["sdh"].study_uid, s["iph"].study_uid}
+    assert len(uids(ModalitiesInStudy="CT")) == 5
+    assert search(ModalitiesInStudy="MR")[0] == 204
+    assert len(uids(limit=2, offset=4)) == 1
+    for bad in ({"PatientName": "SECRET*"}, {"PatientID": "PID-1"}, {"StudyDate": "2026"},
+                {"StudyDate": "20261125-20261126-"}, {"limit": 0}, {"offset": -1},
+                {"StudyInstanceUID": "1.2.x"}, {"fuzzymatching": "true"}):
+        assert search(**bad)[0] == 400, bad
+    assert web.client.get("/dicom-web/studies").status_code == 401

@@ -88,3 +88,19 @@ def test_feedback_judges_the_result_it_names(engine: Engine, tmp_path: Path) -> 
         store.add(other.study_uid, {"any": True}, author="a", token_pk=None,
                   result_pk=ref.result_pk)
     assert len(store.for_study(ref.study_uid)) == 3
+
+
+def test_study_search_matches_alike_on_both_databases(engine: Engine, tmp_path: Path) -> None:
+    from storage.study_search import StudyQuery, search_studies
+
+    files = FileStore(tmp_path)
+    add_study(engine, files, 1, slices=2, study_date="20261101")
+    add_study(engine, files, 2, slices=3, study_date="20261102")
+    found = search_studies(engine, StudyQuery(accession="ACC?"))
+    assert [(m.study_uid, m.series, m.instances, m.modalities) for m in found] == [
+        ("1.2.826.0.1.1", 1, 2, ("CT",)), ("1.2.826.0.1.2", 1, 3, ("CT",))]
+    assert search_studies(engine, StudyQuery(accession="ACC_")) == []  # `_` is literal
+    assert [m.study_uid for m in search_studies(engine, StudyQuery(date_from="20261102"))] == [
+        "1.2.826.0.1.2"]
+    assert [m.study_uid for m in search_studies(engine, StudyQuery(limit=1, offset=1))] == [
+        "1.2.826.0.1.2"]
