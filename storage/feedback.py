@@ -118,6 +118,20 @@ class FeedbackStore:
         return [Agreement(label, c.get("confirm", 0), c.get("correct", 0))
                 for label, c in sorted(counts.items())]
 
+    def agreement_by_day(self, since: datetime) -> list[tuple[str, str, int, int]]:
+        """(day YYYY-MM-DD, label, confirmed, corrected) of every word on a result given
+        since `since`, by the day (UTC) it was given."""
+        day = func.date(Feedback.created_at)
+        query = (select(day, Feedback.label, Feedback.verdict, func.count())
+                 .where(Feedback.model_call.is_not(None), Feedback.created_at >= since)
+                 .group_by(day, Feedback.label, Feedback.verdict))
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        with reader(self.engine).connect() as conn:
+            for d, label, verdict, n in conn.execute(query):
+                counts.setdefault((str(d), label), {})[verdict] = int(n)
+        return [(d, label, c.get("confirm", 0), c.get("correct", 0))
+                for (d, label), c in sorted(counts.items())]
+
     def newest_labels(self) -> dict[str, dict[str, bool]]:
         """StudyInstanceUID -> label -> present, the newest word on each."""
         newest = (select(func.max(Feedback.id).label("id"))

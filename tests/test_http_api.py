@@ -223,6 +223,12 @@ def test_feedback_by_bearer_lands_in_sql(web: Web) -> None:
                                        ("subdural", 1, 1, "confirm", "radiologist-1")]
     detail = web.client.get(f"/api/studies/{ref.study_uid}", headers=web.auth("reader")).json()
     assert len(detail["feedback"]) == 2
+    agreement = web.client.get("/api/feedback/agreement", headers=web.auth("reader")).json()
+    assert {(a["label"], a["confirmed"], a["corrected"]) for a in agreement["overall"]} == {
+        ("epidural", 0, 1), ("subdural", 1, 0)}
+    (today,) = {a["day"] for a in agreement["by_day"]}
+    assert len(today) == 10 and {a["label"] for a in agreement["by_day"]} == {"epidural",
+                                                                                "subdural"}
     refused = [
         ({"labels": {"tumour": True}}, 422),
         ({"labels": {}}, 422),

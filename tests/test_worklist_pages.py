@@ -88,6 +88,10 @@ def test_feedback_judges_the_result_it_names(engine: Engine, tmp_path: Path) -> 
         store.add(other.study_uid, {"any": True}, author="a", token_pk=None,
                   result_pk=ref.result_pk)
     assert len(store.for_study(ref.study_uid)) == 3
+    by_day = store.agreement_by_day(hours_ago(1))
+    assert {(label, confirmed, corrected) for _, label, confirmed, corrected in by_day} == {
+        ("any", 0, 1), ("subdural", 1, 1)}
+    assert store.agreement_by_day(hours_ago(-1)) == []
 
 
 def test_study_search_matches_alike_on_both_databases(engine: Engine, tmp_path: Path) -> None:
