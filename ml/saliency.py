@@ -77,3 +77,14 @@ def heat_on_slice(classifier: Classifier, slices: Sequence[np.ndarray], index: i
     if heat.shape[-1] != FIT_SIZE:
         heat = resize(heat, FIT_SIZE)
     return np.clip(unfit_from_size(heat, rows, cols), 0.0, 1.0)
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """A windowed slice (values in [0, 1]) in gray with the heat map over it, red (warm) to
+    yellow (hot), as (rows, cols, 3) uint8; below a fifth of the peak the slice shows as is."""
+    if gray.shape != heat.shape:
+        raise ValueError(f"gray {gray.shape} and heat {heat.shape} differ in shape")
+    base = np.clip(gray, 0.0, 1.0)[..., None] * 255.0
+    color = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
+    alpha = np.where(heat > 0.2, 0.5 * heat, 0.0)[..., None]
+    return np.rint(base * (1 - alpha) + color * alpha).astype(np.uint8)

@@ -30,12 +30,10 @@ def render_png(hu: np.ndarray, window: str) -> bytes:
 
 
 def render_heat_png(hu: np.ndarray, heat: np.ndarray, window: str) -> bytes:
-    """The windowed slice in gray with the heat map over it, red (warm) to yellow (hot);
-    below a fifth of the peak the slice shows as it is."""
-    gray = apply_window(hu, WINDOWS[window])[..., None] * 255.0
-    color = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
-    alpha = np.where(heat > 0.2, 0.5 * heat, 0.0)[..., None]
-    return _png(np.rint(gray * (1 - alpha) + color * alpha).astype(np.uint8), "RGB")
+    """The windowed slice with the heat map over it (ml.saliency.overlay), RGB PNG."""
+    from ml.saliency import overlay
+
+    return _png(overlay(apply_window(hu, WINDOWS[window]), heat), "RGB")
 
 
 def _png(pixels: np.ndarray, mode: str) -> bytes:
