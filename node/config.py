@@ -108,6 +108,7 @@ class Settings:
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
+    key_images: bool = False  # with each SR, a Secondary Capture key image per finding
     job_lease_seconds: float = 30.0  # renewed every third while the worker lives
     job_max_attempts: int = 3
 

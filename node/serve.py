@@ -124,7 +124,7 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
                             ae_title=settings.ae_title, batch_size=settings.batch_size,
-                            volume_rules=rules)
+                            volume_rules=rules, key_images=settings.key_images)
 
     return start_workers(count, make, stop)
 

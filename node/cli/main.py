@@ -52,6 +52,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
     add("--workers", type=int,
         help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
+    add("--key-images", action="store_const", const=True,
+        help="with each SR, send the key slice of each finding with its heat map as a "
+             "Secondary Capture marked 'AI result, not for diagnosis' (default: off)")
     _limit_flags(parser)
 
 
@@ -75,7 +78,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
-                "http_bind", "metrics",
+                "http_bind", "metrics", "key_images",
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
                 "max_message_mb", "max_associations", "max_associations_per_host",

@@ -6,13 +6,20 @@ image regions; an image is what every viewer shows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from ml.saliency import overlay
 from ml.windowing import BRAIN, apply_window
+
+if TYPE_CHECKING:
+    from ml.inference import Classifier, SeriesPrediction
 
 WARNING = "AI RESULT - NOT FOR DIAGNOSIS"
 SERIES_DESCRIPTION = "ICH triage key image (AI) - not for diagnostic use"
@@ -79,3 +86,28 @@ def build_key_image(ref: Dataset, hu: np.ndarray, heat: np.ndarray, *, label: st
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.ImageComments = f"{WARNING}. {label} {probability:.2f}; model {model}"
     return sc
+
+
+def key_images(classifier: Classifier, slices: Sequence[np.ndarray], sources: Sequence[Dataset],
+               prediction: SeriesPrediction, *, manufacturer: str) -> list[SCImage]:
+    """One key image per finding called present (each subtype; "any" alone when no subtype
+    is called), its slice the one the model found most probable. `slices` are the volume's HU
+    slices in its order and `sources` the header of each slice's instance."""
+    from ml.saliency import heat_on_slice
+
+    if len(slices) != len(sources):
+        raise ValueError(f"{len(slices)} slices but {len(sources)} source headers")
+    called = [label for label in classifier.card.labels if prediction.calls.get(label)]
+    labels = [label for label in called if label != "any"] or called
+    series_uid = generate_uid()
+    images = []
+    for n, label in enumerate(labels, start=1):
+        index = prediction.key_slices[label]
+        heat = heat_on_slice(classifier, slices, index, label)
+        j = list(classifier.card.labels).index(label)
+        images.append(build_key_image(
+            sources[index], np.asarray(slices[index]), heat, label=label,
+            probability=float(prediction.series[j]), model=classifier.card.sha256[:12],
+            series_uid=series_uid, sop_uid=generate_uid(), instance_number=n,
+            manufacturer=manufacturer))
+    return images
