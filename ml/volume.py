@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 PlaneKey = tuple[str, int]  # (SOPInstanceUID, frame number counted from 1)
 _TOO_FEW = "usable slice(s)"
@@ -112,6 +113,8 @@ class VolumeRules:
     max_axial_deg: float = 35.0  # slice normals further from the patient's z axis: not axial
     head_min_hu: float = -300.0  # pixels above this count as the head (not air)
     max_top_area_fraction: float = 0.5  # the top slice of a head that reaches the vertex
+    bone_min_hu: float = 300.0  # the skull: what encloses the cranial cavity
+    max_bottom_cavity_fraction: float = 0.8  # the bottom slice of a head from its skull base
 
     def __post_init__(self) -> None:
         if self.min_slices < 1:
@@ -122,9 +125,9 @@ class VolumeRules:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.gap_factor <= 1:
             raise ValueError(f"gap_factor: must be > 1, got {self.gap_factor}")
-        if not 0 < self.max_top_area_fraction <= 1:
-            raise ValueError(f"max_top_area_fraction: must be in (0, 1], "
-                             f"got {self.max_top_area_fraction}")
+        for name in ("max_top_area_fraction", "max_bottom_cavity_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -170,12 +173,14 @@ class Volume:
 
 def assemble(planes: Sequence[Plane], rules: VolumeRules | None = None, *,
              undecodable: Mapping[PlaneKey, str] | None = None,
-             head_areas: Mapping[PlaneKey, float] | None = None) -> Volume:
+             head_areas: Mapping[PlaneKey, float] | None = None,
+             cavity_areas: Mapping[PlaneKey, float] | None = None) -> Volume:
     """Order `planes` into a volume (see the module's docstring).
 
     `undecodable` maps planes whose header or pixels could not be read to the reason;
     `head_areas` (pixels of the head per plane, e.g. from `head_area`), when given, lets the
-    top of the stack be checked for the vertex. Raises ValueError if a plane appears twice.
+    top of the stack be checked for the vertex; `cavity_areas` (from `cavity_area`) the
+    bottom for the skull base. Raises ValueError if a plane appears twice.
     """
     rules = rules or VolumeRules()
     undecodable = undecodable or {}
@@ -190,7 +195,7 @@ def assemble(planes: Sequence[Plane], rules: VolumeRules | None = None, *,
                       problems=_problems_of_empty(planes, excluded, rules))
     axis = _stacking_axis(kept)
     kept, positions = _deduplicated(kept, axis, rules, excluded)
-    return _measured(kept, positions, axis, rules, excluded, head_areas)
+    return _measured(kept, positions, axis, rules, excluded, head_areas, cavity_areas)
 
 
 def _first_pass(planes: Sequence[Plane], undecodable: Mapping[PlaneKey, str],
@@ -309,7 +314,8 @@ def _deduplicated(planes: list[Plane], axis: np.ndarray, rules: VolumeRules,
 
 def _measured(slices: list[Plane], positions: list[float], axis: np.ndarray,
               rules: VolumeRules, excluded: list[Excluded],
-              head_areas: Mapping[PlaneKey, float] | None) -> Volume:
+              head_areas: Mapping[PlaneKey, float] | None,
+              cavity_areas: Mapping[PlaneKey, float] | None = None) -> Volume:
     steps = np.diff(np.asarray(positions))
     spacing = float(np.median(steps)) if len(steps) else None
     gaps: list[Gap] = []
@@ -331,6 +337,9 @@ def _measured(slices: list[Plane], positions: list[float], axis: np.ndarray,
                            f"patient's head-foot axis)")
     if head_areas is not None and (top := _top_of_head_problem(slices, head_areas, rules)):
         problems.append(top)
+    if cavity_areas is not None and (
+            bottom := _bottom_of_head_problem(slices, cavity_areas, rules)):
+        problems.append(bottom)
     return Volume(
         slices=tuple(slices), positions_mm=tuple(positions), excluded=tuple(excluded),
         spacing_mm=spacing, gaps=tuple(gaps), irregular_spacing=irregular,
@@ -393,6 +402,34 @@ def head_area(hu: np.ndarray, rules: VolumeRules | None = None) -> float:
     """Pixels of one (rows, cols) HU slice above `rules.head_min_hu`: the head's cross-section."""
     rules = rules or VolumeRules()
     return float(np.count_nonzero(np.asarray(hu) > rules.head_min_hu))
+
+
+def cavity_area(hu: np.ndarray, rules: VolumeRules | None = None) -> float:
+    """Pixels of brain and CSF (-20 to 100 HU) enclosed by the skull (`rules.bone_min_hu`)
+    on one (rows, cols) HU slice, counted on every 4th pixel both ways (mm-sized cells are
+    enough for a fraction). Near the skull base the cavity is a few islands among bone, air
+    and orbits; above it, most of the section."""
+    rules = rules or VolumeRules()
+    cells = np.asarray(hu)[::4, ::4]
+    bone = cells > rules.bone_min_hu
+    inside = ndimage.binary_fill_holes(bone) & ~bone
+    return float(np.count_nonzero(inside & (cells > -20) & (cells < 100)))
+
+
+def _bottom_of_head_problem(slices: list[Plane], cavity_areas: Mapping[PlaneKey, float],
+                            rules: VolumeRules) -> str | None:
+    """A head scanned from its skull base has little cranial cavity on its lowest slice; a
+    stack that starts higher up (the posterior fossa left out) has nearly all of it."""
+    areas = [cavity_areas.get(p.key) for p in slices]
+    if len(areas) < 3 or any(a is None for a in areas):
+        return None
+    largest = max(a for a in areas if a is not None)
+    bottom = areas[0]
+    assert bottom is not None
+    if largest > 0 and bottom > rules.max_bottom_cavity_fraction * largest:
+        return (f"head cut off above the skull base (bottom slice holds {bottom / largest:.0%} "
+                f"of the widest brain section)")
+    return None
 
 
 def _top_of_head_problem(slices: list[Plane], head_areas: Mapping[PlaneKey, float],

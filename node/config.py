@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from pydicom import charset
+
 ENV_PREFIX = "ICHTRIAGE_"
 _AE = re.compile(r"[ -~]{1,16}")  # PS3.5 AE VR: 16 printable characters, no backslash
 _DEST = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:]+|\[[^\]]+\]):(?P<port>\d{1,5})")
@@ -100,6 +102,7 @@ class Settings:
     receive_path: str = "fast"  # fast: the node's pynetdicom subclasses; stock: pynetdicom's
     min_free_mb: int = 256  # refuse instances (0xA700) when less disk than this is free
     min_slices: int = 8
+    default_character_set: str = ""  # assumed where a data set declares none; empty: ISO-IR 6
     min_coverage_mm: float = 100.0  # less head than this along the slice normal: provisional
     eligible_body_parts: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "")
     log_level: str = "INFO"
@@ -141,6 +144,11 @@ class Settings:
         if self.receive_path not in ("fast", "stock"):
             raise ConfigError(f"receive_path must be 'fast' or 'stock', got "
                               f"{self.receive_path!r}")
+        if self.default_character_set and (
+                self.default_character_set not in charset.python_encoding):
+            raise ConfigError(f"default_character_set: {self.default_character_set!r} is not "
+                              "a Specific Character Set defined term (PS3.3 C.12.1.1.2), e.g. "
+                              "'ISO_IR 100', 'ISO_IR 192', 'GB18030'")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
 

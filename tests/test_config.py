@@ -44,6 +44,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"ICHTRIAGE_TLS_CERT": "/x.pem"}, "tls_cert and tls_key"),
     ({"ICHTRIAGE_SETTLE_SECONDS": "-1"}, "settle_seconds"),
     ({"ICHTRIAGE_MIN_COVERAGE_MM": "-5"}, "min_coverage_mm"),
+    ({"ICHTRIAGE_DEFAULT_CHARACTER_SET": "Latin1"}, "default_character_set: 'Latin1'"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

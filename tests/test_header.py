@@ -8,19 +8,20 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
 
 from ml.phantom import write_series as write_phantom
-from node.dicom.header import KEYWORDS, RawHeaderError, read_header
+from node.dicom.header import KEYWORDS, RawHeaderError, found_implicit_vr, read_header
 from node.dicom.meta import header_values
 from tests.factories import ct_slice
 
@@ -144,3 +145,43 @@ def test_declines_truncated_data(cut: int) -> None:
         return
     # What it read before the cut is exactly what is there; the rest is missing.
     assert "Columns" not in values
+
+
+@pytest.mark.parametrize("first_keyword", ["SpecificCharacterSet", "ImageType", "SOPClassUID"])
+@pytest.mark.parametrize("body_implicit", [True, False])
+@pytest.mark.parametrize("meta_implicit", [True, False])
+def test_found_implicit_vr_agrees_with_pydicom(first_keyword: str, body_implicit: bool,
+                                               meta_implicit: bool) -> None:
+    """The VR encoding the node finds in a data set's bytes is the one pydicom reads it in,
+    whatever the meta header claims."""
+    ds = ct_slice(study_uid="1.2.3", series_uid="1.2.3.4", index=1)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    for keyword in ("SpecificCharacterSet", "ImageType"):  # the data set starts at first_keyword
+        if keyword != first_keyword and ds[keyword].tag < ds[first_keyword].tag:
+            del ds[keyword]
+    assert next(iter(ds)).keyword == first_keyword
+    body = encode(ds, implicit=body_implicit)
+    assert found_implicit_vr(body, implicit_vr_assumed=meta_implicit) is body_implicit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom says "Expected implicit VR, but found ..."
+        read = dcmread(BytesIO(mislabelled(body, ds, meta_implicit=meta_implicit)))
+        raw = read.get_item(0x0020000D)  # read, not yet converted: says how it was read
+        assert read.StudyInstanceUID == ds.StudyInstanceUID
+    assert raw.is_implicit_VR is body_implicit
+
+
+def test_found_implicit_vr_of_a_short_data_set_is_the_assumed_one() -> None:
+    assert found_implicit_vr(b"\x08\x00", implicit_vr_assumed=True) is True
+    assert found_implicit_vr(b"", implicit_vr_assumed=False) is False
+
+
+def mislabelled(body: bytes, ds: Dataset, *, meta_implicit: bool) -> bytes:
+    """A Part 10 file of `body` whose meta header names `meta_implicit`'s VR encoding."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if meta_implicit else ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return bytes(out.getvalue()) + body

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -85,9 +84,6 @@ def test_a_sigkill_during_a_transfer_leaves_rows_and_files_agreeing(
         try:
             for ds in series[:kill_after]:
                 assert assoc.send_c_store(ds).Status == 0x0000
-            # The next instance is on its way when the node dies.
-            threading.Thread(target=assoc.send_c_store, args=(series[kill_after],),
-                             daemon=True).start()
             kill_tree(node)
         finally:
             assoc.abort()

@@ -282,10 +282,12 @@ def test_a_misspelt_character_set_is_said_once_per_series(triaged: dict[str, Out
     (log,) = LOGS.values()
     series = str(_header(triaged["misspelt"].sent_paths[0]).SeriesInstanceUID)
     said = [line for line in log.splitlines() if "Specific Character Set 'ISO IR 192'" in line]
-    assert len([line for line in said if f"series {series}:" in line]) == 1
-    # the worker's process says nothing else about it; the receiving processes still log it
-    # per decoded value (the receive path is not changed here)
-    assert [line for line in said if "MainProcess pydicom:" in line] == []
+    about = [line for line in said if f"series {series}:" in line]
+    # once where it is received, once where it is read for triage; never per value
+    assert len([line for line in about if "said once per series" in line]) == 1
+    assert len([line for line in about if "while reading it" in line]) == 1
+    assert len(about) == 2
+    assert [line for line in said if " pydicom:" in line] == []
 
 
 def test_dsrdump_and_dciodvfy_accept_the_reports(triaged: dict[str, Outcome],

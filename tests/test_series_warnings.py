@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from node.triage.series_warnings import once_per_series
+from node.series_warnings import SaidOncePerSeries, counted, once_per_series
 
 MESSAGE = "Incorrect value for Specific Character Set 'ISO IR 192' - assuming 'ISO_IR 192'"
 
@@ -22,7 +22,7 @@ def test_repeats_inside_the_block_are_said_once_with_their_count(
             warnings.warn(MESSAGE, UserWarning, stacklevel=1)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"series 1.2.3: {MESSAGE} (5 time(s) while reading it)"]
-    assert caplog.records[0].name == "node.triage.series_warnings"
+    assert caplog.records[0].name == "node.series_warnings"
 
 
 def test_other_threads_and_later_records_are_not_held_back(
@@ -34,3 +34,21 @@ def test_other_threads_and_later_records_are_not_held_back(
         other.join()
     library.warning("after the block")
     assert [r.getMessage() for r in caplog.records] == ["from another thread", "after the block"]
+
+
+def test_a_receiving_process_says_each_message_once_per_series(
+        caplog: pytest.LogCaptureFixture) -> None:
+    library = logging.getLogger("pydicom")
+    said = SaidOncePerSeries(remember=2)
+    with caplog.at_level(logging.WARNING):
+        for series in ("1.1", "1.1", "1.2", "1.1", "1.3", "1.4", "1.1"):
+            with counted() as counts:  # one instance decoded
+                library.warning(MESSAGE)
+                library.warning(MESSAGE)
+            assert counts == {MESSAGE: 2}
+            said.say(series, counts)
+    said_for = [r.getMessage().split(":")[0] for r in caplog.records]
+    # 1.1 is said again only once it has dropped out of the two remembered series
+    assert said_for == ["series 1.1", "series 1.2", "series 1.3", "series 1.4", "series 1.1"]
+    with pytest.raises(ValueError, match="remember"):
+        SaidOncePerSeries(remember=0)

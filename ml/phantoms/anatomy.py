@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.phantoms import skull_base
 from ml.phantoms.domain import Domain
+from ml.phantoms.skull_base import SkullBase
 
 CORONAL, LAMBDOID = -0.35, 0.8  # suture angles from the lateral direction (+ = posterior)
 
@@ -46,6 +48,7 @@ class Head:
     sulcus_depth: np.ndarray  # mm
     fixed: dict[str, np.ndarray]  # masks of structures that only come and go with height
     tilt: float = 0.0  # slope of the slice plane along v (mm of height per mm posterior)
+    skull_base: SkullBase | None = None  # None: the classic floor (ellipsoid, petrous ridges)
 
 
 def make_head(rng: np.random.Generator, size: int, domain: Domain | None = None) -> Head:
@@ -86,6 +89,8 @@ def make_head(rng: np.random.Generator, size: int, domain: Domain | None = None)
         "gray": rng.uniform(34, 42), "white": rng.uniform(22, 30), "csf": rng.uniform(2, 10),
     }  # fmt: skip
     _apply_densities(hu, domain)
+    base = (skull_base.draw(rng, u.shape, hu["table"], pixel_mm) if domain.skull_base
+            else None)  # drawn last: the classic head's draws stay as they were
     return Head(
         a=a, b=b, c=c, pixel_mm=pixel_mm, box=box, hu=hu, atrophy=atrophy,
         y=np.broadcast_to(y, u.shape), u=u, v=v, un=un, vn=vn, r=r,
@@ -93,7 +98,7 @@ def make_head(rng: np.random.Generator, size: int, domain: Domain | None = None)
         insets=(scalp, scalp + float(skull.mean())), alpha=alpha,
         gyri=gyri.astype(np.float32), sulcus_depth=depths[sulcus],
         fixed=_fixed_structures(u, un, vn, alpha, atrophy),
-        tilt=float(np.tan(np.deg2rad(domain.tilt_deg))),
+        tilt=float(np.tan(np.deg2rad(domain.tilt_deg))), skull_base=base,
     )  # fmt: skip
 
 
@@ -250,6 +255,8 @@ def make_slice(head: Head, z: float) -> Slice:
         cavity &= ~bone
         for name in ("sulci", "ventricles", "cisterns"):
             setattr(sl, name, getattr(sl, name) & cavity)
+    if head.skull_base is not None:
+        skull_base.apply(head, sl, head.skull_base)
     return sl
 
 

@@ -46,6 +46,7 @@ class Domain:
     blood_hu: tuple[float, float] | None = None  # None: each lesion type's own range
     mixed_clot: float = 0.0  # probability that a clot is mixed-density (hyperacute swirl)
     mimics: tuple[str, ...] = ()  # bright structures that are not blood, see MIMICS
+    skull_base: bool = False  # fossae, bone, sinuses and orbits (ml.phantoms.skull_base)
 
     @classmethod
     def classic(cls) -> Domain:
@@ -55,7 +56,7 @@ class Domain:
     def draw(cls, rng: np.random.Generator) -> Domain:
         """A random domain; every parameter comes from `rng` in a fixed order."""
         white = rng.uniform(18, 34)
-        start, stop = rng.uniform(-0.62, -0.35), rng.uniform(0.72, 0.97)
+        start, stop = rng.uniform(-0.8, -0.35), rng.uniform(0.72, 0.97)
         sharp = rng.uniform() < 0.35
         return cls(
             fov_mm=rng.uniform(180, 300),
@@ -80,6 +81,7 @@ class Domain:
             blood_hu=(40.0, 100.0),
             mixed_clot=0.3,
             mimics=tuple(name for name, p in _MIMIC_RATES.items() if rng.uniform() < p),
+            skull_base=True,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -81,6 +81,14 @@ def add_admin_parser(sub: Any) -> None:
     _training(compare, epochs=3)
     _common(compare)
     _demo_parser(commands)
+    conformance = commands.add_parser(
+        "conformance", help="print the DICOM Conformance Statement (PS3.2) as Markdown")
+    conformance.add_argument("--defaults", action="store_true",
+                             help="describe the default settings (docs/conformance.md), not "
+                                  "this installation's configuration and environment")
+    conformance.add_argument("--config", type=Path,
+                             help="TOML settings file (env: ICHTRIAGE_CONFIG)")
+    _common(conformance)
     from node.cli.feedback import add_feedback_parser
     from node.cli.main import _setting_flags
     from node.cli.tokens import add_tokens_parser
@@ -169,12 +177,20 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_feedback(args, settings)
     commands = {"phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
-                "compare": _compare, "demo-model": _demo_model}  # fmt: skip
+                "compare": _compare, "demo-model": _demo_model,
+                "conformance": _conformance}  # fmt: skip
     try:
         return commands[args.admin_command](args, settings)
     except (MLError, ValueError, OSError) as exc:  # bad input or data: say so, no traceback
         print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _conformance(args: argparse.Namespace, settings: Settings) -> int:
+    from node.conformance import render
+
+    sys.stdout.write(render(Settings() if args.defaults else settings))
+    return 0
 
 
 def _phantoms(args: argparse.Namespace, settings: Settings) -> int:

@@ -55,6 +55,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--key-images", action="store_const", const=True,
         help="with each SR, send the key slice of each finding with its heat map as a "
              "Secondary Capture marked 'AI result, not for diagnosis' (default: off)")
+    add("--default-character-set", metavar="TERM", help="Specific Character Set assumed for "
+        "data sets that declare none, e.g. 'ISO_IR 100' or 'GB18030' (default: none, the "
+        "standard's ISO-IR 6)")
     _limit_flags(parser)
 
 
@@ -82,7 +85,8 @@ SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "
                 "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
                 "max_message_mb", "max_associations", "max_associations_per_host",
-                "association_request_timeout", "network_timeout", "receive_path")
+                "association_request_timeout", "network_timeout", "receive_path",
+                "default_character_set")
 
 
 def build_parser() -> argparse.ArgumentParser:

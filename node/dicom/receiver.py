@@ -124,7 +124,8 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
     engine = make_engine(settings.database_url)
     files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     handlers = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine),
-                             ae_title=settings.ae_title, allowed=settings.allow_ae)
+                             ae_title=settings.ae_title, allowed=settings.allow_ae,
+                             default_character_set=settings.default_character_set)
     send_lock = threading.Lock()
 
     def finished(address: Any) -> None:

@@ -10,18 +10,21 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from node.config import AllowedPeer
 from node.dicom import status
-from node.dicom.header import HeaderValues, RawHeaderError, read_header
+from node.dicom.header import HeaderValues, RawHeaderError, found_implicit_vr, read_header
 from node.dicom.meta import _uid, encode_file_meta, header_values, meta_from_values
+from node.series_warnings import SaidOncePerSeries, counted
 from storage.associations import AssociationLog
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
@@ -56,7 +59,9 @@ class StoreHandlers:
     """Event handlers of one receiving process, bound to its AE's server."""
 
     def __init__(self, store: InstanceStore, log: AssociationLog, *, ae_title: str,
-                 allowed: tuple[AllowedPeer, ...] = ()) -> None:
+                 allowed: tuple[AllowedPeer, ...] = (), default_character_set: str = "") -> None:
+        """`default_character_set`: the Specific Character Set that text of a data set
+        declaring none is decoded in for the index (the stored file is not changed)."""
         self.store = store
         self.log = log
         self.ae_title = ae_title
@@ -64,6 +69,8 @@ class StoreHandlers:
         self._tallies: dict[int, _Tally] = {}
         self._refusals: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
+        self._said = SaidOncePerSeries()
+        self.default_character_set = default_character_set
 
     def refuse(self, host: str, port: int, reason: str) -> None:
         """Reject the association about to come from `host`:`port` (over a limit) with a
@@ -193,9 +200,13 @@ class StoreHandlers:
     def _store(self, event: Event, association_pk: int | None) -> StoreOutcome:
         request = _request(event)
         context = event.context
-        meta = _meta(_header_values(event), request.AffectedSOPClassUID,
-                     request.AffectedSOPInstanceUID, str(context.abstract_syntax),
-                     str(context.transfer_syntax))
+        syntax = _body_syntax(event)
+        with counted() as complaints:  # pydicom's, e.g. a misspelt Specific Character Set
+            values = _header_values(event, syntax, self.default_character_set)
+        if complaints:
+            self._said.say(_uid(values.get("SeriesInstanceUID")), complaints)
+        meta = _meta(values, request.AffectedSOPClassUID,
+                     request.AffectedSOPInstanceUID, str(context.abstract_syntax), syntax)
         header = encode_file_meta(
             sop_class_uid=meta.sop_class_uid, sop_uid=meta.sop_uid,
             transfer_syntax_uid=meta.transfer_syntax_uid,
@@ -218,14 +229,49 @@ def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag >= PIXEL_DATA
 
 
-def _header_values(event: Event) -> HeaderValues:
-    """The index attributes of the received data set: read from its bytes where the raw
-    reader handles the encoding, else through pydicom, never touching the pixel data."""
+_NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+
+
+def _body_syntax(event: Event) -> UID:
+    """The transfer syntax the data set is really encoded in.
+
+    A sender may send a file's bytes as they are (pynetdicom does, given a path) while its
+    meta header names the other VR encoding: the body then does not match the presentation
+    context (PS3.5 10.1). Stored under the context's name, the file could not be read
+    (dcmdump refuses it). The node stores it under the name of the encoding it has and says
+    so; an encapsulated (compressed) syntax is always explicit VR, so an implicit body there
+    cannot be told apart from garbage and is refused (0xC000)."""
     syntax = UID(str(event.context.transfer_syntax))
+    data = _request(event).DataSet
+    if data is None or not syntax.is_little_endian or syntax.is_deflated:
+        return syntax
+    first = data.getbuffer()
+    try:
+        implicit = found_implicit_vr(first[:6], implicit_vr_assumed=syntax.is_implicit_VR)
+    finally:
+        first.release()
+    if implicit == syntax.is_implicit_VR:
+        return syntax
+    uid = _uid(_request(event).AffectedSOPInstanceUID)
+    if syntax not in _NATIVE_LITTLE_ENDIAN:
+        raise IngestError(status.CANNOT_UNDERSTAND,
+                          f"data set in implicit VR on a {syntax.name} presentation context")
+    actual = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    logger.warning("C-STORE %s from %s: data set encoded in %s, not in the presentation "
+                   "context's %s; stored as %s", uid, event.assoc.requestor.ae_title.strip(),
+                   actual.name, syntax.name, actual.name)
+    return actual
+
+
+def _header_values(event: Event, syntax: UID, default_character_set: str) -> HeaderValues:
+    """The index attributes of the received data set (encoded in `syntax`): read from its
+    bytes where the raw reader handles the encoding (ASCII text only), else through pydicom,
+    never touching the pixel data. Text of a data set that declares no Specific Character
+    Set is decoded in `default_character_set` where one is given."""
     data = _request(event).DataSet
     if data is None or syntax.is_deflated:
         try:
-            return header_values(event.dataset)
+            return _decoded(event.dataset, default_character_set)
         except MALFORMED_DATA_SET as exc:
             raise IngestError(status.CANNOT_UNDERSTAND,
                               f"data set cannot be decoded: {type(exc).__name__}") from exc
@@ -242,12 +288,20 @@ def _header_values(event: Event) -> HeaderValues:
             buffer.release()
     data.seek(0)
     try:
-        return header_values(read_dataset(data, syntax.is_implicit_VR,
-                                          syntax.is_little_endian, stop_when=_before_pixels,
-                                          defer_size=4096))
+        return _decoded(read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian,
+                                     stop_when=_before_pixels, defer_size=4096),
+                        default_character_set)
     except MALFORMED_DATA_SET as exc:
         raise IngestError(status.CANNOT_UNDERSTAND,
                           f"data set cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _decoded(ds: Dataset, default_character_set: str) -> HeaderValues:
+    if default_character_set and "SpecificCharacterSet" not in ds:
+        implicit_vr, little_endian = ds.original_encoding
+        ds.set_original_encoding(implicit_vr, little_endian,
+                                 convert_encodings(default_character_set))
+    return header_values(ds)
 
 
 def _request(event: Event) -> C_STORE:

@@ -15,7 +15,7 @@ from pydicom.errors import InvalidDicomError
 
 from ml.errors import SliceError
 from ml.planes import planes_of
-from ml.volume import Plane, PlaneKey, Volume, VolumeRules, head_area
+from ml.volume import Plane, PlaneKey, Volume, VolumeRules, cavity_area, head_area
 from ml.windowing import to_hounsfield
 from storage.files import FileStore
 from storage.results import SeriesInstance
@@ -60,6 +60,7 @@ class PixelsRead:
     used: list[PlaneKey] = field(default_factory=list)
     skipped: dict[PlaneKey, str] = field(default_factory=dict)
     head_areas: dict[PlaneKey, float] = field(default_factory=dict)
+    cavity_areas: dict[PlaneKey, float] = field(default_factory=dict)
 
 
 def hounsfield(files: FileStore, series: SeriesHeaders, volume: Volume, rules: VolumeRules,
@@ -89,6 +90,7 @@ def hounsfield(files: FileStore, series: SeriesHeaders, volume: Volume, rules: V
         hu = frames[plane.frame_number - 1]
         read.used.append(plane.key)
         read.head_areas[plane.key] = head_area(hu, rules)
+        read.cavity_areas[plane.key] = cavity_area(hu, rules)
         yield hu
 
 

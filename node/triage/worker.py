@@ -26,8 +26,8 @@ from ml.errors import MLError
 from ml.inference import Classifier, SeriesPrediction
 from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
+from node.series_warnings import once_per_series
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
-from node.triage.series_warnings import once_per_series
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
@@ -156,7 +156,7 @@ class TriageWorker:
             skipped.update(read.skipped)
             final = assemble(headers.planes, self.volume_rules,
                              undecodable={**headers.unreadable, **skipped},
-                             head_areas=read.head_areas)
+                             head_areas=read.head_areas, cavity_areas=read.cavity_areas)
             if [p.key for p in final.slices] == read.used:
                 read.skipped = skipped
                 return final, read, prediction

@@ -12,6 +12,7 @@ import pytest
 from ml.labels import LABELS, SUBTYPES
 from ml.phantom import make_volume, write_dataset
 from ml.phantoms import polar
+from ml.phantoms.anatomy import make_head, make_slice
 from ml.phantoms.domain import MIMICS, Domain
 from ml.phantoms.render import render
 from ml.rsna import group_series, index_images, read_labels
@@ -121,3 +122,45 @@ def test_randomized_dataset_varies_slice_counts(tmp_path: Path) -> None:
     records = index_images(tmp_path, read_labels(csv_path))
     counts = {len(series) for series in group_series(records)}
     assert len(counts) > 1 and min(counts) >= 6 and max(counts) <= 12
+
+
+def _cavity_areas(domain: Domain, seed: int = 4) -> list[int]:
+    """Pixels of cranial cavity (brain and CSF) per level, from below the skull base up."""
+    head = make_head(np.random.default_rng(seed), 128, domain)
+    return [int(make_slice(head, zeta * head.c).cavity.sum())
+            for zeta in np.linspace(-0.8, 0.8, 33)]
+
+
+def test_the_randomized_skull_base_narrows_the_cavity_to_the_fossae() -> None:
+    """Issue 13: the lowest slices are islands of brain among bone, sinuses and orbits (as in
+    head CT); the classic anatomy (an ellipsoid cut by petrous ridges) is left as it was."""
+    with_base = dataclasses.replace(Domain.classic(), skull_base=True)
+    classic, based = _cavity_areas(Domain.classic()), _cavity_areas(with_base)
+    widest = max(based)
+    assert max(classic) == widest  # above the floors the two heads are the same
+    assert classic[16:] == based[16:]
+    assert based[0] < 0.1 * widest < 0.6 * widest < classic[4]  # zeta -0.6: skull base
+    head = make_head(np.random.default_rng(4), 128, with_base)
+    assert head.skull_base is not None
+    low = make_slice(head, (head.skull_base.middle_floor + 0.02) * head.c)
+    assert not (low.cavity & (head.vn < -0.5)).any()  # no frontal lobe under the orbital roofs
+    assert (low.hu > 500).sum() > low.cavity.sum() * 0.3  # bone all around
+    assert (low.hu < -800).any()  # air: sphenoid sinus, mastoid or ethmoid cells
+
+
+def test_no_lesion_is_drawn_in_the_skull_base() -> None:
+    """Blood only where the cavity is: the same head with and without lesions differs only
+    on pixels that are not bone or air without them."""
+    checked = 0
+    for seed in range(8):
+        domain = dataclasses.replace(Domain.draw(np.random.default_rng(100 + seed)),
+                                     blur_passes=0, partial_volume=1, streaks_hu=0.0)
+        domain = dataclasses.replace(domain, zeta_range=(-0.7, 0.2), mimics=(), bias_hu=0.0,
+                                     texture_hu=0.0)  # else lesions shift later draws
+        sick = render(np.random.default_rng(seed), 16, SIZE, tuple(SUBTYPES), domain=domain)
+        well = render(np.random.default_rng(seed), 16, SIZE, (), domain=domain)
+        changed = sick.hu != well.hu
+        assert sick.domain.skull_base
+        checked += int(changed.sum())
+        assert not (changed & ((well.hu > 200) | (well.hu < -300))).any()  # bone, air
+    assert checked > 0

@@ -12,12 +12,14 @@ import pytest
 from pydicom import dcmread
 
 from ml.phantom import write_series
+from ml.phantoms.render import render
 from ml.planes import planes_of
 from ml.volume import (
     Exclusion,
     Plane,
     VolumeRules,
     assemble,
+    cavity_area,
     head_area,
     image_type_exclusion,
     slice_position,
@@ -292,3 +294,31 @@ def test_thin_slices_are_not_taken_for_duplicates() -> None:
     volume = assemble(planes[::-1])
     assert uids(volume.slices) == uids(planes) and not volume.excluded
     assert volume.spacing_mm == pytest.approx(0.1) and volume.complete
+
+
+def test_a_bottom_with_most_of_the_brain_is_a_head_cut_off_above_the_skull_base() -> None:
+    planes = axial()
+    z = np.linspace(-0.6, 0.9, len(planes))
+    areas = {p.key: 1000.0 * max(0.05, 1 - ((zz - 0.1) / 0.7) ** 2)
+             for p, zz in zip(planes, z, strict=True)}
+    assert assemble(planes, cavity_areas=areas).complete
+    cut = planes[8:]  # the posterior fossa and skull base missing: no gap, enough coverage
+    volume = assemble(cut, cavity_areas={p.key: areas[p.key] for p in cut})
+    assert not volume.gaps and volume.coverage_mm >= 100
+    assert [p for p in volume.problems if p.startswith("head cut off above the skull base")]
+
+
+@pytest.mark.parametrize("style", ["classic", "randomized"])
+def test_cavity_area_of_phantoms_from_the_skull_base_and_cut_above_it(style: str) -> None:
+    """Rendered heads: the full stack passes; without its lowest third it is flagged."""
+    rendered = render(np.random.default_rng(3), 24, 256, (), randomize=style == "randomized",
+                      domain=None)
+    fractions = [cavity_area(hu.astype(np.float32)) for hu in rendered.hu]
+    widest = max(fractions)
+    assert fractions[0] <= 0.8 * widest  # the stack starts at the skull base
+    third = len(fractions) // 3
+    assert fractions[third] > 0.8 * widest  # it would be flagged had it started there
+    hu = np.full((64, 64), -1000.0)
+    hu[8:56, 8:56] = 1000.0  # a closed skull
+    hu[12:52, 12:52] = 35.0  # and the brain inside
+    assert cavity_area(hu) == 100.0  # 40 x 40 pixels, counted on every 4th both ways
