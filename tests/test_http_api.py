@@ -417,3 +417,16 @@ def test_qido_rs_study_search(web: Web) -> None:
                 {"StudyInstanceUID": "1.2.x"}, {"fuzzymatching": "true"}):
         assert search(**bad)[0] == 400, bad
     assert web.client.get("/dicom-web/studies").status_code == 401
+
+
+def test_pages_escape_what_came_in_a_dicom_header(web: Web) -> None:
+    ref = web.studies["sdh"]
+    with web.engine.begin() as conn:
+        conn.execute(text("UPDATE study SET study_description = :d WHERE study_uid = :u"),
+                     {"d": "<script>alert(1)</script>", "u": ref.study_uid})
+    _login(web, "reader")
+    page = web.client.get(f"/studies/{ref.study_uid}")
+    assert page.status_code == 200
+    assert "<script>alert(1)" not in page.text and "&lt;script&gt;alert(1)" in page.text
+    listed = web.client.get("/api/worklist").json()["items"]  # the session works on the API
+    assert "<script>alert(1)</script>" in [i["StudyDescription"] for i in listed]

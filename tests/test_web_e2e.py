@@ -79,6 +79,16 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
                 assert "none" in rows.nth(1).locator("td.findings").inner_text()
                 assert "SECRET" not in page.content()
                 page.screenshot(path=str(tmp_path / "worklist.png"), full_page=True)
+                # the 10 s refresh redraws the rows and keeps the reader where they were
+                page.set_viewport_size({"width": 1200, "height": 200})
+                page.evaluate("window.scrollTo(0, 120)")
+                before = page.evaluate("window.scrollY")
+                stamp = page.inner_text("#refreshed")
+                wait_for(lambda: page.inner_text("#refreshed") != stamp, timeout=30,
+                         what="the worklist's refresh")  # (the CSP forbids eval'd waits)
+                assert before > 0 and page.evaluate("window.scrollY") == before
+                assert rows.count() == 2
+                page.set_viewport_size({"width": 1200, "height": 900})
 
                 rows.nth(0).locator("a.open").click()
                 page.wait_for_selector("#feedback-form")
