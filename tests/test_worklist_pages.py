@@ -108,3 +108,29 @@ def test_study_search_matches_alike_on_both_databases(engine: Engine, tmp_path: 
         "1.2.826.0.1.2"]
     assert [m.study_uid for m in search_studies(engine, StudyQuery(limit=1, offset=1))] == [
         "1.2.826.0.1.2"]
+
+
+def test_counts_and_study_detail_read_alike_on_both_databases(engine: Engine,
+                                                              tmp_path: Path) -> None:
+    from ml.labels import LABELS
+    from storage.counts import count
+    from storage.studies import StudyReader
+
+    files = FileStore(tmp_path)
+    ref = add_study(engine, files, 1, p_any=0.9, findings=("subdural",), slices=3)
+    add_study(engine, files, 2, p_any=0.1, slices=2)
+    add_study(engine, files, 3, slices=1)
+    c = count(engine, LABELS)
+    assert (c.instances, c.results, c.queue_depth) == (6, 2, 0)
+    assert c.positives == dict.fromkeys(LABELS, 0) | {"any": 1, "subdural": 1}
+    assert c.series == {"done": 2, "receiving": 1} and c.latency_count == 2
+    detail = StudyReader(engine).detail(ref.study_uid)
+    assert detail is not None and detail.accession_number == "ACC1"
+    (series,) = detail.series
+    assert series.result is not None and series.result.calls["subdural"] is True
+    assert [p.position for p in series.result.curve] == [0, 1, 2]
+    found = StudyReader(engine).slice_file(ref.study_uid, ref.series_uid, 2)
+    assert found is not None and found.count == 3 and files.path_of(found.file_path).is_file()
+    assert StudyReader(engine).slice_file(ref.study_uid, ref.series_uid, 3) is None
+    volume = StudyReader(engine).result_volume(ref.study_uid, ref.series_uid)
+    assert volume is not None and len(volume.slices) == 3 and volume.model_version == "v1test"
