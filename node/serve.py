@@ -147,7 +147,8 @@ def _model_words(holder: ModelHolder | None) -> str:
     return f"model {card.architecture} (sha256 {card.sha256[:12]}{code}) on {loaded.device}"
 
 
-def _start_http(settings: Settings, services: Services) -> tuple[HttpServer | None, str]:
+def _start_http(settings: Settings, services: Services,
+                monitor: SeriesMonitor) -> tuple[HttpServer | None, str]:
     """The API and the page on http_bind:http_port (none when the port is 0); raises
     HttpStartError when it cannot listen."""
     if settings.http_port == 0:
@@ -158,7 +159,8 @@ def _start_http(settings: Settings, services: Services) -> tuple[HttpServer | No
     from node.startup import model_path
 
     ctx = WebContext(services.engine, services.files, metrics=settings.metrics,
-                     heat_maps=HeatMaps(model_path(settings), device=settings.device))
+                     heat_maps=HeatMaps(model_path(settings), device=settings.device),
+                     monitor=monitor)
     server = HttpServer(ctx, host=settings.http_bind, port=settings.http_port)
     host, port = server.start()
     return server, f"HTTP on {host}:{port}"
@@ -204,7 +206,7 @@ def serve(settings: Settings) -> int:
         polls.start()
         if holder is not None:
             workers = _start_triage(settings, services, settings.workers, holder, stop)
-        http, web = _start_http(settings, services)
+        http, web = _start_http(settings, services, monitor)
         tls = " over TLS" if settings.tls_cert else ""
         logger.info("ready: DICOM %s on %s:%d%s, %s, %d receiving processes, %d triage "
                     "workers, %s, data in %s", settings.ae_title, host, port, tls, web,

@@ -10,7 +10,17 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from node.http import auth, dicomweb, feedback, health, images, pages, studies, worklist
+from node.http import (
+    auth,
+    dicomweb,
+    feedback,
+    health,
+    images,
+    pages,
+    queue,
+    studies,
+    worklist,
+)
 from node.http.context import MAX_BODY_BYTES, WebContext
 from node.http.deps import NotLoggedIn
 
@@ -36,7 +46,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app = FastAPI(title="ichtriage", description=DESCRIPTION, version="1",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
-    for module in (health, worklist, studies, images, feedback, dicomweb, auth, pages):
+    for module in (health, worklist, studies, images, feedback, dicomweb, queue, auth, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).with_name("static")),
               name="static")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
@@ -12,8 +13,12 @@ from node.http.sessions import BearerCache, SessionStore
 from storage.audit import AuditLog
 from storage.feedback import FeedbackStore
 from storage.files import FileStore
+from storage.queue_view import QueueView
 from storage.studies import StudyReader
 from storage.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from node.scheduler import SeriesMonitor
 
 # A request body larger than this is refused (413) before it is read: feedback and log-in
 # forms are a few hundred bytes.
@@ -26,10 +31,12 @@ class WebContext:
     files: FileStore
     metrics: bool = True  # serve /metrics
     heat_maps: HeatMaps | None = None  # None: no heat maps (no model here)
+    monitor: SeriesMonitor | None = None  # for "complete this series now"; None: not offered
     tokens: TokenStore = field(init=False)
     audit: AuditLog = field(init=False)
     feedback: FeedbackStore = field(init=False)
     studies: StudyReader = field(init=False)
+    queue: QueueView = field(init=False)
     sessions: SessionStore = field(default_factory=SessionStore)
     bearers: BearerCache = field(default_factory=BearerCache)
     registry: CollectorRegistry | None = field(init=False, default=None)
@@ -39,6 +46,7 @@ class WebContext:
         self.audit = AuditLog(self.engine)
         self.feedback = FeedbackStore(self.engine)
         self.studies = StudyReader(self.engine)
+        self.queue = QueueView(self.engine)
         if self.metrics:
             from node.http.metrics import registry_for
 

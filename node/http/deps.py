@@ -112,7 +112,9 @@ def require_page(role: Role) -> Callable[..., Principal]:
 
 Reader = Annotated[Principal, Depends(require(Role.READER))]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 PageReader = Annotated[Principal, Depends(require_page(Role.READER))]
+PageAdmin = Annotated[Principal, Depends(require_page(Role.ADMIN))]
 PageRadiologist = Annotated[Principal, Depends(require_page(Role.RADIOLOGIST))]
 
 
