@@ -84,6 +84,13 @@ class Settings:
     http_bind: str = "127.0.0.1"  # the API and the page stay on loopback unless set
     metrics: bool = True  # serve /metrics (open, like /healthz) on the HTTP port
     allow_ae: tuple[AllowedPeer, ...] = ()  # empty: any calling AE title
+    # Of the AEs allow_ae admits, those that may store (C-STORE; others are answered 0x0124)
+    # and those that may query and retrieve (C-FIND, C-MOVE, C-GET; others have those
+    # presentation contexts rejected). Empty: every admitted AE.
+    allow_store_ae: tuple[AllowedPeer, ...] = ()
+    allow_query_ae: tuple[AllowedPeer, ...] = ()
+    # C-MOVE destinations by AE title (AE@HOST:PORT); a move to any other is refused (0xA801)
+    move_destination: tuple[Destination, ...] = ()
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: a SQLite file inside data_dir
     settle_seconds: float = 2.0
@@ -149,6 +156,9 @@ class Settings:
             raise ConfigError(f"default_character_set: {self.default_character_set!r} is not "
                               "a Specific Character Set defined term (PS3.3 C.12.1.1.2), e.g. "
                               "'ISO_IR 100', 'ISO_IR 192', 'GB18030'")
+        titles = [d.ae_title for d in self.move_destination]
+        if len(set(titles)) != len(titles):
+            raise ConfigError(f"move_destination: an AE title given twice in {titles}")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
 
@@ -236,6 +246,9 @@ def describe(settings: Settings) -> dict[str, str]:
             for k, v in dataclasses.asdict(settings).items()} | {
         "allow_ae": ", ".join(map(str, settings.allow_ae)) or "(any)",
         "destinations": ", ".join(map(str, settings.destinations)) or "(none)",
+        "allow_store_ae": ", ".join(map(str, settings.allow_store_ae)) or "(any allowed)",
+        "allow_query_ae": ", ".join(map(str, settings.allow_query_ae)) or "(any allowed)",
+        "move_destination": ", ".join(map(str, settings.move_destination)) or "(none)",
     }
 
 

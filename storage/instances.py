@@ -21,6 +21,7 @@ from storage.db import DirectStatement, reader
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
+from storage.person_names import match_key
 from storage.uids import validate_uid
 
 logger = logging.getLogger(__name__)
@@ -325,6 +326,7 @@ class InstanceStore:
         conn.execute(ins(Patient).values(**fit_columns(Patient, dict(
             patient_key=patient_key, patient_id=meta.patient_id,
             issuer_of_patient_id=meta.issuer_of_patient_id, patient_name=meta.patient_name,
+            patient_name_match=match_key(meta.patient_name),
             birth_date=meta.birth_date, sex=meta.sex, created_at=now,
         ))).on_conflict_do_nothing(index_elements=["patient_key"]))
         patient_pk = conn.execute(

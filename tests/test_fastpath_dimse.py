@@ -1,4 +1,5 @@
-"""C-STORE messages read and written directly (node.dicom.fastpath.dimse) match pynetdicom's."""
+"""C-STORE messages read and written, and C-FIND responses written, directly
+(node.dicom.fastpath.dimse) match pynetdicom's."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from io import BytesIO
 
 import pytest
 from pydicom.uid import CTImageStorage
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.dicom.fastpath.dimse import encode_store_response, store_request
+from node.dicom.fastpath.dimse import encode_find_response, encode_store_response, store_request
 
 
 def c_store(**values: object) -> C_STORE:
@@ -88,3 +89,34 @@ def test_a_request_with_unexpected_elements_is_left_to_pynetdicom() -> None:
                       DataSet=BytesIO(b"\x08\x00\x16\x00"))
     # (0000,0600) Move Destination has no place in a C-STORE-RQ
     assert store_request(received(request, b"\x00\x00\x00\x06\x04\x00\x00\x00PACS")) is None
+
+
+def c_find(identifier: bytes | None, **values: object) -> C_FIND:
+    primitive = C_FIND()
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    primitive.MessageIDBeingRespondedTo = 9
+    primitive.Identifier = BytesIO(identifier) if identifier is not None else None
+    for name, value in values.items():
+        setattr(primitive, name, value)
+    return primitive
+
+
+@pytest.mark.parametrize(("status", "identifier"), [
+    (0xFF00, b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "), (0x0000, None), (0xFE00, None),
+    (0xA900, None)])
+def test_find_response_bytes_match_pynetdicom(status: int, identifier: bytes | None) -> None:
+    rsp = c_find(identifier, Status=status)
+    message = C_FIND_RSP()
+    message.primitive_to_message(rsp)
+    pdvs = [pdv for pdata in message.encode_msg(1, 0)
+            for _cid, pdv in pdata.presentation_data_value_list]
+    encoded = encode_find_response(rsp)
+    assert encoded is not None
+    command, data = encoded
+    assert pdvs[0] == b"\x03" + command
+    assert (pdvs[1] if len(pdvs) > 1 else None) == (b"\x02" + data if data is not None else None)
+
+
+def test_find_responses_with_more_go_the_general_way() -> None:
+    assert encode_find_response(c_find(None, Status=0xC000, ErrorComment="bad date")) is None
+    assert encode_find_response(c_store(MessageIDBeingRespondedTo=1, Status=0)) is None

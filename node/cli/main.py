@@ -41,6 +41,13 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"quiet time after which a series is complete (default: {DEFAULTS.settle_seconds})")
     add("--allow-ae", action="append", metavar="AE[@HOST]",
         help="calling AE title allowed to connect, repeatable (default: any)")
+    add("--allow-store-ae", action="append", metavar="AE[@HOST]",
+        help="of the allowed AEs, one that may store (C-STORE), repeatable (default: all)")
+    add("--allow-query-ae", action="append", metavar="AE[@HOST]",
+        help="of the allowed AEs, one that may query and retrieve (C-FIND, C-MOVE, C-GET), "
+        "repeatable (default: all)")
+    add("--move-destination", action="append", metavar="AE@HOST:PORT",
+        help="a C-MOVE destination, repeatable (default: none; others are refused, 0xA801)")
     add("--destination", action="append", metavar="AE@HOST:PORT", dest="destinations",
         help="where results are sent by C-STORE, repeatable")
     add("--receivers", type=int,
@@ -82,7 +89,8 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
                 "http_bind", "metrics", "key_images",
-                "settle_seconds", "allow_ae", "destinations", "receivers", "tls_cert", "tls_key",
+                "settle_seconds", "allow_ae", "allow_store_ae", "allow_query_ae",
+                "move_destination", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
                 "max_message_mb", "max_associations", "max_associations_per_host",
                 "association_request_timeout", "network_timeout", "receive_path",

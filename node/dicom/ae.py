@@ -24,6 +24,16 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from node.config import Settings
 
 VERIFICATION = "1.2.840.10008.1.1"
+# Query/Retrieve information models (PS3.4 C.6.1, C.6.2), SOP Class UIDs from PS3.4 C.6.1.1
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+PATIENT_ROOT = (PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET)
+STUDY_ROOT = (STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET)
+QUERY_RETRIEVE = PATIENT_ROOT + STUDY_ROOT
 
 # Stored as received, never transcoded: every syntax a CT scanner or PACS commonly sends.
 TRANSFER_SYNTAXES = [
@@ -44,8 +54,11 @@ TRANSFER_SYNTAXES = [
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE accepting C-ECHO and C-STORE of every storage SOP class (a PACS node keeps what
-    it is sent: scouts, dose reports, SRs), with the node's limits and timeouts."""
+    """An AE accepting C-ECHO, C-STORE of every storage SOP class (a PACS node keeps what
+    it is sent: scouts, dose reports, SRs) and Patient and Study Root C-FIND, C-MOVE and
+    C-GET, with the node's limits and timeouts. A storage context proposed with SCP/SCU role
+    selection (PS3.7 D.3.3.4) is accepted in the roles proposed: a C-GET caller is the storage
+    SCP of its sub-operations."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     # The supervisor rejects past max_associations (node-wide and per host) and logs why;
@@ -57,7 +70,10 @@ def build_ae(settings: Settings) -> AE:
     # The called AE title is checked by our EVT_REQUESTED handler, which logs why it rejects.
     ae.require_called_aet = False
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(str(cx.abstract_syntax), TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(cx.abstract_syntax), TRANSFER_SYNTAXES, scu_role=True,
+                                 scp_role=True)
+    for sop_class in QUERY_RETRIEVE:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.add_supported_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 

@@ -37,6 +37,7 @@ from node.config import Settings
 from node.dicom import fastpath
 from node.dicom.ae import build_ae, server_tls_context
 from node.dicom.guard import ReadLimits
+from node.dicom.qr_scp import QueryHandlers
 from node.dicom.store_scp import StoreHandlers
 from node.logs import configure_logging
 from storage.associations import AssociationLog
@@ -98,15 +99,21 @@ def read_limits(settings: Settings) -> ReadLimits:
                       pdu_timeout=settings.network_timeout)
 
 
-def make_receiving_server(settings: Settings, handlers: StoreHandlers, *,
+def make_receiving_server(settings: Settings, handlers: StoreHandlers,
+                          queries: QueryHandlers | None = None, *,
                           on_finished: Any = None) -> DispatchedServer:
-    """The AE and association server of one receiving process, on the configured path."""
+    """The AE and association server of one receiving process, on the configured path:
+    storage, and Query/Retrieve when `queries` is given."""
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         # pynetdicom's documented switch: no per-PDU and per-message log handlers (they
         # describe every data set, and keep responses off the fast path)
         _config.LOG_HANDLER_LEVEL = "none"
+    # Identifiers carry patient names and IDs: pynetdicom must not log them (documented switches)
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     ae = build_ae(settings)
-    server = ae.make_server((settings.bind, 0), evt_handlers=handlers.bindings(),
+    bindings = handlers.bindings() + (queries.bindings() if queries is not None else [])
+    server = ae.make_server((settings.bind, 0), evt_handlers=bindings,
                             ssl_context=server_tls_context(settings),
                             server_class=DispatchedServer, on_finished=on_finished,
                             read_limits=read_limits(settings),
@@ -125,7 +132,11 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
     files = FileStore(settings.files_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     handlers = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine),
                              ae_title=settings.ae_title, allowed=settings.allow_ae,
-                             default_character_set=settings.default_character_set)
+                             default_character_set=settings.default_character_set,
+                             may_store=settings.allow_store_ae)
+    queries = QueryHandlers(engine, files, ae_title=settings.ae_title,
+                            destinations=settings.move_destination,
+                            allowed=settings.allow_query_ae)
     send_lock = threading.Lock()
 
     def finished(address: Any) -> None:
@@ -136,7 +147,7 @@ def receiver_main(settings: Settings, channel: socket.socket, index: int) -> Non
             except OSError:
                 pass  # the supervisor is gone; nothing to tell
 
-    server = make_receiving_server(settings, handlers, on_finished=finished)
+    server = make_receiving_server(settings, handlers, queries, on_finished=finished)
     logger.debug("receiver %d (pid %d) ready", index, os.getpid())
     with send_lock:
         channel.send(READY)

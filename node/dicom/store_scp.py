@@ -59,13 +59,15 @@ class StoreHandlers:
     """Event handlers of one receiving process, bound to its AE's server."""
 
     def __init__(self, store: InstanceStore, log: AssociationLog, *, ae_title: str,
-                 allowed: tuple[AllowedPeer, ...] = (), default_character_set: str = "") -> None:
+                 allowed: tuple[AllowedPeer, ...] = (),
+                 may_store: tuple[AllowedPeer, ...] = (), default_character_set: str = "") -> None:
         """`default_character_set`: the Specific Character Set that text of a data set
         declaring none is decoded in for the index (the stored file is not changed)."""
         self.store = store
         self.log = log
         self.ae_title = ae_title
         self.allowed = allowed
+        self.may_store = may_store  # of the allowed AEs, those that may store; empty: all
         self._tallies: dict[int, _Tally] = {}
         self._refusals: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
@@ -176,6 +178,13 @@ class StoreHandlers:
 
     def on_store(self, event: Event) -> int:
         tally = self._tally(event)
+        calling = event.assoc.requestor.ae_title.strip()
+        if self.may_store and not any(p.matches(calling, event.assoc.requestor.address)
+                                      for p in self.may_store):
+            tally.failed += 1
+            logger.warning("C-STORE from %s (%s) refused (0x%04X): not allowed to store",
+                           calling, event.assoc.requestor.address, status.NOT_AUTHORIZED)
+            return status.NOT_AUTHORIZED
         try:
             outcome = self._store(event, tally.pk)
         except IngestError as exc:
