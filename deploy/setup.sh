@@ -2,7 +2,9 @@
 # Creates ./.venv and installs the node into it (editable), with the pinned dependencies from
 # pyproject.toml. Re-running is cheap: it reinstalls only when pyproject.toml changed.
 #   deploy/setup.sh          the node itself
-#   deploy/setup.sh --dev    plus the test and lint tools
+#   deploy/setup.sh --dev    plus the test and lint tools (Playwright for Python drives
+#                            Debian's chromium from deploy/system-packages.sh: no
+#                            `playwright install`, no browser download)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

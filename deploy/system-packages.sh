@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite talks to: DCMTK (real DICOM clients), dicom3tools
 # (dciodvfy), Orthanc (a real PACS), PostgreSQL (the server database), systemd-analyze and
-# docker-compose (they check deploy/). Needs root; does nothing when everything is there.
+# docker-compose (they check deploy/), and Chromium (the page's browser test; Playwright
+# drives it and downloads no browser of its own). Needs root; does nothing when everything
+# is there.
 set -euo pipefail
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -12,6 +14,7 @@ command -v openssl >/dev/null || need+=(openssl)
 # deploy/: systemd-analyze checks the units, docker-compose validates the compose file
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+[[ -x /usr/lib/chromium/chromium ]] || need+=(chromium)
 ((${#need[@]})) || exit 0
 if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

@@ -233,6 +233,17 @@ def fit_to_size(img: np.ndarray, size: int, *, fill: float = AIR_HU) -> np.ndarr
     return out
 
 
+def unfit_from_size(img: np.ndarray, rows: int, cols: int, *, fill: float = 0.0) -> np.ndarray:
+    """The inverse of `fit_to_size`: a (..., size, size) image back on the (rows, cols) grid of
+    the slice it was fitted from (what was cropped away comes back as `fill`)."""
+    size = img.shape[-1]
+    src_r, dst_r = _fit_spans(rows, size)
+    src_c, dst_c = _fit_spans(cols, size)
+    out = np.full((*img.shape[:-2], rows, cols), fill, dtype=img.dtype)
+    out[..., src_r, src_c] = img[..., dst_r, dst_c]
+    return out
+
+
 def _resize_mode(rows: int, cols: int, size: int) -> str:
     """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
     return "area" if size <= rows and size <= cols else "bilinear"

@@ -80,7 +80,9 @@ class Settings:
     ae_title: str = "ICHTRIAGE"
     bind: str = "127.0.0.1"
     port: int = 11112
-    http_port: int = 8080
+    http_port: int = 8080  # 0: no HTTP server
+    http_bind: str = "127.0.0.1"  # the API and the page stay on loopback unless set
+    metrics: bool = True  # serve /metrics (open, like /healthz) on the HTTP port
     allow_ae: tuple[AllowedPeer, ...] = ()  # empty: any calling AE title
     # Of the AEs allow_ae admits, those that may store (C-STORE; others are answered 0x0124)
     # and those that may query and retrieve (C-FIND, C-MOVE, C-GET; others have those
@@ -117,6 +119,7 @@ class Settings:
     device: str = "auto"  # auto: CUDA when available, else CPU
     workers: int = 1  # triage workers inside `serve`; 0 when they run as `ichtriage worker`
     batch_size: int = 16
+    key_images: bool = False  # with each SR, a Secondary Capture key image per finding
     job_lease_seconds: float = 30.0  # renewed every third while the worker lives
     job_max_attempts: int = 3
     # Scheduled retraining (`ichtriage admin retrain` in its own process, at nice 10): off

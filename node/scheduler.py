@@ -63,6 +63,13 @@ class SeriesMonitor:
                 decided[series.series_uid] = outcome
         return decided
 
+    def complete_now(self, series_uid: str) -> str | None:
+        """An operator's "complete this series now": decide a receiving series without
+        waiting for it to settle (mercure's force-completion). None when it is not receiving
+        or an instance arrived meanwhile; else 'queued' or the reason it is not triaged."""
+        found = self.index.receiving(series_uid)
+        return self._decide(found) if found is not None else None
+
     def _decide(self, series: SettledSeries) -> str | None:
         contents = self.index.contents(series.pk)
         facts = SeriesFacts(modality=contents.modality, body_part=contents.body_part,

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from node.config import Settings
 from node.dicom.eligibility import EligibilityRules
 from node.dicom.receiver import ReceiverPool, ReceiverStartError
+from node.http.errors import HttpStartError
 from node.logs import configure_logging
 from node.retraining import schedule_retraining
 from node.scheduler import Polls, SeriesMonitor
@@ -31,6 +32,7 @@ from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
 if TYPE_CHECKING:
+    from node.http.server import HttpServer
     from node.triage.registry import ModelHolder
 
 logger = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
                             ae_title=settings.ae_title, batch_size=settings.batch_size,
-                            volume_rules=rules)
+                            volume_rules=rules, key_images=settings.key_images)
 
     return start_workers(count, make, stop)
 
@@ -146,6 +148,26 @@ def _model_words(holder: ModelHolder | None) -> str:
     code = f", code {card.code_version}" if card.code_version else ""
     return (f"model {entry.name} {entry.version} ({card.architecture}, sha256 "
             f"{card.sha256[:12]}{code}) on {active.classifier.device}")
+
+
+def _start_http(settings: Settings, services: Services,
+                monitor: SeriesMonitor) -> tuple[HttpServer | None, str]:
+    """The API and the page on http_bind:http_port (none when the port is 0); raises
+    HttpStartError when it cannot listen."""
+    if settings.http_port == 0:
+        return None, "no HTTP"
+    from node.http.context import WebContext
+    from node.http.saliency import HeatMaps
+    from node.http.server import HttpServer
+    from storage.registry import ModelRegistry
+
+    heat_maps = HeatMaps(ModelRegistry(services.engine, settings.models_dir),
+                         device=settings.device)
+    ctx = WebContext(services.engine, services.files, metrics=settings.metrics,
+                     heat_maps=heat_maps, monitor=monitor)
+    server = HttpServer(ctx, host=settings.http_bind, port=settings.http_port)
+    host, port = server.start()
+    return server, f"HTTP on {host}:{port}"
 
 
 def serve(settings: Settings) -> int:
@@ -181,6 +203,7 @@ def serve(settings: Settings) -> int:
         return 1
     polls = Polls(settings.check_interval)
     workers: list[threading.Thread] = []
+    http: HttpServer | None = None
     try:
         monitor = SeriesMonitor(
             SeriesIndex(services.engine), services.queue,
@@ -194,18 +217,24 @@ def serve(settings: Settings) -> int:
         polls.start()
         if holder is not None:
             workers = _start_triage(settings, services, settings.workers, holder, stop)
+        http, web = _start_http(settings, services, monitor)
         tls = " over TLS" if settings.tls_cert else ""
-        logger.info("ready: DICOM %s on %s:%d%s, %d receiving processes, %d triage workers, "
-                    "%s, data in %s", settings.ae_title, host, port, tls,
+        logger.info("ready: DICOM %s on %s:%d%s, %s, %d receiving processes, %d triage "
+                    "workers, %s, data in %s", settings.ae_title, host, port, tls, web,
                     settings.receiver_count, len(workers), _model_words(holder),
                     settings.data_dir.resolve())
         stop.wait()
         return 0
+    except HttpStartError as exc:
+        logger.error("cannot start: %s (http_bind, http_port)", exc)
+        return 1
     except Exception:  # a fault of the node's after the receivers started: stop, say so
         logger.exception("the node failed while starting or running; stopping")
         return 1
     finally:
         stop.set()
+        if http is not None:
+            http.stop()
         pool.stop()
         polls.shutdown()
         for thread in workers:

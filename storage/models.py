@@ -370,3 +370,55 @@ class Delivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API: only its salted scrypt hash is kept (the secret is
+    shown once, when it is made). Roles: reader, radiologist (gives feedback), admin."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(64))  # hex
+    secret_hash: Mapped[str] = mapped_column(String(128))  # hex of hashlib.scrypt
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Feedback(Base):
+    """A reader's word on one label of a study: the finding is present or absent, which
+    confirms or corrects the model's call on the result it was given for."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_study_label", "study_pk", "label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    result_pk: Mapped[int | None] = mapped_column(ForeignKey("triage_result.id"))
+    label: Mapped[str] = mapped_column(String(32))
+    present: Mapped[bool] = mapped_column()
+    model_call: Mapped[bool | None] = mapped_column()  # None: no result to judge
+    verdict: Mapped[str] = mapped_column(String(16))  # confirm / correct / label
+    token_pk: Mapped[int | None] = mapped_column(ForeignKey("api_token.id"))
+    author: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which study, and when (in the spirit of IHE ATNA); never a patient's
+    name or ID."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))  # token name, or "cli"
+    token_pk: Mapped[int | None] = mapped_column(Integer)  # no FK: the record outlives tokens
+    action: Mapped[str] = mapped_column(String(32))
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    client: Mapped[str] = mapped_column(String(64), default="")  # the peer's address

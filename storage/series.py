@@ -60,6 +60,14 @@ class SeriesIndex:
             ).all()
         return [SettledSeries(r[0], r[1], r[2]) for r in rows]
 
+    def receiving(self, series_uid: str) -> SettledSeries | None:
+        """The series, when it is still receiving (for a completion asked by an operator)."""
+        with reader(self.engine).connect() as conn:
+            row = conn.execute(select(Series.id, Series.series_uid, Series.revision).where(
+                Series.series_uid == series_uid,
+                Series.status == SeriesStatus.RECEIVING)).first()
+        return SettledSeries(row[0], row[1], row[2]) if row is not None else None
+
     def contents(self, series_pk: int) -> SeriesContents:
         with reader(self.engine).connect() as conn:
             series = conn.execute(select(Series.modality, Series.body_part)

@@ -19,10 +19,11 @@ Its last slice is the last image received, not a report.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from storage.db import reader
 from storage.models import Patient, Series, SeriesStatus, Study, TriageResult
@@ -100,17 +101,28 @@ class _Study:
 
 
 def worklist(engine: Engine, *, limit: int = 200) -> list[WorklistEntry]:
-    studies = _load(engine, limit)
+    recent = (select(Study.id).join(Series, Series.study_pk == Study.id).group_by(Study.id)
+              .order_by(func.max(Series.last_received_at).desc()).limit(limit).subquery())
+    studies = _load(engine, select(recent.c.id))
     ranked = sorted(studies.values(), key=_sort_key)
     return [_entry(i + 1, s) for i, s in enumerate(ranked)]
 
 
-def _load(engine: Engine, limit: int) -> dict[str, _Study]:
+def entries_for(engine: Engine, study_pks: Sequence[int]) -> dict[str, WorklistEntry]:
+    """The worklist rows of the studies `study_pks`, by StudyInstanceUID (rank 0: the caller
+    orders them, e.g. a page of `storage.worklist_pages`)."""
+    if not study_pks:
+        return {}
+    studies = _load(engine, list(study_pks))
+    return {uid: _entry(0, s) for uid, s in studies.items()}
+
+
+def _load(engine: Engine, study_ids: Select[tuple[int]] | list[int]) -> dict[str, _Study]:
     latest = (select(TriageResult.series_pk, func.max(TriageResult.id).label("result_pk"),
                      func.count(TriageResult.id).label("results"))
+              .where(TriageResult.series_pk.in_(select(Series.id)
+                                                .where(Series.study_pk.in_(study_ids))))
               .group_by(TriageResult.series_pk).subquery())
-    recent = (select(Study.id).join(Series, Series.study_pk == Study.id).group_by(Study.id)
-              .order_by(func.max(Series.last_received_at).desc()).limit(limit).subquery())
     query = (
         select(Study.study_uid, Patient.patient_name, Patient.patient_id, Study.accession_number,
                Study.study_date, Study.study_description, Series.status, Series.status_reason,
@@ -123,7 +135,7 @@ def _load(engine: Engine, limit: int) -> dict[str, _Study]:
         .join(Series, Series.study_pk == Study.id)
         .outerjoin(latest, latest.c.series_pk == Series.id)
         .outerjoin(TriageResult, TriageResult.id == latest.c.result_pk)
-        .where(Study.id.in_(select(recent.c.id)))
+        .where(Study.id.in_(study_ids))
     )
     studies: dict[str, _Study] = {}
     with reader(engine).connect() as conn:

@@ -33,6 +33,13 @@ class NodeProcess:
     db_url: str
     log: Path
     ae_title: str = "ICHTRIAGE"
+    http_port: int = 0  # 0: the node serves no HTTP
+
+    @property
+    def http_url(self) -> str:
+        if not self.http_port:
+            raise RuntimeError("this node was started without HTTP (running_node(http=True))")
+        return f"http://127.0.0.1:{self.http_port}"
 
     def query(self, sql: str) -> list[tuple[object, ...]]:
         """Rows of `sql` from the node's database, as tuples."""
@@ -61,21 +68,25 @@ class NodeProcess:
 @contextmanager
 def running_node(tmp: Path, *args: str, db_url: str | None = None, receivers: int = 2,
                  settle: float = 0.5, workers: int = 0, env: dict[str, str] | None = None,
-                 ready_timeout: float = 60) -> Iterator[NodeProcess]:
+                 ready_timeout: float = 60, http: bool = False) -> Iterator[NodeProcess]:
     """Start the node on a free loopback port; wait for its 'ready' line; stop it after.
-    Without triage workers by default, so tests of receiving see jobs as queued."""
+    Without triage workers by default, so tests of receiving see jobs as queued; with
+    `http`, the API and page on another free loopback port (else none)."""
     data_dir = tmp / "var"
     port = free_port()
+    http_port = free_port() if http else 0
+    while http and http_port == port:
+        http_port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "node.log"
     url = db_url or f"sqlite:///{data_dir / 'ichtriage.db'}"
     cmd = [sys.executable, "-m", "node", "serve", "--data-dir", str(data_dir), "--db-url", url,
-           "--port", str(port), "--http-port", "0", "--settle-seconds", str(settle),
+           "--port", str(port), "--http-port", str(http_port), "--settle-seconds", str(settle),
            "--receivers", str(receivers), "--workers", str(workers), *args]
     full_env = {**os.environ, "TCP_NODELAY": "1", "ICHTRIAGE_MIN_FREE_MB": "0", **(env or {})}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
-    node = NodeProcess(proc, port, data_dir, url, log)
+    node = NodeProcess(proc, port, data_dir, url, log, http_port=http_port)
     try:
         deadline = time.monotonic() + ready_timeout
         while "ready:" not in node.log_text():

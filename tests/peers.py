@@ -165,6 +165,28 @@ def have_dcmtk() -> bool:
     return True
 
 
+# Debian's /usr/bin/chromium is a shell wrapper; Playwright drives the browser binary itself.
+_CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/lib/chromium-browser/chromium-browser")
+
+
+def chromium_path() -> str:
+    """Debian's chromium binary (deploy/system-packages.sh installs it); $CHROMIUM wins."""
+    for candidate in (os.environ.get("CHROMIUM", ""), *_CHROMIUM_CANDIDATES):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("chromium not found (apt-get install chromium)")
+
+
+def have_chromium() -> bool:
+    """The browser and Playwright for Python (a dev dependency) to drive it."""
+    try:
+        chromium_path()
+        import playwright.sync_api  # noqa: F401
+    except (RuntimeError, ImportError):
+        return False
+    return True
+
+
 def _as_paths(files_or_dir: Path | str | Sequence[Path | str]) -> list[Path]:
     if isinstance(files_or_dir, str | Path):
         return [Path(files_or_dir)]

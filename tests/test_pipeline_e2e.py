@@ -70,7 +70,7 @@ def test_bleed_and_normal_reports_reach_the_pacs_and_rank_the_worklist(
         assert not any(present for _, present in reports[normal.study_uid].values())
         out = subprocess.run([sys.executable, "-m", "node", "worklist", "--json", "--db-url",
                               node.db_url], capture_output=True, text=True, check=True).stdout
-        ranked = [s["study_uid"] for s in json.loads(out)]
+        ranked = [s["StudyInstanceUID"] for s in json.loads(out)]
         assert ranked.index(bleed.study_uid) < ranked.index(normal.study_uid)
         assert query(node, "select status, attempts from delivery") == [("sent", 1), ("sent", 1)]
 

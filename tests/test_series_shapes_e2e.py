@@ -108,7 +108,7 @@ def _require_dcmtk() -> None:
 def _collect(node: NodeProcess, shapes: dict[str, list[Path]]) -> dict[str, Outcome]:
     out = subprocess.run([sys.executable, "-m", "node", "worklist", "--json", "--db-url",
                           node.db_url], capture_output=True, text=True, check=True).stdout
-    entries = {e["study_uid"]: e for e in json.loads(out)}
+    entries = {e["StudyInstanceUID"]: e for e in json.loads(out)}
     outcomes = {}
     for name, paths in shapes.items():
         study = str(_header(paths[-1]).StudyInstanceUID)

@@ -126,7 +126,8 @@ def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url, "--json"],
                          capture_output=True, text=True, check=True).stdout
     (study,) = json.loads(out)
-    assert study["study_uid"] == "1.2.7" and study["priority"] == "high"
+    assert study["StudyInstanceUID"] == "1.2.7" and study["priority"] == "high"
+    assert study["PatientName"] == "Z^BLEED" and study["rank"] == 1
     assert study["probabilities"]["any"] == 0.9 and study["calls"]["any"] is True
     table = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url],
                            capture_output=True, text=True, check=True).stdout

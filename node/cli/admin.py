@@ -97,6 +97,12 @@ def add_admin_parser(sub: Any) -> None:
     from node.cli.retrain import add_retrain_parser
 
     add_retrain_parser(commands, _training, _data)
+    from node.cli.feedback import add_feedback_parser
+    from node.cli.main import _setting_flags
+    from node.cli.tokens import add_tokens_parser
+
+    add_tokens_parser(commands, _setting_flags)
+    add_feedback_parser(commands, _setting_flags)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -186,6 +192,14 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         from node.cli.models import run_models, run_requeue
 
         return (run_models if args.admin_command == "models" else run_requeue)(args, settings)
+    if args.admin_command == "tokens":
+        from node.cli.tokens import run_tokens
+
+        return run_tokens(args, settings)
+    if args.admin_command == "feedback":
+        from node.cli.feedback import run_feedback
+
+        return run_feedback(args, settings)
     commands = {"retrain": _retrain, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model,
                 "conformance": _conformance}  # fmt: skip

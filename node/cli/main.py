@@ -37,6 +37,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--bind", help=f"address to listen on (default: {DEFAULTS.bind})")
     add("--port", type=int, help=f"DICOM port (default: {DEFAULTS.port})")
     add("--http-port", type=int, help=f"HTTP port, 0 for none (default: {DEFAULTS.http_port})")
+    add("--http-bind", help=f"address the HTTP API and page listen on (default: "
+        f"{DEFAULTS.http_bind})")
+    add("--metrics", choices=("on", "off"), help="serve /metrics without a token (default: on)")
     add("--settle-seconds", type=float,
         help=f"quiet time after which a series is complete (default: {DEFAULTS.settle_seconds})")
     add("--allow-ae", action="append", metavar="AE[@HOST]",
@@ -59,6 +62,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"fewest slices of a series to triage (default: {DEFAULTS.min_slices})")
     add("--workers", type=int,
         help=f"triage workers in this process, 0 for none (default: {DEFAULTS.workers})")
+    add("--key-images", action="store_const", const=True,
+        help="with each SR, send the key slice of each finding with its heat map as a "
+             "Secondary Capture marked 'AI result, not for diagnosis' (default: off)")
     add("--default-character-set", metavar="TERM", help="Specific Character Set assumed for "
         "data sets that declare none, e.g. 'ISO_IR 100' or 'GB18030' (default: none, the "
         "standard's ISO-IR 6)")
@@ -85,6 +91,7 @@ def _limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SETTING_ARGS = ("data_dir", "db_url", "log_level", "ae_title", "bind", "port", "http_port",
+                "http_bind", "metrics", "key_images",
                 "settle_seconds", "allow_ae", "allow_store_ae", "allow_query_ae",
                 "move_destination", "destinations", "receivers", "tls_cert", "tls_key",
                 "tls_ca", "min_slices", "workers", "model", "device", "max_pdu",
@@ -129,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in SETTING_ARGS if hasattr(args, k)}
+    if overrides.get("metrics") is not None:
+        overrides["metrics"] = overrides["metrics"] == "on"
     return load_settings(config_file=getattr(args, "config", None), overrides=overrides)
 
 

@@ -1,4 +1,4 @@
-"""`ichtriage worklist`: the studies as a table, or one JSON array."""
+"""`ichtriage worklist`: the studies as a table, or one JSON array (the API's names)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from node.config import Settings
 from storage.db import open_existing
-from storage.worklist import worklist
+from storage.worklist import WorklistEntry, worklist
 
 SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
          "subarachnoid": "SAH", "subdural": "SDH"}
@@ -20,7 +20,7 @@ def print_worklist(settings: Settings, *, as_json: bool, limit: int) -> int:
     finally:
         engine.dispose()
     if as_json:
-        json.dump([e.to_dict() for e in entries], sys.stdout, indent=2)
+        json.dump([as_item(e) for e in entries], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     header = (f"{'#':>3}  {'priority':10}  {'status':12}  {'patient':22}  {'accession':16}  "
@@ -39,6 +39,16 @@ def print_worklist(settings: Settings, *, as_json: bool, limit: int) -> int:
     if not entries:
         print("(no studies)")
     return 0
+
+
+def as_item(e: WorklistEntry) -> dict[str, object]:
+    """The API's worklist item (node.http.schemas: DICOM keywords for DICOM attributes,
+    snake_case for the node's own fields), with the rank and, for the operator at the node,
+    PatientName and PatientID, which the API leaves out."""
+    from node.http.schemas import WorklistItem
+
+    return {"rank": e.rank, "PatientName": e.patient_name, "PatientID": e.patient_id,
+            **WorklistItem.of(e).model_dump(mode="json")}
 
 
 def _cell(text: str, width: int) -> str:

@@ -124,7 +124,8 @@ def initiation_policy(settings: Settings, initiator: Initiator) -> list[str]:
         "| --- | --- | --- | --- | --- |",
         f"| {UID(initiator.sop_class).name} | `{initiator.sop_class}` | "
         f"{UID(initiator.transfer_syntax).name} (`{initiator.transfer_syntax}`), the syntax "
-        "the report is stored in | SCU | None |", "",
+        "the report is stored in | SCU | None |",
+        *_key_image_row(settings), "",
         f"Maximum PDU size received: {_pdu(initiator.max_pdu)}. ARTIM, DIMSE and network "
         f"timeouts: {initiator.timeout:g} s.", "",
         "##### SOP Specific Conformance: Storage SCU", "",
@@ -136,6 +137,16 @@ def initiation_policy(settings: Settings, initiator: Initiator) -> list[str]:
         f"{retry.max_attempts} tries the delivery is failed and stays in the outbox with its "
         "last error. Deliveries survive restarts of the node.", "",
     ]
+
+
+def _key_image_row(settings: Settings) -> list[str]:
+    """With `key_images`, each positive report is followed by a Secondary Capture key image
+    per finding (node.triage.key_image), sent the same way."""
+    if not settings.key_images:
+        return []
+    sc, syntax = UID("1.2.840.10008.5.1.4.1.1.7"), UID("1.2.840.10008.1.2.1")
+    return [f"| {sc.name} | `{sc}` | {syntax.name} (`{syntax}`): the key image of each "
+            "finding, after its report (setting `key_images`) | SCU | None |"]
 
 
 def acceptance_policy(settings: Settings, services: Sequence[Service]) -> list[str]:

@@ -51,8 +51,9 @@ class TriageWorker:
                  files: FileStore, outbox: Outbox, model: ModelHolder,
                  destinations: Sequence[str], min_slices: int, ae_title: str,
                  batch_size: int = 16, name: str | None = None,
-                 volume_rules: VolumeRules | None = None) -> None:
+                 volume_rules: VolumeRules | None = None, key_images: bool = False) -> None:
         self.results = results
+        self.key_images = key_images  # also send a Secondary Capture per finding
         self.ae_title = ae_title  # the node's own: the calling AE title its SRs are stored with
         self.queue = queue
         self.store = store
@@ -177,6 +178,33 @@ class TriageWorker:
                     series.series_uid, entry.name, entry.version, latency,
                     ", ".join(positives) or "no hemorrhage",
                     "" if volume.complete else " (incomplete series)")
+        if self.key_images and positives:
+            self._send_key_images(headers, volume, active.classifier, prediction)
+
+    def _send_key_images(self, headers: SeriesHeaders, volume: Volume, classifier: Classifier,
+                         prediction: SeriesPrediction) -> None:
+        """After the SR went out: the key image of each finding (node.triage.key_image),
+        stored, kept out of triage and queued. A failure here is logged; the result stands."""
+        from node.triage.key_image import key_images
+
+        try:
+            read = PixelsRead()
+            slices = list(hounsfield(self.files, headers, volume, self.volume_rules, read))
+            if read.skipped:
+                raise TriageError(f"{len(read.skipped)} slices unreadable on the second read")
+            sources = [headers.headers[p.sop_instance_uid] for p in volume.slices]
+            for sc in key_images(classifier, slices, sources, prediction,
+                                 manufacturer="ichtriage"):
+                stored = self.store.store(meta_from_dataset(sc, sc.file_meta.TransferSyntaxUID),
+                                          [_encode(sc)], calling_ae=self.ae_title)
+                with self.results.engine.begin() as conn:
+                    self.results.set_series_status(stored.series_pk, SeriesStatus.NOT_ELIGIBLE,
+                                                   "key image made by this node", conn=conn)
+                    self.outbox.add(conn, sop_uid=str(sc.SOPInstanceUID),
+                                    file_path=stored.file_path, destinations=self.destinations)
+        except (TriageError, MLError, StorageError, OSError, ValueError) as exc:
+            logger.warning("series %s: no key image: %s: %s", volume.slices[0].sop_instance_uid
+                           if volume.slices else "?", type(exc).__name__, exc)
 
     def _build_sr(self, series: SeriesForTriage, headers: SeriesHeaders, volume: Volume,
                   active: ActiveModel, results: list[LabelResult]) -> tuple[Dataset, list[str]]:

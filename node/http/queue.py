@@ -1,0 +1,90 @@
+"""The admin's queue: jobs and deliveries not done, series still receiving; retry a failed
+series or delivery, complete a receiving series now. JSON under /api/queue, the page at
+/queue; every write is audited and, from the page, CSRF-checked."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Path, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from node.http.context import WebContext
+from node.http.deps import Admin, Context, PageAdmin, Principal, check_csrf, client_of
+from node.http.pages import render
+from node.http.studies import UID
+
+router = APIRouter(tags=["queue"])
+SeriesUID = Annotated[str, Path(pattern=UID, max_length=64, description="SeriesInstanceUID")]
+
+
+def _snapshot(ctx: WebContext) -> dict[str, Any]:
+    return {"jobs": [asdict(j) for j in ctx.queue.jobs()],
+            "deliveries": [asdict(d) for d in ctx.queue.deliveries()],
+            "receiving": [asdict(r) for r in ctx.queue.receiving()]}
+
+
+def _act(ctx: WebContext, who: Principal, request: Request, action: str, target: str) -> str:
+    """Do `action` on `target`; what happened, in words; 409 when it did not apply."""
+    if action == "retry_series":
+        done = ctx.queue.retry_series(target)
+        outcome = "back to the scheduler" if done else ""
+    elif action == "complete_series":
+        if ctx.monitor is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no scheduler here")
+        outcome = ctx.monitor.complete_now(target) or ""
+    else:
+        outcome = "pending again" if ctx.queue.retry_delivery(int(target)) else ""
+    if not outcome:
+        raise HTTPException(status.HTTP_409_CONFLICT, "nothing to do: it is not in that state")
+    ctx.audit.record(action, actor=who.actor, token_pk=who.token.pk,
+                     detail=f"{target}: {outcome}"[:200], client=client_of(request))
+    return outcome
+
+
+@router.get("/api/queue", tags=["queue"])
+def get_queue(ctx: Context, who: Admin) -> dict[str, Any]:
+    """Queued, running and failed jobs; pending and failed deliveries; receiving series."""
+    return _snapshot(ctx)
+
+
+@router.post("/api/queue/series/{series_uid}/retry")
+def retry_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
+                 ) -> dict[str, str]:
+    check_csrf(request, who, None)
+    return {"outcome": _act(ctx, who, request, "retry_series", series_uid)}
+
+
+@router.post("/api/queue/series/{series_uid}/complete")
+def complete_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
+                    ) -> dict[str, str]:
+    check_csrf(request, who, None)
+    return {"outcome": _act(ctx, who, request, "complete_series", series_uid)}
+
+
+@router.post("/api/queue/deliveries/{delivery_id}/retry")
+def retry_delivery(request: Request, ctx: Context, who: Admin,
+                   delivery_id: Annotated[int, Path(ge=1)]) -> dict[str, str]:
+    check_csrf(request, who, None)
+    return {"outcome": _act(ctx, who, request, "retry_delivery", str(delivery_id))}
+
+
+@router.get("/queue", response_class=HTMLResponse, include_in_schema=False)
+def queue_page(request: Request, ctx: Context, who: PageAdmin) -> Response:
+    return render(request, "queue.html", {"who": who, "csrf": who.session.csrf if who.session
+                                          else "", "can_complete": ctx.monitor is not None,
+                                          **_snapshot(ctx)})
+
+
+@router.post("/queue", include_in_schema=False)
+def queue_form(request: Request, ctx: Context, who: PageAdmin,
+               csrf_token: Annotated[str, Form(max_length=100)],
+               action: Annotated[str, Form(pattern="^(retry_series|complete_series|"
+                                                   "retry_delivery)$")],
+               target: Annotated[str, Form(pattern=r"^[0-9.]{1,64}$")]) -> Response:
+    check_csrf(request, who, csrf_token)
+    if action == "retry_delivery" and not target.isdigit():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a delivery id is a number")
+    _act(ctx, who, request, action, target)
+    return RedirectResponse("/queue", status_code=status.HTTP_303_SEE_OTHER)

@@ -1,0 +1,42 @@
+"""GET /api/worklist: the studies, a page at a time (storage.worklist_pages)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+
+from ml.labels import LABELS
+from node.http.deps import Context, Reader, client_of
+from node.http.schemas import WorklistItem, WorklistPage
+from storage.worklist_pages import PRIORITIES, STATUSES, CursorError, Filters, page
+
+router = APIRouter(prefix="/api", tags=["worklist"])
+
+DATE = r"^\d{8}$"
+
+
+@router.get("/worklist", response_model=WorklistPage)
+def get_worklist(
+    request: Request, ctx: Context, who: Reader,
+    sort: Literal["priority", "arrival"] = "priority",
+    status_: Annotated[Literal[STATUSES] | None, Query(alias="status")] = None,  # type: ignore[valid-type]
+    priority: Literal[PRIORITIES] | None = None,  # type: ignore[valid-type]
+    finding: Literal[LABELS] | None = None,  # type: ignore[valid-type]
+    study_date_from: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
+    study_date_to: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> WorklistPage:
+    """Priority order: positive calls first (most probable first), then negatives on an
+    incomplete volume, then the rest oldest first. Arrival order: newest first."""
+    try:
+        filters = Filters(status=status_, priority=priority, finding=finding,
+                          study_date_from=study_date_from, study_date_to=study_date_to)
+        result = page(ctx.engine, sort=sort, filters=filters, limit=limit, cursor=cursor)
+    except (CursorError, ValueError) as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    ctx.audit.record("worklist_view", actor=who.actor, token_pk=who.token.pk,
+                     detail=f"{len(result.entries)} rows, sort {sort}", client=client_of(request))
+    return WorklistPage(items=[WorklistItem.of(e) for e in result.entries],
+                        next_cursor=result.next_cursor)
