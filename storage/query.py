@@ -181,18 +181,24 @@ def find(engine: Engine, request: Query) -> Iterator[dict[str, Any]]:
     database fails (also part-way through).
     """
     keys = request.return_keys()
-    query = find_select(request, engine.dialect.name)
+    for row in _streamed(engine, find_select(request, engine.dialect.name)):
+        values = row._mapping
+        yield {a.keyword: (a.convert(values[a.keyword]) if a.convert else values[a.keyword])
+               for a in keys}
+
+
+def _streamed(engine: Engine, query: Select[Any]) -> Iterator[Any]:
+    """The rows of `query`, FETCH_ROWS at a time from a server-side cursor (PostgreSQL), as
+    the caller iterates; the cursor is closed when the caller stops early (a cancelled
+    answer). Raises DatabaseError when the database fails, also part-way through."""
     try:
         with reader(engine).connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS) \
                 .execute(query)
             try:
-                for row in result:
-                    values = row._mapping
-                    yield {a.keyword: (a.convert(values[a.keyword]) if a.convert
-                                       else values[a.keyword]) for a in keys}
+                yield from result
             finally:
-                result.close()  # a cancelled answer: the server-side cursor too
+                result.close()
     except SQLAlchemyError as exc:
         raise DatabaseError(f"query failed: {exc.__class__.__name__}") from exc
 
@@ -249,15 +255,5 @@ def instances(engine: Engine, request: Query) -> Iterator[StoredInstance]:
                               [Instance.sop_uid, Instance.sop_class_uid,
                                Instance.transfer_syntax_uid, Instance.file_path]
                               ).order_by(Series.id, Instance.instance_number, Instance.id)
-    try:
-        with reader(engine).connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS) \
-                .execute(query)
-            try:
-                for row in result:
-                    yield StoredInstance(row[0], row[1], row[2], row[3])
-            finally:
-                result.close()
-    except SQLAlchemyError as exc:
-        raise DatabaseError(f"query failed: {exc.__class__.__name__}") from exc
-
+    for row in _streamed(engine, query):
+        yield StoredInstance(row[0], row[1], row[2], row[3])
