@@ -234,8 +234,8 @@ def _parse_checkpoint(source: Path | io.BytesIO,
                       path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:  # fmt: skip
+    except (RuntimeError, EOFError, OSError, ValueError, LookupError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # fmt: skip  # a text file: IndexError or KeyError
         raise ModelError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a format-{FORMAT} checkpoint")

@@ -261,6 +261,24 @@ def test_get_returns_the_series_over_the_same_association(node: Node) -> None:
     assert sorted(received) == sorted(d.SOPInstanceUID for d in series)
 
 
+@pytest.mark.parametrize("keys", [{"StudyInstanceUID": "1.2.*"}, {"AccessionNumber": "A1"}])
+def test_a_move_that_names_no_study_is_refused_as_such(node: Node,
+                                                       keys: dict[str, str]) -> None:
+    """A wildcard, or no unique key: 0xA900 (the node used to fail inside pynetdicom)."""
+    _store(node, 1)
+    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        statuses = [int(s.Status) for s, _ in
+                    assoc.send_c_move(identifier, "SINK", STUDY_ROOT_MOVE)]
+    finally:
+        assoc.release()
+    assert statuses == [0xA900]
+
+
 def test_a_retrieve_must_name_what_it_retrieves(node: Node) -> None:
     _store(node, 1)
     assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)

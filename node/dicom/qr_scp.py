@@ -127,8 +127,9 @@ class QueryHandlers:
             contexts = _move_contexts(_answered(presentations, self.engine, query))
             total = _answered(count_instances, self.engine, query)
         except QueryFailure as failure:
-            # pynetdicom takes a status only after the destination and a count
-            yield destination.host, destination.port
+            # pynetdicom takes a status only after the destination, a count and an
+            # association with the destination, which needs a context it accepts
+            yield destination.host, destination.port, {"contexts": _FAILURE_CONTEXTS}
             yield 1
             yield failure.answer(), None
             return
@@ -194,6 +195,11 @@ class QueryHandlers:
         logger.info("%s %s at %s level from %s: keys %s", _service(event), model, query.level,
                     event.assoc.requestor.ae_title.strip(), ", ".join(sorted(keys)))
         return identifier, query
+
+
+# what any storage SCP accepts: Verification, CT Image Storage (PS3.4 A.4, B.5)
+_FAILURE_CONTEXTS = [build_context("1.2.840.10008.1.1"),
+                     build_context("1.2.840.10008.5.1.4.1.1.2")]
 
 
 class QueryFailure(Exception):

@@ -74,6 +74,14 @@ def test_truncated_file(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("text", ["this is not a model\n", "a\nb\nc\n" * 100])
+def test_a_text_file_is_not_a_checkpoint(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bogus.pt"
+    path.write_text(text)
+    with pytest.raises(ModelError, match="not a checkpoint"):
+        load_checkpoint(path)
+
+
 def test_tampered_weights(tmp_path: Path) -> None:
     path, _, _ = _saved(tmp_path)
     _rewrite(path, lambda p: p["state_dict"]["fc.bias"].add_(0.01))
