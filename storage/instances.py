@@ -13,7 +13,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, Integer, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -139,8 +139,16 @@ class InstanceStore:
             Series.series_uid == bindparam("uid"))
         self._count_duplicate = (
             update(Instance).where(Instance.sop_uid == bindparam("dup_sop"))
-            .values(duplicates=Instance.duplicates + 1)
+            .values(duplicates=Instance.duplicates + 1,
+                    association_pk=func.coalesce(bindparam("dup_association", type_=Integer),
+                                                 Instance.association_pk))
             .returning(Instance.id, Instance.series_pk, Instance.file_path))
+        # A resend keeps a series that is still receiving from settling until it ends.
+        self._resend_received = (
+            update(Series).where(Series.id == bindparam("dup_series"),
+                                 Series.status == SeriesStatus.RECEIVING,
+                                 Series.last_received_at < bindparam("dup_now"))
+            .values(last_received_at=bindparam("dup_now")))
 
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
@@ -153,7 +161,7 @@ class InstanceStore:
         try:
             result = self._index(meta, relative, size, calling_ae, association_pk)
         except _Conflict:
-            return self._resent(meta, tmp, relative, _settled(flushing))
+            return self._resent(meta, tmp, relative, _settled(flushing), association_pk)
         except BaseException:
             if _settled(flushing) is not None:
                 self.files.remove(relative)
@@ -170,10 +178,10 @@ class InstanceStore:
         return result
 
     def _resent(self, meta: InstanceMeta, tmp: str, relative: str,
-                placed: StoredFile | None) -> StoreResult:
+                placed: StoredFile | None, association_pk: int | None) -> StoreResult:
         """The SOP Instance UID is indexed already: count the repeat, keep the first copy
         (or this one, when the first copy's file is missing)."""
-        duplicate = self._duplicate(meta)
+        duplicate = self._duplicate(meta, association_pk)
         if duplicate is None:  # the row went away again
             raise DatabaseError(f"indexing {meta.sop_uid}: conflicting rows")
         if placed is None:
@@ -238,11 +246,20 @@ class InstanceStore:
             return result.scalar()
         return result.lastrowid if result.rowcount == 1 else None
 
-    def _duplicate(self, meta: InstanceMeta) -> StoreResult | None:
-        """Count a repeat of a stored instance (its first copy is kept); None if not stored."""
+    def _duplicate(self, meta: InstanceMeta,
+                   association_pk: int | None = None) -> StoreResult | None:
+        """Count a repeat of a stored instance (its first copy is kept); None if not stored.
+
+        The repeat's association becomes the instance's last transfer, and a series still
+        receiving counts it as received now: a resend made only of repeats ends the wait
+        of a transfer that was aborted (`storage.series.SeriesIndex.settled`)."""
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(self._count_duplicate, {"dup_sop": meta.sop_uid}).first()
+                row = conn.execute(self._count_duplicate, {
+                    "dup_sop": meta.sop_uid, "dup_association": association_pk}).first()
+                if row is not None:
+                    conn.execute(self._resend_received,
+                                 {"dup_series": row[1], "dup_now": utcnow()})
         except SQLAlchemyError as exc:
             raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0]}") from exc

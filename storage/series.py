@@ -39,17 +39,19 @@ class SeriesIndex:
     def settled(self, cutoff: datetime, *, aborted_cutoff: datetime | None = None,
                 limit: int = 100) -> list[SettledSeries]:
         """Series with new instances and none since `cutoff`, oldest first. With
-        `aborted_cutoff`, a series whose newest instance came over an association that was
-        aborted (or cut by a node restart) has settled only if nothing came since
-        `aborted_cutoff`: the sender is expected to send it again, whole."""
+        `aborted_cutoff`, a series whose last transfer (the newest association that carried
+        any of its instances, repeats included) was aborted (or cut by a node restart) has
+        settled only if nothing came since `aborted_cutoff`: the sender is expected to send
+        it again, whole."""
         settled = and_(Series.status == SeriesStatus.RECEIVING,
                        Series.last_received_at <= cutoff)
         if aborted_cutoff is not None:
-            last_transfer = (
-                select(Association.state)
-                .join(Instance, Instance.association_pk == Association.id)
+            newest_association = (
+                select(func.max(Instance.association_pk))
                 .where(Instance.series_pk == Series.id)
-                .order_by(Instance.received_at.desc(), Instance.id.desc()).limit(1)
+                .correlate(Series).scalar_subquery())
+            last_transfer = (
+                select(Association.state).where(Association.id == newest_association)
                 .correlate(Series).scalar_subquery())
             settled = and_(settled, or_(Series.last_received_at <= aborted_cutoff,
                                         func.coalesce(last_transfer, "") != ABORTED))

@@ -8,14 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from node.scheduler import SeriesMonitor
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
 from storage.jobs import ClaimedJob, JobQueue
-from storage.models import Job, JobStatus, Series, SeriesStatus, utcnow
+from storage.models import Instance, Job, JobStatus, Series, SeriesStatus, utcnow
 from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
@@ -298,3 +298,47 @@ def test_a_series_whose_transfer_was_aborted_waits_for_the_resend(engine: Engine
         conn.execute(update(Series).where(Series.series_uid == "1.2.3.8")
                      .values(last_received_at=utcnow() - timedelta(seconds=61)))
     assert monitor.run_once() == {"1.2.3.8": "queued"}
+
+
+def test_a_resend_made_only_of_repeats_ends_the_wait_of_an_aborted_transfer(
+        engine: Engine, tmp_path: Path) -> None:
+    """The aborted transfer had stored every instance before it ended; the sender sends the
+    whole series again and each instance is a repeat. The series is complete when that
+    resend has settled, not `aborted_wait` later."""
+    from storage.associations import AssociationLog
+
+    log = AssociationLog(engine)
+    store = InstanceStore(engine, FileStore(tmp_path))
+    series = "1.2.3.10"
+
+    def send(pk: int, n: int) -> None:
+        for i in range(1, n + 1):
+            store.store(InstanceMeta(sop_class_uid=CT, sop_uid=f"{series}.{i}",
+                                     study_uid="1.2.3", series_uid=series,
+                                     transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
+                                     body_part="HEAD", image_type="ORIGINAL\\PRIMARY\\AXIAL"),
+                        [b"x"], association_pk=pk)
+
+    def opened() -> int:
+        return log.opened(calling_ae="CT1", called_ae="NODE", peer_host="127.0.0.1",
+                          peer_port=1)
+
+    first = opened()
+    send(first, 4)
+    log.closed(first, state="aborted", stored=4, failed=0, duplicates=0)
+    monitor = SeriesMonitor(SeriesIndex(engine), JobQueue(engine),
+                            EligibilityRules(min_slices=3), settle_seconds=0,
+                            aborted_wait_seconds=60)
+    assert monitor.run_once() == {}  # waiting for the resend
+    with engine.connect() as conn:
+        before = conn.execute(select(Series.last_received_at)
+                              .where(Series.series_uid == series)).scalar_one()
+    again = opened()
+    send(again, 4)
+    log.closed(again, state="released", stored=0, failed=0, duplicates=4)
+    with engine.connect() as conn:
+        row = conn.execute(select(Series.last_received_at, Series.instance_count)
+                           .where(Series.series_uid == series)).one()
+        repeats = conn.execute(select(func.sum(Instance.duplicates))).scalar_one()
+    assert row.instance_count == 4 and repeats == 4 and row.last_received_at > before
+    assert monitor.run_once() == {series: "queued"}

@@ -78,7 +78,6 @@ def test_each_new_instance_bumps_its_series(engine: Engine, tmp_path: Path) -> N
     with engine.begin() as conn:  # the series was triaged; then more of it arrives
         conn.execute(update(Series).values(status=SeriesStatus.DONE, status_reason="done"))
     second = store.store(meta("1.2.3.4.5.2"), [b"two"])  # a known series: one statement
-    store.store(meta("1.2.3.4.5.2"), [b"two"])  # a repeat bumps nothing
     with engine.connect() as conn:
         series = conn.execute(select(Series)).mappings().one()
         received = conn.execute(select(Instance.received_at).where(
@@ -86,6 +85,13 @@ def test_each_new_instance_bumps_its_series(engine: Engine, tmp_path: Path) -> N
     assert (series["instance_count"], series["revision"], series["status"],
             series["status_reason"]) == (2, 2, SeriesStatus.RECEIVING, "")
     assert series["last_received_at"] == received and received.tzinfo is not None
+    # A repeat changes neither the count nor the revision; while the series is receiving it
+    # is received now (a resend under way keeps it from settling).
+    store.store(meta("1.2.3.4.5.2"), [b"two"])
+    with engine.connect() as conn:
+        again = conn.execute(select(Series)).mappings().one()
+    assert (again["instance_count"], again["revision"]) == (2, 2)
+    assert again["last_received_at"] > received
 
 
 def test_timestamps_are_stored_alike_either_way(engine: Engine, tmp_path: Path,
