@@ -4,11 +4,12 @@ file, `ICHTRIAGE_*` environment variables and command-line flags (later sources 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -62,8 +63,15 @@ class AllowedPeer:
 
     @classmethod
     def parse(cls, text: str) -> AllowedPeer:
-        ae, _, host = text.strip().partition("@")
-        return cls(_check_ae(ae, "allow_ae"), host or None)
+        ae, at, host = text.strip().partition("@")
+        if at and not host.strip():
+            raise ConfigError(f"allow_ae {text!r}: no host after '@' (AE or AE@HOST)")
+        return cls(_check_ae(ae, "allow_ae"), host.strip() or None)
+
+    def within(self, peers: Sequence[AllowedPeer]) -> bool:
+        """Whether some association `peers` accept could match this entry."""
+        return any(p.ae_title == self.ae_title and (p.host is None or self.host in (None, p.host))
+                   for p in peers)
 
     def matches(self, ae_title: str, host: str) -> bool:
         return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
@@ -168,6 +176,12 @@ class Settings:
             raise ConfigError(f"default_character_set: {self.default_character_set!r} is not "
                               "a Specific Character Set defined term (PS3.3 C.12.1.1.2), e.g. "
                               "'ISO_IR 100', 'ISO_IR 192', 'GB18030'")
+        for name in ("allow_store_ae", "allow_query_ae"):
+            never = [str(p) for p in getattr(self, name)
+                     if self.allow_ae and not p.within(self.allow_ae)]
+            if never:
+                raise ConfigError(f"{name}: {', '.join(never)} can never associate: not in "
+                                  f"allow_ae ({', '.join(map(str, self.allow_ae))})")
         titles = [d.ae_title for d in self.move_destination]
         if len(set(titles)) != len(titles):
             raise ConfigError(f"move_destination: an AE title given twice in {titles}")
@@ -228,8 +242,14 @@ def load_settings(*, config_file: Path | None = None, env: Mapping[str, str] | N
             raise ConfigError(f"config file {config_file}: {exc}") from exc
         unknown = set(data) - set(setting_names())
         if unknown:
-            raise ConfigError(f"config file {config_file}: unknown settings {sorted(unknown)}")
+            raise ConfigError(f"config file {config_file}: unknown settings {sorted(unknown)}"
+                              f"{_did_you_mean(unknown, setting_names())}")
         raw.update(data)
+    known_env = {ENV_PREFIX + name.upper() for name in setting_names()} | {f"{ENV_PREFIX}CONFIG"}
+    unknown_env = {key for key in env if key.startswith(ENV_PREFIX)} - known_env
+    if unknown_env:
+        raise ConfigError(f"unknown environment variables {sorted(unknown_env)}"
+                          f"{_did_you_mean(unknown_env, known_env)}")
     for name in setting_names():
         key = ENV_PREFIX + name.upper()
         if key in env:
@@ -243,6 +263,13 @@ def load_settings(*, config_file: Path | None = None, env: Mapping[str, str] | N
         return Settings(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    known = list(known)
+    guesses = [f"{u} -> {close[0]}" for u in sorted(unknown)
+               for close in [difflib.get_close_matches(u, known, n=1)] if close]
+    return f" (did you mean: {'; '.join(guesses)}?)" if guesses else ""
 
 
 def _convert(name: str, hint: Any, value: Any) -> Any:

@@ -18,3 +18,5 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Alembic says "Context impl SQLiteImpl" at INFO on every command that opens the database.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

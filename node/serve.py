@@ -140,13 +140,13 @@ def _start_sender(settings: Settings, services: Services, polls: Polls) -> None:
 
 def _model_words(holder: ModelHolder | None) -> str:
     """The active model as the ready line names it: registry name and version, architecture,
-    sha256, code, device."""
+    the weights' sha256 (the card's; the registry also keeps the file's), code, device."""
     if holder is None:
         return "no model loaded"
     active = holder.get()
     card, entry = active.classifier.card, active.entry
     code = f", code {card.code_version}" if card.code_version else ""
-    return (f"model {entry.name} {entry.version} ({card.architecture}, sha256 "
+    return (f"model {entry.name} {entry.version} ({card.architecture}, weights sha256 "
             f"{card.sha256[:12]}{code}) on {active.classifier.device}")
 
 

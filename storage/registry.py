@@ -247,7 +247,7 @@ class ModelRegistry:
         except IntegrityError as exc:
             raise DuplicateModelError(f"{new.name!r} ({source}) was registered meanwhile, or "
                                       "another model made active: try again") from exc
-        logger.info("model %s registered (%s, sha256 %s)%s", new.name, new.architecture,
+        logger.info("model %s registered (%s, file sha256 %s)%s", new.name, new.architecture,
                     new.file_sha256[:12], ", active" if activate else "")
         return self.get(new.name)
 

@@ -45,6 +45,14 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"ICHTRIAGE_SETTLE_SECONDS": "-1"}, "settle_seconds"),
     ({"ICHTRIAGE_MIN_COVERAGE_MM": "-5"}, "min_coverage_mm"),
     ({"ICHTRIAGE_DEFAULT_CHARACTER_SET": "Latin1"}, "default_character_set: 'Latin1'"),
+    ({"ICHTRIAGE_SETTLE_SECOND": "5"},
+     r"unknown environment variables \['ICHTRIAGE_SETTLE_SECOND'\] \(did you mean: "
+     r"ICHTRIAGE_SETTLE_SECOND -> ICHTRIAGE_SETTLE_SECONDS\?\)"),
+    ({"ICHTRIAGE_ALLOW_AE": "CT1@"}, "no host after '@'"),
+    ({"ICHTRIAGE_ALLOW_AE": "CT1", "ICHTRIAGE_ALLOW_STORE_AE": "CT9"},
+     r"allow_store_ae: CT9 can never associate: not in allow_ae \(CT1\)"),
+    ({"ICHTRIAGE_ALLOW_AE": "CT1@10.0.0.1", "ICHTRIAGE_ALLOW_QUERY_AE": "CT1@10.0.0.2"},
+     "allow_query_ae: CT1@10.0.0.2 can never associate"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -54,8 +62,20 @@ def test_bad_settings_are_named(env: dict[str, str], match: str) -> None:
 def test_unknown_key_in_file(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text("aetitle = 'X'\n")
-    with pytest.raises(ConfigError, match="unknown settings"):
+    with pytest.raises(ConfigError, match=r"unknown settings \['aetitle'\] \(did you mean: "
+                                          r"aetitle -> ae_title\?\)"):
         load_settings(config_file=cfg, env={})
+
+
+def test_permissions_that_can_match_are_kept() -> None:
+    s = load_settings(env={"ICHTRIAGE_ALLOW_AE": "CT1,WS@10.0.0.7",
+                           "ICHTRIAGE_ALLOW_STORE_AE": "CT1@10.0.0.5",
+                           "ICHTRIAGE_ALLOW_QUERY_AE": "WS,WS@10.0.0.7"})
+    assert s.allow_store_ae == (AllowedPeer("CT1", "10.0.0.5"),)
+    assert s.allow_query_ae == (AllowedPeer("WS"), AllowedPeer("WS", "10.0.0.7"))
+    # without an allow-list every caller may associate: any permission can match
+    assert load_settings(env={"ICHTRIAGE_ALLOW_STORE_AE": "CT9"}).allow_store_ae == (
+        AllowedPeer("CT9"),)
 
 
 def test_peer_matching() -> None:
@@ -64,13 +84,13 @@ def test_peer_matching() -> None:
     assert not AllowedPeer.parse("CT1@10.1.1.1").matches("CT1", "10.1.1.2")
 
 
-def test_help_shows_defaults_and_bad_config_exits_2() -> None:
+def test_help_shows_defaults_and_bad_config_exits_1() -> None:
     out = subprocess.run([sys.executable, "-m", "node", "serve", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "default: ICHTRIAGE" in out and "default: 11112" in out and "--allow-ae" in out
     bad = subprocess.run([sys.executable, "-m", "node", "serve", "--port", "99999"],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "port" in bad.stderr
+    assert bad.returncode == 1 and "port" in bad.stderr
 
 
 def test_settings_are_frozen() -> None:

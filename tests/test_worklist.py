@@ -132,6 +132,16 @@ def test_cli_prints_table_and_json(tmp_path: Path) -> None:
     table = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url],
                            capture_output=True, text=True, check=True).stdout
     assert "Z^BLEED" in table and "SDH 0.90" in table and "high" in table
+    # `ichtriage worklist --json | head -c 1`: the reader leaves; no traceback, status 0
+    with subprocess.Popen([sys.executable, "-m", "node", "worklist", "--db-url", url,
+                           "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as piped:
+        assert piped.stdout is not None and piped.stderr is not None
+        piped.stdout.close()
+        assert piped.wait(timeout=60) == 0
+        assert piped.stderr.read() == b""
+    bad = subprocess.run([sys.executable, "-m", "node", "worklist", "--db-url", url,
+                          "--limit", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--limit: '0' is not a whole number >= 1" in bad.stderr
 
 
 def test_the_table_shows_a_12_character_accession_whole_and_marks_a_cut() -> None:

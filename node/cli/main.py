@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     worklist = sub.add_parser("worklist", help="the studies, likely bleeds first")
     _setting_flags(worklist)
     worklist.add_argument("--json", action="store_true", help="one JSON array of studies")
-    worklist.add_argument("--limit", type=int, default=200, help="most recent studies shown")
+    worklist.add_argument("--limit", type=_positive, default=200,
+                          help="most recent studies shown (default: %(default)s)")
 
     from node.cli.admin import add_admin_parser
 
@@ -142,13 +144,36 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:
+        # The reader went away (`ichtriage worklist --json | head`): nothing is wrong with the
+        # node. Point stdout at /dev/null so that the interpreter's last flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)
-    except ConfigError as exc:
+    except ConfigError as exc:  # a setting's value: 1, like every other mistake at start
         print(f"ichtriage: {exc}", file=sys.stderr)
-        return 2
+        return 1
     if args.command == "serve":
         from node.serve import serve
 

@@ -38,11 +38,12 @@ def who() -> str:
         return "unknown"
 
 
-def _node(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Where the node keeps its database and the registry's files."""
+def _node(parser: argparse.ArgumentParser, *, models: bool = True) -> argparse.ArgumentParser:
+    """Where the node keeps its database (and, with `models`, the registry's files)."""
     add = parser.add_argument
-    add("--data-dir", type=Path, help="the node's data directory; imported models are copied "
-        "to <data-dir>/models (default: ./var, or the setting)")
+    add("--data-dir", type=Path, help="the node's data directory"
+        + ("; imported models are copied to <data-dir>/models" if models else "")
+        + " (default: ./var, or the setting)")
     add("--db-url", help="the node's database (default: SQLite in the data directory)")
     add("--config", type=Path, help="TOML settings file (env: ICHTRIAGE_CONFIG)")
     add("--log-level", help="DEBUG, INFO, WARNING (default: INFO, or the setting)")
@@ -115,7 +116,8 @@ def gate_options(parser: argparse.ArgumentParser) -> None:
 
 def add_requeue_parser(commands: Any) -> None:
     requeue = _node(commands.add_parser(
-        "requeue", help="queue triaged or failed series again (after a model or device fix)"))
+        "requeue", help="queue triaged or failed series again (after a model or device fix)"),
+        models=False)
     which = requeue.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="every failed series")
     which.add_argument("--study", metavar="UID", help="one study, by StudyInstanceUID")
