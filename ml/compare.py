@@ -55,11 +55,16 @@ class Split:
 def load_split(
     dicom_dir: str | os.PathLike[str], labels_csv: str | os.PathLike[str], *,
     val_fraction: float, seed: int,
+    more: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
 ) -> Split:  # fmt: skip
-    """Index the labelled `.dcm` files under dicom_dir and split them by patient."""
-    records = index_images(dicom_dir, read_labels(labels_csv))
-    if not records:
-        raise ValueError(f"dicom_dir: no .dcm file under {dicom_dir} has labels in {labels_csv}")
+    """Index the labelled `.dcm` files under dicom_dir (and each further (folder, labels) pair
+    of `more`) and split them together by patient."""
+    records = []
+    for folder, csv_path in ((dicom_dir, labels_csv), *more):
+        found = index_images(folder, read_labels(csv_path))
+        if not found:
+            raise ValueError(f"dicom_dir: no .dcm file under {folder} has labels in {csv_path}")
+        records += found
     train_records, val_records = split_by_patient(records, val_fraction=val_fraction, seed=seed)
     if not train_records or not val_records:
         raise ValueError("dicom_dir: need images of at least two patients to split")

@@ -43,6 +43,18 @@ DEMO_INTENDED_USE = (
 
 
 @dataclass(frozen=True)
+class PhantomSet:
+    """The arguments of one `ml.phantom.write_dataset` call."""
+
+    seed: int
+    studies: int
+    slices: int
+    phantom_size: int
+    positive_fraction: float
+    style: str
+
+
+@dataclass(frozen=True)
 class DemoRecipe:
     """Everything that decides the demo model. The defaults made the shipped file."""
 
@@ -64,6 +76,9 @@ class DemoRecipe:
     series_batch_size: int = 8
     lr: float = 2e-3
     min_sensitivity_any: float = 0.95  # series-level target of the operating point
+    # Classic studies added to another style's (phantom seed seed + CLASSIC_SEED_OFFSET), so
+    # the node's own test and demo phantoms stay inside what the model has seen.
+    classic_studies: int = 0
 
     @classmethod
     def for_style(cls, style: str, **changes: Any) -> DemoRecipe:
@@ -79,6 +94,9 @@ class DemoRecipe:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.studies < 4:
             raise ValueError(f"studies: need >= 4 for a patient split, got {self.studies}")
+        if self.classic_studies < 0 or (self.classic_studies and self.style == "classic"):
+            raise ValueError(f"classic_studies: >= 0, and only beside another style, got "
+                             f"{self.classic_studies} with {self.style!r}")
 
     def command(self) -> str:
         """The `ichtriage` command line that reproduces this recipe."""
@@ -88,7 +106,8 @@ class DemoRecipe:
         defaults = DemoRecipe.for_style(self.style)
         flags = (("--studies", "studies"), ("--slices", "slices"), ("--style", "style"),
                  ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
-                 ("--series-epochs", "series_epochs"))  # fmt: skip
+                 ("--series-epochs", "series_epochs"),
+                 ("--classic-studies", "classic_studies"))  # fmt: skip
         for flag, name in flags:
             if getattr(self, name) != getattr(defaults, name):
                 args += [flag, str(getattr(self, name))]
@@ -96,6 +115,16 @@ class DemoRecipe:
         changed = sorted(n for n in other if getattr(self, n) != getattr(defaults, n))
         text = shlex.join(args)
         return text + (f"  (recipe changed in code: {', '.join(changed)})" if changed else "")
+
+    def phantom_sets(self) -> dict[str, PhantomSet]:
+        """The phantoms the recipe trains on, by the work folder they are written to."""
+        sets = {"phantoms": PhantomSet(self.seed, self.studies, self.slices, self.phantom_size,
+                                       self.positive_fraction, self.style)}
+        if self.classic_studies:
+            sets["phantoms-classic"] = PhantomSet(
+                self.seed + CLASSIC_SEED_OFFSET, self.classic_studies, self.slices,
+                self.phantom_size, self.positive_fraction, "classic")
+        return sets
 
     def to_dict(self) -> dict[str, Any]:
         """JSON types only, so the card inside the checkpoint equals its .json file.
@@ -112,6 +141,8 @@ class DemoRecipe:
                     del data[name]
         if self.augment:
             del data["shift"]
+        if not self.classic_studies:
+            del data["classic_studies"]
         return data
 
     def training_data(self) -> str:
@@ -119,7 +150,10 @@ class DemoRecipe:
             f"synthetic head-CT phantoms from ml.phantom, no patient data: {self.studies} "
             f"{self.style} studies of about {self.slices} slices at {self.phantom_size} x "
             f"{self.phantom_size} ({self.positive_fraction:.0%} with bleeds), phantom seed "
-            f"{self.seed}; patient split "
+            f"{self.seed}; "
+            + (f"and {self.classic_studies} classic studies of {self.slices} slices, phantom "
+               f"seed {self.seed + CLASSIC_SEED_OFFSET}; " if self.classic_studies else "")
+            + f"patient split "
             f"seed {self.seed}, {self.val_fraction:.0%} of patients held out for validation; "
             f"two stages: ichnet {self.slice_epochs} epochs, then ichnet_seq {self.series_epochs} "
             f"epochs with the backbone frozen; command: {self.command()}"
@@ -157,10 +191,11 @@ def _train(
 ) -> DemoResult:  # fmt: skip
     started = time.monotonic()
     seconds: dict[str, float] = {}
-    phantoms = work / "phantoms"
-    labels = _phantoms(phantoms, recipe)
+    parts = [(work / folder, _phantoms(work / folder, phantoms))
+             for folder, phantoms in recipe.phantom_sets().items()]
     seconds["phantoms"] = round(time.monotonic() - started, 1)
-    split = load_split(phantoms, labels, val_fraction=recipe.val_fraction, seed=recipe.seed)
+    split = load_split(*parts[0], val_fraction=recipe.val_fraction, seed=recipe.seed,
+                       more=parts[1:])
     logger.info("demo split: %s", split.describe())
     first = TrainConfig(
         checkpoint_dir=work / "ichnet", architecture="ichnet", epochs=recipe.slice_epochs,
@@ -199,25 +234,25 @@ def _train(
     return DemoResult(out, final, seconds, split.describe())
 
 
-def _phantoms(folder: Path, recipe: DemoRecipe) -> Path:
-    """Write the recipe's phantoms into folder, or reuse those a kept work_dir already holds."""
-    stamp = json.dumps({name: getattr(recipe, name) for name in _PHANTOM_FIELDS})
+def _phantoms(folder: Path, phantoms: PhantomSet) -> Path:
+    """Write the phantoms into folder, or reuse those a kept work_dir already holds."""
+    stamp = json.dumps(dataclasses.asdict(phantoms))
     labels, written = folder / "labels.csv", folder / "recipe.json"
     if labels.is_file() and written.is_file() and written.read_text() == stamp:
         logger.info("reusing the phantoms in %s", folder)
         return labels
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"work_dir: {folder} holds other files; give an empty or earlier work dir")
-    logger.info("writing %d phantom studies to %s", recipe.studies, folder)
-    write_dataset(folder, studies=recipe.studies, seed=recipe.seed, slices=recipe.slices,
-                  size=recipe.phantom_size, positive_fraction=recipe.positive_fraction,
-                  style=recipe.style)  # fmt: skip
+    logger.info("writing %d phantom studies to %s", phantoms.studies, folder)
+    write_dataset(folder, studies=phantoms.studies, seed=phantoms.seed, slices=phantoms.slices,
+                  size=phantoms.phantom_size, positive_fraction=phantoms.positive_fraction,
+                  style=phantoms.style)  # fmt: skip
     written.write_text(stamp)
     return labels
 
 
+CLASSIC_SEED_OFFSET = 5000  # held-out classic sets use seeds near 1000; the tests' are < 1000
 _ROBUST: dict[str, Any] = {"positive_fraction": 0.6, "val_fraction": 0.2, "augment": True}
-_PHANTOM_FIELDS = ("seed", "studies", "slices", "phantom_size", "positive_fraction", "style")
 
 
 def _stage(

@@ -175,6 +175,9 @@ def _demo_parser(commands: Any) -> None:
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
     add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
     add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
+    add("--classic-studies", type=int, default=0, metavar="N",
+        help="with another style: N classic studies besides, so the node's own phantoms stay "
+             "in what the model has seen" + D)
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
@@ -226,6 +229,9 @@ def _phantoms(args: argparse.Namespace, settings: Settings) -> int:
     print(f"wrote {args.studies} {args.style} studies of about {args.slices} slices ({args.size} px)"
           f" under {args.out}")
     print(f"labels: {csv_path}")
+    # labels.csv lies beside the studies: a directory scan without a pattern stops on it.
+    print(f"send them: storescu +sd +r +sp '*.dcm' -aec {settings.ae_title} "
+          f"{settings.bind} {settings.port} {args.out}")
     return 0
 
 
@@ -371,7 +377,8 @@ def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
 
     recipe = DemoRecipe.for_style(args.style, seed=args.seed, studies=args.studies,
                                   slices=args.slices, input_size=args.input_size,
-                                  slice_epochs=args.epochs, series_epochs=args.series_epochs)  # fmt: skip
+                                  slice_epochs=args.epochs, series_epochs=args.series_epochs,
+                                  classic_studies=args.classic_studies)  # fmt: skip
     out = args.out or shipped_checkpoint()
     print(f"training the demo model: {recipe.command()}", flush=True)
     result = train_demo_model(

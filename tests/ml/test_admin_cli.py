@@ -131,11 +131,20 @@ def test_compare_tabulates_one_row_per_architecture(phantoms: Path) -> None:
 def test_demo_model_command_writes_a_synthetic_card(tmp_path: Path) -> None:
     out = tmp_path / "demo.pt"
     stdout = admin("demo-model", "--out", out, "--seed", 5, "--studies", 4, "--slices", 4,
-                   "--input-size", INPUT, "--epochs", 1, "--series-epochs", 1)  # fmt: skip
+                   "--input-size", INPUT, "--epochs", 1, "--series-epochs", 1,
+                   "--style", "randomized", "--classic-studies", 2,
+                   "--work-dir", tmp_path / "work")  # fmt: skip
     card, _ = read_checkpoint(out)
     assert card.architecture == "ichnet_seq" and card.input_size == INPUT
     assert "synthetic" in card.training_data and "seed 5" in card.training_data
-    assert "ichtriage admin demo-model --seed 5 --studies 4" in card.training_data
+    assert ("ichtriage admin demo-model --seed 5 --style randomized --studies 4"
+            in card.training_data and "--classic-studies 2" in card.training_data)
+    assert "and 2 classic studies of 4 slices, phantom seed 5005" in card.training_data
+    # both styles' slices were trained on: 4 randomized studies of 3-6 slices, 2 classic of 4
+    recipe = card.metrics["recipe"]
+    assert recipe["classic_studies"] == 2 and recipe["style"] == "randomized"
+    classic = (tmp_path / "work" / "phantoms-classic" / "labels.csv").read_text().splitlines()
+    assert len(classic) == 1 + 2 * 4 * 6  # header, 2 studies x 4 slices x 6 labels
     assert "NOT FOR CLINICAL USE" in card.intended_use
     assert card.metrics["recipe"]["seed"] == 5 and "slice_stage" in card.metrics
     assert set(card.thresholds) == set(LABELS) and len(SUBTYPES) == 5

@@ -58,6 +58,13 @@ def test_each_style_has_its_recipe_and_command() -> None:
     assert robust.to_dict()["style"] == "randomized" and "shift" not in robust.to_dict()
     assert robust.command() == "ichtriage admin demo-model --seed 1 --style randomized --epochs 10"
     assert "randomized studies" in robust.training_data()
+    mixed = DemoRecipe.for_style("randomized", classic_studies=100)
+    assert mixed.command() == ("ichtriage admin demo-model --seed 1 --style randomized "
+                               "--classic-studies 100")
+    assert mixed.to_dict()["classic_studies"] == 100 and "classic_studies" not in robust.to_dict()
+    assert "and 100 classic studies of 24 slices, phantom seed 5001" in mixed.training_data()
+    with pytest.raises(ValueError, match="classic_studies"):
+        DemoRecipe(classic_studies=10)  # classic beside classic
 
 
 def _series(seed: int, subtypes: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray]:
