@@ -307,6 +307,31 @@ def test_a_reader_session_sees_pages_but_cannot_give_feedback(web: Web) -> None:
     assert r.status_code == 403 and web.count(Feedback) == 0
 
 
+def test_a_session_survives_a_restart_and_ends_with_its_token(web: Web) -> None:
+    from storage.models import WebSession
+    from storage.web_sessions import sid_digest
+
+    csrf = _login(web, "radiologist")
+    sid = web.client.cookies["ichtriage_session"]
+    with web.engine.connect() as conn:
+        rows = conn.execute(select(WebSession.sid_sha256, WebSession.role,
+                                   WebSession.token_pk)).all()
+    assert [tuple(r) for r in rows] == [(sid_digest(sid), "radiologist", 2)]  # no raw id
+    ref = web.studies["sdh"]
+    # a new process: a new app and context on the same database, the browser's cookie
+    with TestClient(create_app(WebContext(web.engine, web.files)), base_url=ORIGIN) as again:
+        again.cookies.set("ichtriage_session", sid)
+        assert again.get("/", follow_redirects=False).status_code == 200
+        r = again.post(f"/studies/{ref.study_uid}/feedback", follow_redirects=False,
+                       data={"csrf_token": csrf, "label_subdural": "present"},
+                       headers={"Origin": ORIGIN})
+        assert r.status_code == 303 and web.count(Feedback) == 1  # the same CSRF token
+        assert TokenStore(web.engine).revoke(2)
+        assert again.get("/", follow_redirects=False).status_code == 303  # to /login
+        assert again.get("/api/worklist").status_code == 401
+    assert web.count(WebSession) == 0
+
+
 def test_audit_names_who_and_which_study_never_the_patient(web: Web) -> None:
     ref = web.studies["iph"]
     web.client.get("/api/worklist", headers=web.auth("reader"))
