@@ -200,8 +200,14 @@ class FeedbackIn(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, or degraded when a check fails")
+    problems: list[str] = Field(description="what failed, in words; empty when ok")
     database: bool
     free_bytes: int | None
     free_space_ok: bool
+    worker_alive: bool | None = Field(description="a triage worker (of this node or a "
+                                                  "stand-alone one) beat lately or holds a "
+                                                  "live job lease; null: database down")
+    workers_beating: int | None
+    last_worker_beat_at: datetime | None
     queue_depth: int | None
     failed_jobs: int | None
