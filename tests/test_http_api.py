@@ -128,6 +128,33 @@ def test_health_reports_a_stopped_worker(web: Web) -> None:
     assert "ichtriage_workers_alive 0.0" in web.client.get("/metrics").text
 
 
+def test_the_sr_is_shown_as_text(web: Web) -> None:
+    ref = add_study(web.engine, web.files, 6, p_any=0.9, findings=("subdural",),
+                    with_sr=True, patient_name="SRSECRET^NAME")
+    r = web.client.get(f"/api/studies/{ref.study_uid}", headers=web.auth("reader"))
+    result = next(s["result"] for s in r.json()["series"] if s["result"])
+    text_ = result["sr_text"]
+    assert result["sr_uid"] and result["inference_seconds"] == 0.04
+    lines = text_.splitlines()
+    assert lines[0] == "Imaging Measurement Report [COMPLETE, UNVERIFIED]"
+    assert "    Measurement Group" in lines
+    assert "      Algorithm Name: ichnet_seq" in lines
+    assert "      Algorithm Version: v1test" in lines
+    probability = next(i for i, line in enumerate(lines) if "Probability of subdural" in line)
+    assert lines[probability].strip().endswith(": 0.9")
+    assert lines[probability + 1].strip().startswith(  # the key image: slice 3 of the curve
+        "Source of Measurement: slice 3 of 4 (1.2.")
+    assert any(line.strip() == "Subdural hemorrhage: Present" for line in lines), text_
+    assert any(line.strip() == "Source of Measurement: 4 images" for line in lines), text_
+    assert "SRSECRET" not in r.text and "PID-6" not in r.text
+    _login(web, "reader")
+    page = web.client.get(f"/studies/{ref.study_uid}")
+    assert 'id="sr-text"' in page.text and "Subdural hemorrhage: Present" in page.text
+    no_sr = web.client.get(f"/api/studies/{web.studies['sdh'].study_uid}",
+                           headers=web.auth("reader")).json()
+    assert [s["result"]["sr_text"] for s in no_sr["series"]] == [None]
+
+
 def test_a_revoked_token_stops_at_once(web: Web) -> None:
     headers = web.auth("reader")
     assert web.client.get("/api/worklist", headers=headers).status_code == 200  # cached now

@@ -95,8 +95,13 @@ class ResultOut(BaseModel):
     notes: str
     created_at: datetime
     seconds_to_result: float | None
+    inference_seconds: float | None = Field(description="the model's own time on the series")
     slices: int
     sr_uid: str
+    sr_text: str | None = Field(default=None, description="the SR's content tree as text "
+                                "lines, indented by depth: findings, probabilities, model, "
+                                "key images (node.triage.sr_text); null when its file is not "
+                                "in the store")
     curve: list[SlicePoint]
     key_slices: list[KeySlice]
 
@@ -108,7 +113,8 @@ class ResultOut(BaseModel):
         return cls(id=r.pk, model_name=r.model_name, model_version=r.model_version,
                    probabilities=r.probabilities, calls=r.calls, complete=r.complete,
                    notes=r.notes, created_at=r.created_at, seconds_to_result=r.latency_seconds,
-                   slices=r.slices, sr_uid=r.sr_sop_uid, curve=curve,
+                   inference_seconds=r.inference_seconds, slices=r.slices,
+                   sr_uid=r.sr_sop_uid, curve=curve,
                    key_slices=key_slices(r, curve))
 
 
