@@ -76,6 +76,13 @@ class NodeCollector(Collector):
                 agree.add_metric([a.label], a.ratio)
         yield agree
         yield judged
+        words = CounterMetricFamily(P + "feedback_verdicts", "radiologists' words on a result, "
+                                    "by label and verdict (confirm or correct): agreement over "
+                                    "a window is rate(confirm) / rate(confirm + correct)",
+                                    labels=["label", "verdict"])
+        for (label, verdict), n in sorted(self.feedback.verdict_totals().items()):
+            words.add_metric([label, verdict], n)
+        yield words
         yield from self._other_processes()
 
     def _other_processes(self) -> Iterator[Metric]:
