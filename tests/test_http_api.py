@@ -308,6 +308,13 @@ def test_feedback_by_bearer_lands_in_sql(web: Web) -> None:
     r = web.client.post(url, content=big, headers=web.auth("radiologist") | {
         "Content-Type": "application/json"})
     assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused before it is read
+        yield b'{"labels": {"any": true}}'
+
+    r = web.client.post(url, content=chunks(), headers=web.auth("radiologist") | {
+        "Content-Type": "application/json"})
+    assert r.status_code == 411
     assert web.count(Feedback) == 2
 
 
