@@ -71,9 +71,3 @@ class WebSessions:
             done = conn.execute(delete(WebSession).where(
                 WebSession.sid_sha256 == sid_digest(sid))).rowcount
         return done == 1
-
-    def count_for(self, token_pk: int) -> int:
-        """Live sessions opened with token `token_pk`."""
-        with reader(self.engine).connect() as conn:
-            return len(conn.execute(select(WebSession.id).where(
-                WebSession.token_pk == token_pk, WebSession.expires_at > utcnow())).all())

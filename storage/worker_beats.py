@@ -20,6 +20,8 @@ from storage.models import Job, JobStatus, WorkerBeat, utcnow
 BEAT_SECONDS = 10.0
 # A beat older than this is a worker that is gone (killed, hung, its host down).
 STALE_SECONDS = 3 * BEAT_SECONDS
+# Rows of workers killed without a word are deleted once this old.
+FORGET_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class WorkerBeats:
         self.engine = engine
 
     def beat(self, worker: str) -> None:
-        """Worker `worker` (host:pid:thread) is alive now."""
+        """Worker `worker` (host:pid:thread) is alive now. Rows of workers long gone (killed
+        without deleting theirs) are deleted on the way."""
         now = utcnow()
         dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
         stmt = dialect.insert(WorkerBeat).values(worker=worker[:128], started_at=now,
@@ -47,6 +50,7 @@ class WorkerBeats:
                                           set_={"seen_at": now})
         with self.engine.begin() as conn:
             conn.execute(stmt)
+            conn.execute(delete(WorkerBeat).where(WorkerBeat.seen_at < now - FORGET_AFTER))
 
     def gone(self, worker: str) -> None:
         """Worker `worker` stopped (its row is deleted)."""
