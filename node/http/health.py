@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.http.deps import Context
 from node.http.schemas import Health
-from storage.counts import count
+from storage.counts import Counts, job_counts
 from storage.db import reader
 from storage.worker_beats import STALE_SECONDS, WorkerBeats
 
@@ -31,8 +31,8 @@ def healthz(ctx: Context, response: Response) -> Health:
     try:
         with reader(ctx.engine).connect() as conn:
             conn.execute(select(1))
-        c = count(ctx.engine, ())
-        depth, failed = c.queue_depth, c.jobs.get("failed", 0)
+        jobs = Counts(jobs=job_counts(ctx.engine))
+        depth, failed = jobs.queue_depth, jobs.jobs.get("failed", 0)
         alive = WorkerBeats(ctx.engine).liveness()
     except SQLAlchemyError as exc:
         logger.warning("health check: the database does not answer: %s", exc.__class__.__name__)
