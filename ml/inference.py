@@ -7,6 +7,7 @@ series. Preprocessing follows the checkpoint's card (windows, 512 fit, resize, 2
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,9 @@ class SeriesPrediction:
     series: np.ndarray  # (L,) max over slices per label
     calls: dict[str, bool]  # per label: series[label] >= the card's threshold
     key_slices: dict[str, int]  # per label: index of the slice with the highest probability
+    # Seconds the model took: windowed tensors in, probabilities out (decoding the slices and
+    # windowing them not counted).
+    model_seconds: float = 0.0
 
 
 class Classifier:
@@ -103,9 +107,11 @@ class Classifier:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
         volume = self.preprocess(slices)
+        started = time.perf_counter()
         logits = self._logits(volume, batch_size).float()
         temperature = torch.tensor(self.card.temperatures(), device=logits.device)
         per_slice = torch.sigmoid(logits / temperature).cpu().numpy()  # calibrated (card)
+        model_seconds = time.perf_counter() - started  # .cpu() waited for the device
         series = per_slice.max(axis=0)
         labels = self.card.labels
         return SeriesPrediction(
@@ -113,6 +119,7 @@ class Classifier:
             series=series,
             calls={name: bool(series[j] >= self.card.thresholds[name]) for j, name in enumerate(labels)},
             key_slices={name: int(per_slice[:, j].argmax()) for j, name in enumerate(labels)},
+            model_seconds=model_seconds,
         )
 
     def _logits(self, volume: torch.Tensor, batch_size: int) -> torch.Tensor:

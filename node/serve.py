@@ -113,8 +113,10 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
     from node.triage.worker import TriageWorker, start_workers
     from storage.outbox import Outbox
     from storage.results import Results
+    from storage.worker_beats import WorkerBeats
 
     outbox = Outbox(services.engine)
+    beats = WorkerBeats(services.engine)
     store = InstanceStore(services.engine, services.files)
     destinations = [str(d) for d in settings.destinations]
     rules = VolumeRules(min_slices=settings.min_slices,
@@ -125,7 +127,7 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
                             files=services.files, outbox=outbox, model=holder,
                             destinations=destinations, min_slices=settings.min_slices,
                             ae_title=settings.ae_title, batch_size=settings.batch_size,
-                            volume_rules=rules, key_images=settings.key_images)
+                            volume_rules=rules, key_images=settings.key_images, beats=beats)
 
     return start_workers(count, make, stop)
 

@@ -1,6 +1,9 @@
-"""An audit of DICOM associations: who called, from where, what was stored."""
+"""An audit of DICOM associations: who called, from where, what was stored; and the counts
+of rejected associations and refused C-STOREs for /metrics (storage.node_counters)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from sqlalchemy import Engine, bindparam, insert, update
 
@@ -8,11 +11,13 @@ from storage.db import DirectStatement
 from storage.errors import DatabaseError
 from storage.instances import fit_columns
 from storage.models import Association, utcnow
+from storage.node_counters import ASSOCIATIONS_REJECTED, STORES_REFUSED, NodeCounters
 
 
 class AssociationLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.counters = NodeCounters(engine)
         # Built once: every association runs both (SQLAlchemy then compiles them once). On
         # SQLite the driver runs them itself: each is its own transaction, and the write lock
         # is not held while the association's thread waits for the interpreter lock.
@@ -42,6 +47,14 @@ class AssociationLog:
         if pk is None:
             raise DatabaseError("recording an association gave no key")
         return int(pk)
+
+    def rejected(self, reason: str) -> None:
+        """Count an association rejected before it was accepted, by `reason`."""
+        self.counters.add(ASSOCIATIONS_REJECTED, {reason: 1})
+
+    def refused(self, by_status: Mapping[int, int]) -> None:
+        """Count the C-STOREs an association had refused, by DIMSE status."""
+        self.counters.add(STORES_REFUSED, {f"0x{code:04X}": n for code, n in by_status.items()})
 
     def closed(self, pk: int, *, state: str, stored: int, failed: int, duplicates: int) -> None:
         values = dict(pk=pk, ended_at=utcnow(), state=state, stored=stored, failed=failed,

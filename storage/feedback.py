@@ -118,6 +118,16 @@ class FeedbackStore:
         return [Agreement(label, c.get("confirm", 0), c.get("correct", 0))
                 for label, c in sorted(counts.items())]
 
+    def verdict_totals(self) -> dict[tuple[str, str], int]:
+        """(label, confirm|correct) -> every word ever given on a result: a counter that only
+        grows, so that Prometheus can compute the agreement over any window."""
+        query = (select(Feedback.label, Feedback.verdict, func.count())
+                 .where(Feedback.model_call.is_not(None))
+                 .group_by(Feedback.label, Feedback.verdict))
+        with reader(self.engine).connect() as conn:
+            return {(str(label), str(verdict)): int(n)
+                    for label, verdict, n in conn.execute(query)}
+
     def agreement_by_day(self, since: datetime) -> list[tuple[str, str, int, int]]:
         """(day YYYY-MM-DD, label, confirmed, corrected) of every word on a result given
         since `since`, by the day (UTC) it was given."""

@@ -10,6 +10,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Enum,
     ForeignKey,
@@ -327,6 +328,9 @@ class TriageResult(Base):
     # False when the volume had a gap, too little coverage or unread slices: provisional.
     complete: Mapped[bool] = mapped_column(default=True, server_default=true())
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")  # left out, why
+    # Seconds the model itself took (tensors in, probabilities out; reading the slices not
+    # counted). None for results older than migration 0008.
+    inference_seconds: Mapped[float | None] = mapped_column()
 
 
 class SlicePrediction(Base):
@@ -422,3 +426,44 @@ class AuditEvent(Base):
     study_uid: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(String(200), default="")
     client: Mapped[str] = mapped_column(String(64), default="")  # the peer's address
+
+
+class WebSession(Base):
+    """A log-in session of the page: only the sha256 of its id (the cookie) is kept, with the
+    token it was opened with; revoking the token deletes its sessions."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sid_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_pk: Mapped[int] = mapped_column(ForeignKey("api_token.id", ondelete="CASCADE"),
+                                          index=True)
+    role: Mapped[str] = mapped_column(String(16))  # the token's role at log-in
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WorkerBeat(Base):
+    """A triage worker's heartbeat: each worker thread (of `serve` or of a stand-alone
+    `ichtriage worker`, on any host) updates its row while it runs and deletes it when it
+    stops; /healthz calls the node's workers alive when a row is fresh."""
+
+    __tablename__ = "worker_beat"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    worker: Mapped[str] = mapped_column(String(128), unique=True)  # host:pid:thread
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class NodeCounter(Base):
+    """A monotonic count kept for /metrics by processes other than the HTTP server's (the
+    receivers): e.g. ("associations_rejected", "calling_ae_not_recognized")."""
+
+    __tablename__ = "node_counter"
+    __table_args__ = (UniqueConstraint("name", "label", name="uq_node_counter_name_label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64), default="")
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -85,6 +85,15 @@ class QueueView:
         with reader(self.engine).connect() as conn:
             return [ReceivingRow(*r) for r in conn.execute(query)]
 
+    def has_series(self, series_uid: str) -> bool:
+        with reader(self.engine).connect() as conn:
+            return conn.execute(select(Series.id).where(
+                Series.series_uid == series_uid)).first() is not None
+
+    def has_delivery(self, pk: int) -> bool:
+        with reader(self.engine).connect() as conn:
+            return conn.execute(select(Delivery.id).where(Delivery.id == pk)).first() is not None
+
     def retry_series(self, series_uid: str) -> bool:
         """A failed series goes back to receiving: the scheduler decides it again at its next
         look (eligibility, then a new job). False when it is not failed."""

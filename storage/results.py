@@ -59,6 +59,7 @@ class NewResult:
     complete: bool = True  # False: the volume had a gap, short coverage or unread slices
     notes: str = ""  # what the volume left out, and why it is incomplete
     model_pk: int | None = None  # the registry entry that produced it
+    inference_seconds: float | None = None  # the model's own time (SeriesPrediction)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Results:
             max_probability=max(result.probabilities.values(), default=0.0),
             slices=len(result.slices), sr_sop_uid=result.sr_sop_uid, created_at=utcnow(),
             latency_seconds=result.latency_seconds, complete=result.complete,
-            notes=result.notes,
+            notes=result.notes, inference_seconds=result.inference_seconds,
         ).returning(TriageResult.id)).scalar_one()
         if result.slices:
             conn.execute(insert(SlicePrediction), [

@@ -36,6 +36,8 @@ class ResultDetail:
     slices: int
     sr_sop_uid: str
     curve: list[SliceScore] = field(default_factory=list)
+    sr_file: str | None = None  # the SR's file in the store; None when it is not there
+    inference_seconds: float | None = None  # the model's own time
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,13 @@ class StudyReader:
                          .join(Instance, Instance.id == SlicePrediction.instance_pk)
                          .where(SlicePrediction.result_pk == result.id)
                          .order_by(SlicePrediction.position))]
+            sr_file = conn.execute(select(Instance.file_path).where(
+                Instance.sop_uid == result.sr_sop_uid)).scalar() if result.sr_sop_uid else None
             detail = ResultDetail(result.id, result.model_name, result.model_version,
                                   json.loads(result.probabilities), json.loads(result.calls),
                                   bool(result.complete), result.notes or "", result.created_at,
                                   result.latency_seconds, result.slices, result.sr_sop_uid,
-                                  curve)
+                                  curve, sr_file, result.inference_seconds)
         return SeriesDetail(s.id, s.series_uid, s.series_number, s.series_description,
                             s.modality, s.body_part, str(s.status), s.status_reason,
                             s.instance_count, s.first_received_at, s.last_received_at, detail)

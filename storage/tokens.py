@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from storage.db import reader
-from storage.models import ApiToken, utcnow
+from storage.models import ApiToken, WebSession, utcnow
 
 PREFIX = "icht"
 _TOKEN = re.compile(rf"{PREFIX}_(?P<id>[1-9][0-9]{{0,9}})_(?P<secret>[A-Za-z0-9_-]{{43}})")
@@ -94,11 +94,13 @@ class TokenStore:
             return [_info(r) for r in conn.execute(select(ApiToken.__table__).order_by(ApiToken.id))]
 
     def revoke(self, pk: int) -> bool:
-        """Revoke token `pk`; False when there is no such active token."""
+        """Revoke token `pk` and end the page sessions opened with it; False when there is
+        no such active token."""
         with self.engine.begin() as conn:
             done = conn.execute(update(ApiToken).where(ApiToken.id == pk,
                                                        ApiToken.revoked_at.is_(None))
                                 .values(revoked_at=utcnow())).rowcount
+            conn.execute(delete(WebSession).where(WebSession.token_pk == pk))
         return done == 1
 
     def verify(self, token: str) -> TokenInfo | None:

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,17 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text, update
 
 from ml.windowing import WINDOWS, apply_window, to_hounsfield
 from node.http.app import create_app
 from node.http.context import WebContext
+from storage.associations import AssociationLog
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
-from storage.models import AuditEvent, Feedback
+from storage.models import AuditEvent, Feedback, Job, TriageResult, WorkerBeat
 from storage.tokens import TokenStore
+from storage.worker_beats import STALE_SECONDS, WorkerBeats
 from storage.worklist import worklist
 from tests.webdata import StudyRef, add_study, hours_ago
 
@@ -72,8 +75,7 @@ def web(tmp_path: Path) -> Iterator[Web]:
 
 def test_open_routes_and_refusals(web: Web) -> None:
     c = web.client
-    assert c.get("/healthz").status_code == 200
-    assert c.get("/healthz").json()["database"] is True
+    assert c.get("/healthz").json()["database"] is True  # 503: no worker (below)
     assert c.get("/openapi.json").json()["info"]["title"] == "ichtriage"
     assert c.get("/metrics").status_code == 200
     for path in ("/api/worklist", f"/api/studies/{web.studies['sdh'].study_uid}"):
@@ -89,6 +91,68 @@ def test_open_routes_and_refusals(web: Web) -> None:
     assert r.status_code == 403 and web.count(Feedback) == 0
     r = c.get("/api/worklist", headers=web.auth("reader"))
     assert r.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_health_reports_a_stopped_worker(web: Web) -> None:
+    def health() -> tuple[int, dict[str, object]]:
+        r = web.client.get("/healthz")
+        return r.status_code, r.json()
+
+    code, body = health()  # no worker has ever run
+    assert code == 503 and body["worker_alive"] is False and body["status"] == "degraded"
+    assert body["problems"] == [f"no triage worker alive: none beat in the last "
+                                f"{STALE_SECONDS:.0f} s and none holds a job"]
+    beats = WorkerBeats(web.engine)
+    beats.beat("gpu1:7:1")
+    code, body = health()
+    assert (code, body["worker_alive"], body["workers_beating"], body["problems"]) == (
+        200, True, 1, [])
+    with web.engine.begin() as conn:  # it died without a word: its beat grows old
+        conn.execute(update(WorkerBeat).values(
+            seen_at=datetime.now(UTC) - timedelta(seconds=STALE_SECONDS + 1)))
+    code, body = health()
+    assert code == 503 and body["worker_alive"] is False and body["last_worker_beat_at"]
+    with web.engine.begin() as conn:  # a worker deep in a long job renews its lease only
+        conn.execute(insert(Job).values(
+            kind="triage", queueing_lock="x", series_pk=web.studies["waiting"].series_pk,
+            status="running", worker="gpu2:8:1",
+            lease_expires_at=datetime.now(UTC) + timedelta(seconds=30)))
+    assert health()[0] == 200
+    with web.engine.begin() as conn:
+        conn.execute(update(Job).values(status="done"))
+    beats.beat("gpu1:7:1")
+    assert health()[0] == 200
+    beats.gone("gpu1:7:1")  # a worker that stops says so at once
+    code, body = health()
+    assert code == 503 and body["queue_depth"] == 0 and body["database"] is True
+    assert "ichtriage_workers_alive 0.0" in web.client.get("/metrics").text
+
+
+def test_the_sr_is_shown_as_text(web: Web) -> None:
+    ref = add_study(web.engine, web.files, 6, p_any=0.9, findings=("subdural",),
+                    with_sr=True, patient_name="SRSECRET^NAME")
+    r = web.client.get(f"/api/studies/{ref.study_uid}", headers=web.auth("reader"))
+    result = next(s["result"] for s in r.json()["series"] if s["result"])
+    text_ = result["sr_text"]
+    assert result["sr_uid"] and result["inference_seconds"] == 0.04
+    lines = text_.splitlines()
+    assert lines[0] == "Imaging Measurement Report [COMPLETE, UNVERIFIED]"
+    assert "    Measurement Group" in lines
+    assert "      Algorithm Name: ichnet_seq" in lines
+    assert "      Algorithm Version: v1test" in lines
+    probability = next(i for i, line in enumerate(lines) if "Probability of subdural" in line)
+    assert lines[probability].strip().endswith(": 0.9")
+    assert lines[probability + 1].strip().startswith(  # the key image: slice 3 of the curve
+        "Source of Measurement: slice 3 of 4 (1.2.")
+    assert any(line.strip() == "Subdural hemorrhage: Present" for line in lines), text_
+    assert any(line.strip() == "Source of Measurement: 4 images" for line in lines), text_
+    assert "SRSECRET" not in r.text and "PID-6" not in r.text
+    _login(web, "reader")
+    page = web.client.get(f"/studies/{ref.study_uid}")
+    assert 'id="sr-text"' in page.text and "Subdural hemorrhage: Present" in page.text
+    no_sr = web.client.get(f"/api/studies/{web.studies['sdh'].study_uid}",
+                           headers=web.auth("reader")).json()
+    assert [s["result"]["sr_text"] for s in no_sr["series"]] == [None]
 
 
 def test_a_revoked_token_stops_at_once(web: Web) -> None:
@@ -244,6 +308,13 @@ def test_feedback_by_bearer_lands_in_sql(web: Web) -> None:
     r = web.client.post(url, content=big, headers=web.auth("radiologist") | {
         "Content-Type": "application/json"})
     assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused before it is read
+        yield b'{"labels": {"any": true}}'
+
+    r = web.client.post(url, content=chunks(), headers=web.auth("radiologist") | {
+        "Content-Type": "application/json"})
+    assert r.status_code == 411
     assert web.count(Feedback) == 2
 
 
@@ -307,6 +378,31 @@ def test_a_reader_session_sees_pages_but_cannot_give_feedback(web: Web) -> None:
     assert r.status_code == 403 and web.count(Feedback) == 0
 
 
+def test_a_session_survives_a_restart_and_ends_with_its_token(web: Web) -> None:
+    from storage.models import WebSession
+    from storage.web_sessions import sid_digest
+
+    csrf = _login(web, "radiologist")
+    sid = web.client.cookies["ichtriage_session"]
+    with web.engine.connect() as conn:
+        rows = conn.execute(select(WebSession.sid_sha256, WebSession.role,
+                                   WebSession.token_pk)).all()
+    assert [tuple(r) for r in rows] == [(sid_digest(sid), "radiologist", 2)]  # no raw id
+    ref = web.studies["sdh"]
+    # a new process: a new app and context on the same database, the browser's cookie
+    with TestClient(create_app(WebContext(web.engine, web.files)), base_url=ORIGIN) as again:
+        again.cookies.set("ichtriage_session", sid)
+        assert again.get("/", follow_redirects=False).status_code == 200
+        r = again.post(f"/studies/{ref.study_uid}/feedback", follow_redirects=False,
+                       data={"csrf_token": csrf, "label_subdural": "present"},
+                       headers={"Origin": ORIGIN})
+        assert r.status_code == 303 and web.count(Feedback) == 1  # the same CSRF token
+        assert TokenStore(web.engine).revoke(2)
+        assert again.get("/", follow_redirects=False).status_code == 303  # to /login
+        assert again.get("/api/worklist").status_code == 401
+    assert web.count(WebSession) == 0
+
+
 def test_audit_names_who_and_which_study_never_the_patient(web: Web) -> None:
     ref = web.studies["iph"]
     web.client.get("/api/worklist", headers=web.auth("reader"))
@@ -331,6 +427,17 @@ def test_metrics_are_counted_from_sql(web: Web) -> None:
     web.client.post(f"/api/studies/{web.studies['sdh'].study_uid}/feedback",
                     json={"result_id": web.studies["sdh"].result_pk,
                           "labels": {"subdural": False}}, headers=web.auth("radiologist"))
+    started = datetime.now(UTC) - timedelta(minutes=5)
+    with web.engine.begin() as conn:
+        conn.execute(update(TriageResult).where(TriageResult.id == web.studies["sdh"].result_pk)
+                     .values(inference_seconds=0.3))
+        conn.execute(insert(Job).values(
+            kind="triage", queueing_lock="x", series_pk=web.studies["sdh"].series_pk,
+            status="done", started_at=started, finished_at=started + timedelta(seconds=7)))
+    log = AssociationLog(web.engine)  # as the receiving processes count
+    log.rejected("calling_ae_not_recognized")
+    log.rejected("calling_ae_not_recognized")
+    log.refused({0xA700: 2, 0x0124: 1})
     text_ = web.client.get("/metrics").text
 
     def value(name: str) -> float:
@@ -345,6 +452,20 @@ def test_metrics_are_counted_from_sql(web: Web) -> None:
     assert value("ichtriage_queue_depth") == 0.0
     assert value('ichtriage_feedback_agreement{label="subdural"}') == 0.0
     assert value('ichtriage_feedback_judged{label="subdural"}') == 1.0
+    assert value('ichtriage_feedback_verdicts_total{label="subdural",verdict="correct"}') == 1.0
+    assert value('ichtriage_associations_rejected_total{reason="calling_ae_not_recognized"}'
+                 ) == 2.0
+    assert value('ichtriage_stores_refused_total{status="0xA700"}') == 2.0
+    assert value('ichtriage_stores_refused_total{status="0x0124"}') == 1.0
+    # three results at 0.04 s (tests.webdata), the fourth at 0.3 s
+    assert value('ichtriage_inference_seconds_bucket{le="0.25"}') == 3.0
+    assert value('ichtriage_inference_seconds_bucket{le="0.5"}') == 4.0
+    assert value("ichtriage_inference_seconds_count") == 4.0
+    assert abs(value("ichtriage_inference_seconds_sum") - 0.42) < 1e-9
+    assert value('ichtriage_job_seconds_bucket{le="5"}') == 0.0
+    assert value('ichtriage_job_seconds_bucket{le="10"}') == 1.0
+    assert abs(value("ichtriage_job_seconds_sum") - 7.0) < 1e-3
+    assert value('ichtriage_result_latency_seconds_bucket{le="+Inf"}') == 4.0
 
 
 def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
@@ -353,6 +474,7 @@ def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     engine = make_engine(url)
     try:
         app = create_app(WebContext(engine, FileStore(tmp_path), metrics=False))
+        WorkerBeats(engine).beat("gpu1:7:1")
         with TestClient(app) as client:
             assert client.get("/metrics").status_code == 404
             assert client.get("/healthz").status_code == 200

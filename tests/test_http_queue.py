@@ -80,6 +80,10 @@ def test_the_queue_and_its_actions(setup: tuple[TestClient, Engine, dict[str, st
     assert client.post("/api/queue/deliveries/1/retry", headers=admin).status_code == 200
     assert client.post("/api/queue/deliveries/1/retry", headers=admin).status_code == 409
     assert client.post("/api/queue/deliveries/0/retry", headers=admin).status_code == 422
+    for unknown in ("/api/queue/series/1.2.9.9/complete", "/api/queue/series/1.2.9.9/retry",
+                    "/api/queue/deliveries/99/retry"):  # docs/http.md: unknown -> 404
+        r = client.post(unknown, headers=admin)
+        assert r.status_code == 404, (unknown, r.status_code)
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(Series.series_uid, Series.status)).all())
         queued = conn.execute(select(Job.status).where(Job.queueing_lock ==

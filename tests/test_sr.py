@@ -486,3 +486,36 @@ def test_read_triage_sr_refuses_other_objects(source: list[Dataset]) -> None:
         read_triage_sr(source[0])
     with pytest.raises(TypeError, match='"ds"'):
         read_triage_sr(b"DICM")  # type: ignore[arg-type]
+
+
+def test_the_report_reads_as_text(source: list[Dataset], tmp_path: Path) -> None:
+    """node.triage.sr_text: what the study page shows, from the file as stored."""
+    from node.triage.sr_text import sr_text
+
+    notes = ["4 of 5 slices used"]
+    sr = pydicom.dcmread(_written(_build(source, complete=False, notes=notes), tmp_path))
+    key = source[2].SOPInstanceUID  # intraparenchymal's key slice
+    lines = sr_text(sr, {key: "slice 3 of 5"}).splitlines()
+    assert lines[0] == "Imaging Measurement Report [PARTIAL, UNVERIFIED]"
+    assert lines[1] == "  Completion: provisional: 4 of 5 slices used"
+    i = lines.index("      Probability of intraparenchymal hemorrhage: 0.88")
+    assert lines[i + 1] == f"        Source of Measurement: slice 3 of 5 ({key})"
+    assert "      Probability of epidural hemorrhage: 0.0123" in lines
+    assert "      Subarachnoid hemorrhage: Present" in lines
+    assert "      Subdural hemorrhage: Absent" in lines
+    assert "      Algorithm Version: 3f2a9c1d0b7e" in lines
+    assert "      Source of Measurement: 5 images" in lines  # folded, not 5 UIDs
+    assert "      Comment: 4 of 5 slices used" in lines
+    assert str(sr.PatientName) not in "\n".join(lines)  # the header is not read
+    frames = build_triage_sr(  # a multi-frame key image is cited with its frame
+        [_multi_frame(source[0])], [LabelResult("any", 0.9, True, 0.5, 0, key_frame=4)],
+        ALGORITHM, frames={source[0].SOPInstanceUID: [2, 1, 3, 4]})
+    assert "frame 4" in sr_text(frames)
+    with pytest.raises(ValueError, match="ds: not an SR"):
+        sr_text(source[0])
+
+
+def _multi_frame(ds: Dataset) -> Dataset:
+    copy = Dataset(ds)
+    copy.NumberOfFrames = 5
+    return copy

@@ -56,6 +56,9 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
         wait_for(lambda: node.query("select count(*) from triage_result") == [(2,)],
                  timeout=240, what="two results")
         token = make_token(node, "radiologist", "Dr E2E")
+        with urllib.request.urlopen(node.http_url + "/healthz", timeout=30) as response:
+            health = json.loads(response.read())
+        assert health["worker_alive"] is True and health["queue_depth"] == 0, health
         expected = [i["StudyInstanceUID"] for i in api(node, "/api/worklist", token)["items"]]  # type: ignore[index]
         assert expected == [bleed.study_uid, normal.study_uid]
         blocked: list[str] = []
@@ -79,6 +82,15 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
                 assert "none" in rows.nth(1).locator("td.findings").inner_text()
                 assert "SECRET" not in page.content()
                 page.screenshot(path=str(tmp_path / "worklist.png"), full_page=True)
+                page.select_option("select[name=finding]", "subdural")  # the page's filter
+                wait_for(lambda: rows.count() == 1, timeout=10, what="the filtered rows")
+                assert rows.nth(0).get_attribute("data-uid") == bleed.study_uid
+                page.fill("input[name=study_date_from]", "2100-01-01")  # no study that late
+                page.dispatch_event("input[name=study_date_from]", "change")
+                wait_for(lambda: rows.count() == 0, timeout=10, what="the date filter")
+                page.fill("input[name=study_date_from]", "")
+                page.select_option("select[name=finding]", "")
+                wait_for(lambda: rows.count() == 2, timeout=10, what="the unfiltered rows")
                 # the 10 s refresh redraws the rows and keeps the reader where they were
                 page.set_viewport_size({"width": 1200, "height": 200})
                 page.evaluate("window.scrollTo(0, 120)")
@@ -105,6 +117,8 @@ def test_log_in_read_the_worklist_open_a_study_and_give_feedback(tmp_path: Path)
                 wait_for(lambda: heat.evaluate("i => i.complete && i.naturalWidth") == 512,
                          timeout=60, what="the heat map image")
                 page.screenshot(path=str(tmp_path / "heatmap.png"), full_page=True)
+                sr = page.inner_text("#sr-text")  # the SR the node sent, as text
+                assert "Subdural hemorrhage: Present" in sr and "Algorithm Name:" in sr
                 page.check("input[name=label_subdural][value=present]")
                 page.check("input[name=label_epidural][value=absent]")
                 page.click("#send-feedback")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,15 @@ from node.triage.worker import TriageWorker
 from storage.files import FileStore
 from storage.instances import InstanceStore
 from storage.jobs import JobQueue
-from storage.models import Delivery, Instance, Job, Series, SlicePrediction, TriageResult
+from storage.models import (
+    Delivery,
+    Instance,
+    Job,
+    Series,
+    SlicePrediction,
+    TriageResult,
+    WorkerBeat,
+)
 from storage.outbox import Outbox
 from storage.registry import ModelRegistry
 from storage.results import Results
@@ -95,6 +105,8 @@ def test_a_series_is_triaged_reported_and_queued_for_sending(node: Node, tmp_pat
     assert calls["any"] is True and calls["subdural"] is False  # the test model's thresholds
     assert result[3] == 8 and result[4] == "tiny"  # the registry's name of the model
     assert node.rows(TriageResult, TriageResult.complete, TriageResult.notes) == [(True, "")]
+    ((model_seconds,),) = node.rows(TriageResult, TriageResult.inference_seconds)
+    assert isinstance(model_seconds, float) and model_seconds > 0  # the model's own time
     # per-slice rows in anatomical order, pointing at the right instances
     per_slice = node.rows(SlicePrediction, SlicePrediction.position)
     assert len(per_slice) == 8
@@ -245,3 +257,24 @@ def test_a_stored_file_whose_header_cannot_be_read_makes_the_result_provisional(
     assert (complete, slices) == (False, 11)
     assert "1 undecodable image(s) left out" in notes
     assert "1 slice(s) could not be read" in notes
+
+
+def test_a_running_worker_beats_and_says_when_it_stops(node: Node) -> None:
+    from storage.worker_beats import WorkerBeats
+
+    beats = WorkerBeats(node.engine)
+    node.worker.beats = beats
+    stop = threading.Event()
+    thread = threading.Thread(target=node.worker.run, args=(stop,), kwargs={"idle_wait": 0.05})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not beats.liveness().alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beats.liveness().beating == 1
+        with node.engine.connect() as conn:
+            assert conn.execute(select(WorkerBeat.worker)).scalars().all() == ["test"]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and not beats.liveness().alive  # its row is gone

@@ -123,7 +123,8 @@ def test_counts_and_study_detail_read_alike_on_both_databases(engine: Engine,
     c = count(engine, LABELS)
     assert (c.instances, c.results, c.queue_depth) == (6, 2, 0)
     assert c.positives == dict.fromkeys(LABELS, 0) | {"any": 1, "subdural": 1}
-    assert c.series == {"done": 2, "receiving": 1} and c.latency_count == 2
+    assert c.series == {"done": 2, "receiving": 1} and c.latency.count == 2
+    assert (c.inference.count, dict(c.inference.buckets)[0.05]) == (2, 2)  # 0.04 s each
     detail = StudyReader(engine).detail(ref.study_uid)
     assert detail is not None and detail.accession_number == "ACC1"
     (series,) = detail.series

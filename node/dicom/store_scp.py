@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydicom.charset import convert_encodings
@@ -53,6 +53,12 @@ class _Tally:
     stored: int = 0
     failed: int = 0
     duplicates: int = 0
+    refused: dict[int, int] = field(default_factory=dict)  # DIMSE status -> C-STOREs
+
+    def refuse(self, code: int) -> int:
+        self.failed += 1
+        self.refused[code] = self.refused.get(code, 0) + 1
+        return code
 
 
 class StoreHandlers:
@@ -110,25 +116,30 @@ class StoreHandlers:
             over_limit = self._refusals.pop((host, assoc.requestor.port), None)
         if over_limit is not None:
             logger.warning("association from %s (%s) rejected: %s", calling, host, over_limit)
-            self._reject(event, status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
-                         status.REASON_LOCAL_LIMIT_EXCEEDED)
+            self._reject(event, "local_limit_exceeded", status.REJECTED_TRANSIENT,
+                         status.SOURCE_PROVIDER_PRESENTATION, status.REASON_LOCAL_LIMIT_EXCEEDED)
         elif called != self.ae_title:
             logger.warning("association from %s (%s) rejected: called AE title %r is not %r",
                            calling, host, called, self.ae_title)
-            self._reject(event, status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
-                         status.REASON_CALLED_AE_NOT_RECOGNIZED)
+            self._reject(event, "called_ae_not_recognized", status.REJECTED_PERMANENT,
+                         status.SOURCE_SERVICE_USER, status.REASON_CALLED_AE_NOT_RECOGNIZED)
         elif self.allowed and not any(p.matches(calling, host) for p in self.allowed):
             logger.warning("association from %s (%s) rejected: calling AE title not allowed",
                            calling, host)
-            self._reject(event, status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
-                         status.REASON_CALLING_AE_NOT_RECOGNIZED)
+            self._reject(event, "calling_ae_not_recognized", status.REJECTED_PERMANENT,
+                         status.SOURCE_SERVICE_USER, status.REASON_CALLING_AE_NOT_RECOGNIZED)
 
-    @staticmethod
-    def _reject(event: Event, result: int, source: int, reason: int) -> None:
+    def _reject(self, event: Event, why: str, result: int, source: int, reason: int) -> None:
+        """Send the A-ASSOCIATE-RJ and count it under `why` (PS3.8 Table 9-21's reason, in
+        words) for /metrics."""
         # As pynetdicom's own negotiation does: the A-ASSOCIATE-RJ must leave before the
         # socket is closed, which kill() waits for.
         event.assoc.acse.send_reject(result, source, reason)
         event.assoc.kill()
+        try:
+            self.log.rejected(why)
+        except Exception:  # counting must not break the receiver
+            logger.exception("cannot count a rejected association")
 
     def on_accepted(self, event: Event) -> None:
         rq = event.assoc.requestor
@@ -161,12 +172,13 @@ class StoreHandlers:
         logger.info("association %s from %s %s: %d stored, %d duplicate, %d failed", tally.pk,
                     event.assoc.requestor.address, state, tally.stored, tally.duplicates,
                     tally.failed)
-        if tally.pk is not None:
-            try:
+        try:
+            if tally.pk is not None:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
                                 duplicates=tally.duplicates)
-            except Exception:  # auditing must not break the association
-                logger.exception("cannot record the end of association %s", tally.pk)
+            self.log.refused(tally.refused)
+        except Exception:  # auditing must not break the association
+            logger.exception("cannot record the end of association %s", tally.pk)
 
     def _tally(self, event: Event) -> _Tally:
         with self._lock:
@@ -181,25 +193,23 @@ class StoreHandlers:
         calling = event.assoc.requestor.ae_title.strip()
         if self.may_store and not any(p.matches(calling, event.assoc.requestor.address)
                                       for p in self.may_store):
-            tally.failed += 1
             logger.warning("C-STORE from %s (%s) refused (0x%04X): not allowed to store",
                            calling, event.assoc.requestor.address, status.NOT_AUTHORIZED)
-            return status.NOT_AUTHORIZED
+            return tally.refuse(status.NOT_AUTHORIZED)
         try:
             outcome = self._store(event, tally.pk)
         except IngestError as exc:
-            tally.failed += 1
+            tally.refuse(exc.status)
             logger.warning("C-STORE %s from %s refused (0x%04X %s): %s",
                            _uid(_request(event).AffectedSOPInstanceUID),
                            event.assoc.requestor.ae_title.strip(), exc.status,
                            status.DESCRIPTIONS.get(exc.status, ""), exc)
             return exc.status
         except Exception:  # a fault of the node's, not the sender's: say so, keep serving
-            tally.failed += 1
             logger.exception("C-STORE %s from %s failed inside the node (0x%04X)",
                              _uid(_request(event).AffectedSOPInstanceUID),
                              event.assoc.requestor.ae_title.strip(), status.PROCESSING_FAILURE)
-            return status.PROCESSING_FAILURE
+            return tally.refuse(status.PROCESSING_FAILURE)
         if outcome is StoreOutcome.DUPLICATE:
             tally.duplicates += 1
         else:

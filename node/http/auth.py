@@ -30,7 +30,7 @@ def login(request: Request, ctx: Context,
         ctx.audit.record("login_failed", actor="?", client=client_of(request))
         return render(request, "login.html", {"error": "That token is not valid."},
                       status_code=status.HTTP_401_UNAUTHORIZED)
-    sid, _ = ctx.sessions.open(info.pk)
+    sid, _ = ctx.sessions.open(info.pk, str(info.role))
     ctx.tokens.touch(info.pk)
     ctx.audit.record("login", actor=info.name, token_pk=info.pk, client=client_of(request))
     response = RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)

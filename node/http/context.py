@@ -37,7 +37,7 @@ class WebContext:
     feedback: FeedbackStore = field(init=False)
     studies: StudyReader = field(init=False)
     queue: QueueView = field(init=False)
-    sessions: SessionStore = field(default_factory=SessionStore)
+    sessions: SessionStore = field(init=False)
     bearers: BearerCache = field(default_factory=BearerCache)
     registry: CollectorRegistry | None = field(init=False, default=None)
 
@@ -47,6 +47,7 @@ class WebContext:
         self.feedback = FeedbackStore(self.engine)
         self.studies = StudyReader(self.engine)
         self.queue = QueueView(self.engine)
+        self.sessions = SessionStore(self.engine)
         if self.metrics:
             from node.http.metrics import registry_for
 

@@ -83,11 +83,11 @@ def get_heat_map(
     """Where the model looked: Grad-CAM of `label` on the slice (ml.saliency), over the
     windowed slice, by the registered model that made the series' newest result (409 when no
     registered model did)."""
-    if ctx.heat_maps is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model for heat maps here")
     volume = ctx.studies.result_volume(study_uid, series_uid)
     if volume is None or index >= len(volume.slices):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such slice with a result")
+    if ctx.heat_maps is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model for heat maps here")
     try:
         hu, heat = ctx.heat_maps.heat([ctx.files.path_of(p) for p, _ in volume.slices],
                                       [f for _, f in volume.slices], index, label,

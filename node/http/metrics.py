@@ -1,18 +1,27 @@
-"""Prometheus metrics, counted from the index at each scrape (storage.counts): receivers and
-workers run in other processes, so a counter in this one would see none of their work."""
+"""Prometheus metrics, counted from the index at each scrape (storage.counts) and from the
+counters the receiving processes keep in SQL (storage.node_counters): receivers and workers
+run in other processes (workers perhaps on other hosts), so a counter in this one would see
+none of their work."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from ml.labels import LABELS
-from storage.counts import count
+from storage.counts import Histogram, count
 from storage.feedback import FeedbackStore
+from storage.node_counters import ASSOCIATIONS_REJECTED, STORES_REFUSED, NodeCounters
+from storage.worker_beats import WorkerBeats
 
 P = "ichtriage_"
 
@@ -21,6 +30,8 @@ class NodeCollector(Collector):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.feedback = FeedbackStore(engine)
+        self.counters = NodeCounters(engine)
+        self.beats = WorkerBeats(engine)
 
     def collect(self) -> Iterator[Metric]:
         c = count(self.engine, LABELS)
@@ -40,21 +51,16 @@ class NodeCollector(Collector):
                                 value=c.queue_depth)
         yield CounterMetricFamily(P + "jobs_failed", "jobs that ended failed",
                                   value=c.jobs.get("failed", 0))
-        job = GaugeMetricFamily(P + "job_seconds", "done jobs, start to finish: sum and count",
-                                labels=["stat"])
-        job.add_metric(["sum"], c.job_seconds_sum)
-        job.add_metric(["count"], c.job_seconds_count)
-        yield job
+        yield _histogram(P + "job_seconds", "done jobs, claimed to finished", c.job_seconds)
         yield _by(GaugeMetricFamily(P + "deliveries", "outbox deliveries by status",
                                     labels=["status"]), c.deliveries)
         yield GaugeMetricFamily(P + "outbox_backlog", "deliveries still pending",
                                 value=c.deliveries.get("pending", 0))
         yield CounterMetricFamily(P + "results", "triage results", value=c.results)
-        latency = GaugeMetricFamily(P + "result_latency_seconds", "last slice to result: "
-                                    "sum and count", labels=["stat"])
-        latency.add_metric(["sum"], c.latency_sum)
-        latency.add_metric(["count"], c.latency_count)
-        yield latency
+        yield _histogram(P + "result_latency_seconds", "last slice received to result",
+                         c.latency)
+        yield _histogram(P + "inference_seconds", "the model's own time per series (slices "
+                         "in, probabilities out)", c.inference)
         rate = GaugeMetricFamily(P + "positive_rate", "share of results calling each label",
                                  labels=["label"])
         for label in LABELS:
@@ -70,6 +76,26 @@ class NodeCollector(Collector):
                 agree.add_metric([a.label], a.ratio)
         yield agree
         yield judged
+        words = CounterMetricFamily(P + "feedback_verdicts", "radiologists' words on a result, "
+                                    "by label and verdict (confirm or correct): agreement over "
+                                    "a window is rate(confirm) / rate(confirm + correct)",
+                                    labels=["label", "verdict"])
+        for (label, verdict), n in sorted(self.feedback.verdict_totals().items()):
+            words.add_metric([label, verdict], n)
+        yield words
+        yield from self._other_processes()
+
+    def _other_processes(self) -> Iterator[Metric]:
+        kept = self.counters.read()
+        yield _by(CounterMetricFamily(P + "associations_rejected", "associations rejected "
+                                      "(A-ASSOCIATE-RJ), by reason", labels=["reason"]),
+                  kept.get(ASSOCIATIONS_REJECTED, {}))
+        yield _by(CounterMetricFamily(P + "stores_refused", "C-STOREs answered with a failure, "
+                                      "by DIMSE status", labels=["status"]),
+                  kept.get(STORES_REFUSED, {}))
+        alive = self.beats.liveness()
+        yield GaugeMetricFamily(P + "workers_alive", "triage workers with a fresh heartbeat",
+                                value=alive.beating)
 
 
 def _by(family: CounterMetricFamily | GaugeMetricFamily,
@@ -77,6 +103,12 @@ def _by(family: CounterMetricFamily | GaugeMetricFamily,
     for key, value in sorted(values.items()):
         family.add_metric([key], value)
     return family
+
+
+def _histogram(name: str, documentation: str, h: Histogram) -> HistogramMetricFamily:
+    buckets = [(f"{bound:g}", float(n)) for bound, n in h.buckets]
+    buckets.append(("+Inf", float(h.count)))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=h.sum)
 
 
 def registry_for(engine: Engine) -> CollectorRegistry:

@@ -26,7 +26,8 @@ def _snapshot(ctx: WebContext) -> dict[str, Any]:
 
 
 def _act(ctx: WebContext, who: Principal, request: Request, action: str, target: str) -> str:
-    """Do `action` on `target`; what happened, in words; 409 when it did not apply."""
+    """Do `action` on `target`; what happened, in words; 404 when there is no such series
+    or delivery, 409 when it is not in the state the action applies to."""
     if action == "retry_series":
         done = ctx.queue.retry_series(target)
         outcome = "back to the scheduler" if done else ""
@@ -37,6 +38,12 @@ def _act(ctx: WebContext, who: Principal, request: Request, action: str, target:
     else:
         outcome = "pending again" if ctx.queue.retry_delivery(int(target)) else ""
     if not outcome:
+        if action == "retry_delivery":
+            known, what = ctx.queue.has_delivery(int(target)), "delivery"
+        else:
+            known, what = ctx.queue.has_series(target), "series"
+        if not known:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what}")
         raise HTTPException(status.HTTP_409_CONFLICT, "nothing to do: it is not in that state")
     ctx.audit.record(action, actor=who.actor, token_pk=who.token.pk,
                      detail=f"{target}: {outcome}"[:200], client=client_of(request))

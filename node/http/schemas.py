@@ -95,8 +95,13 @@ class ResultOut(BaseModel):
     notes: str
     created_at: datetime
     seconds_to_result: float | None
+    inference_seconds: float | None = Field(description="the model's own time on the series")
     slices: int
     sr_uid: str
+    sr_text: str | None = Field(default=None, description="the SR's content tree as text "
+                                "lines, indented by depth: findings, probabilities, model, "
+                                "key images (node.triage.sr_text); null when its file is not "
+                                "in the store")
     curve: list[SlicePoint]
     key_slices: list[KeySlice]
 
@@ -108,7 +113,8 @@ class ResultOut(BaseModel):
         return cls(id=r.pk, model_name=r.model_name, model_version=r.model_version,
                    probabilities=r.probabilities, calls=r.calls, complete=r.complete,
                    notes=r.notes, created_at=r.created_at, seconds_to_result=r.latency_seconds,
-                   slices=r.slices, sr_uid=r.sr_sop_uid, curve=curve,
+                   inference_seconds=r.inference_seconds, slices=r.slices,
+                   sr_uid=r.sr_sop_uid, curve=curve,
                    key_slices=key_slices(r, curve))
 
 
@@ -200,8 +206,14 @@ class FeedbackIn(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, or degraded when a check fails")
+    problems: list[str] = Field(description="what failed, in words; empty when ok")
     database: bool
     free_bytes: int | None
     free_space_ok: bool
+    worker_alive: bool | None = Field(description="a triage worker (of this node or a "
+                                                  "stand-alone one) beat lately or holds a "
+                                                  "live job lease; null: database down")
+    workers_beating: int | None
+    last_worker_beat_at: datetime | None
     queue_depth: int | None
     failed_jobs: int | None

@@ -1,8 +1,8 @@
 """uvicorn in a thread of the serving process: it shares the node's engine and stops with it.
 
-A thread rather than a child process: the API is light (SQL reads, one PNG at a time) and
-sessions live in this process's memory; uvicorn does not install signal handlers outside the
-main thread, so SIGTERM stays the node's.
+A thread rather than a child process: the API is light (SQL reads, one PNG at a time);
+uvicorn does not install signal handlers outside the main thread, so SIGTERM stays the
+node's. Sessions are in the database, so a restart logs nobody out.
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
+from sqlalchemy.exc import SQLAlchemyError
 
 from ml.errors import MLError
 from ml.inference import Classifier, SeriesPrediction
@@ -35,6 +37,7 @@ from storage.jobs import ClaimedJob, JobQueue
 from storage.models import JobStatus, SeriesStatus, utcnow
 from storage.outbox import Outbox
 from storage.results import NewResult, Results, SeriesForTriage
+from storage.worker_beats import BEAT_SECONDS, WorkerBeats
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,11 @@ class TriageWorker:
                  files: FileStore, outbox: Outbox, model: ModelHolder,
                  destinations: Sequence[str], min_slices: int, ae_title: str,
                  batch_size: int = 16, name: str | None = None,
-                 volume_rules: VolumeRules | None = None, key_images: bool = False) -> None:
+                 volume_rules: VolumeRules | None = None, key_images: bool = False,
+                 beats: WorkerBeats | None = None) -> None:
         self.results = results
+        self.beats = beats  # this worker's heartbeat, for /healthz; None: none kept
+        self._next_beat = 0.0
         self.key_images = key_images  # also send a Secondary Capture per finding
         self.ae_title = ae_title  # the node's own: the calling AE title its SRs are stored with
         self.queue = queue
@@ -67,9 +73,27 @@ class TriageWorker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
-        while not stop.is_set():
-            if not self.run_once():
-                stop.wait(idle_wait)
+        try:
+            while not stop.is_set():
+                self._beat()
+                if not self.run_once():
+                    stop.wait(idle_wait)
+        finally:
+            if self.beats is not None:
+                try:
+                    self.beats.gone(self.name)
+                except SQLAlchemyError as exc:
+                    logger.warning("worker %s: heartbeat row not removed: %s", self.name, exc)
+
+    def _beat(self) -> None:
+        """Say this worker is alive, at most every BEAT_SECONDS (storage.worker_beats)."""
+        if self.beats is None or time.monotonic() < self._next_beat:
+            return
+        self._next_beat = time.monotonic() + BEAT_SECONDS
+        try:
+            self.beats.beat(self.name)
+        except SQLAlchemyError as exc:  # the queue's own errors say more; keep working
+            logger.warning("worker %s: heartbeat not written: %s", self.name, exc)
 
     def run_once(self) -> bool:
         """Process one job if one is runnable; True when a job was taken."""
@@ -164,7 +188,8 @@ class TriageWorker:
             slices=[(pks[p.sop_instance_uid], p.frame_number - 1, prediction.per_slice[i].tolist())
                     for i, p in enumerate(volume.slices)],
             sr_sop_uid=str(sr.SOPInstanceUID), latency_seconds=latency,
-            complete=volume.complete, notes="; ".join(notes))
+            complete=volume.complete, notes="; ".join(notes),
+            inference_seconds=prediction.model_seconds)
         with self.results.engine.begin() as conn:
             Results.add(conn, new)
             self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID), file_path=stored.file_path,

@@ -1,5 +1,6 @@
 """HTTP API latency: worklist pages at N studies (first page and page 50, filtered and not),
-one study's detail, and a 512x512 slice PNG. A script that prints numbers; never a test.
+one study's detail, a /metrics scrape, /healthz, and a 512x512 slice PNG. A script that
+prints numbers; never a test.
 
 The index is a real SQLite file migrated by the node's code, filled with N studies of one
 series each (a third positive, some incomplete, the rest routine) by bulk inserts; requests
@@ -130,6 +131,9 @@ def main() -> int:
                   lambda p=params, c=cursor: get("/api/worklist", limit=args.limit, cursor=c,
                                                  **p))
         timed("study detail", args.repeats, lambda: get("/api/studies/1.2.826.0.9.77"))
+        # open routes: a scrape counts the index's tables in SQL; /healthz reads jobs only
+        timed("/metrics scrape", args.repeats, lambda: client.get("/metrics").raise_for_status())
+        timed("/healthz", args.repeats, lambda: client.get("/healthz"))
         series = write_series(tmp / "png", seed=3, slices=1, size=512)
         path = next((tmp / "png").glob("*.dcm"))
         timed("slice PNG 512x512: read + HU + window + PNG", args.repeats,

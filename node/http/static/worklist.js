@@ -18,7 +18,8 @@ function el(tag, text, cls) {
 function query(limit, cursor) {
   const q = new URLSearchParams();
   for (const [name, value] of new FormData(document.getElementById("filters"))) {
-    if (value) q.set(name, value);
+    // <input type=date> gives YYYY-MM-DD; the API takes the DICOM DA form YYYYMMDD
+    if (value) q.set(name, name.startsWith("study_date") ? value.replaceAll("-", "") : value);
   }
   q.set("limit", String(Math.min(limit, 500)));
   if (cursor) q.set("cursor", cursor);
@@ -78,7 +79,6 @@ function render() {
 async function load(more) {
   const error = document.getElementById("error");
   const limit = more ? PAGE : Math.max(PAGE, state.items.length);
-  const scroll = window.scrollY;
   let response;
   try {
     response = await fetch("/api/worklist?" + query(limit, more ? state.cursor : null),
@@ -95,6 +95,7 @@ async function load(more) {
     return;
   }
   const page = await response.json();
+  const scroll = window.scrollY;  // where the reader is now, not when the request left
   state.items = more ? state.items.concat(page.items) : page.items;
   state.cursor = page.next_cursor;
   error.hidden = true;
