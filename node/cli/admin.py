@@ -130,6 +130,10 @@ def _train_parser(commands: Any) -> None:
                        help="local weights or checkpoint to start from")
     train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train as N processes under torchrun with DistributedDataParallel "
+                            "(gloo on the CPU, NCCL on CUDA: one GPU each); --batch-size is "
+                            "split among them" + D)
     train.add_argument("--register", metavar="NAME",
                        help="import the best checkpoint into the node's model registry as a "
                             "candidate named NAME (then `admin models gate NAME ...`)")
@@ -258,7 +262,15 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli.ddp import is_rank, train_with_torchrun
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not is_rank():
+        return train_with_torchrun(args, settings)
     result = _trained(args, settings)
+    if is_rank():
+        return 0  # a torchrun rank: the launching command registers
     if args.register:
         from node.cli.models import register_trained
 
@@ -267,22 +279,43 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _trained(args: argparse.Namespace, settings: Settings) -> TrainResult:
+    """Train as `admin train` does; under torchrun as this rank, only rank 0 printing."""
+    from ml import distributed
     from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
+    from ml.inference import resolve_device
 
-    config = _config(args, settings, args.arch, args.out)
-    split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
-    print(split.describe(), flush=True)
-    result = train_on_split(
-        config, split, cache_root=args.out / "cache", workers=args.loader_workers,
-        log=lambda entry: print(_epoch_line(entry), flush=True),
-        batch_augment=BatchAugment(config.card().windows) if args.augment else None,
-    )  # fmt: skip
-    print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
-    print("\n".join(metric_lines({"validation": result.metrics})))
-    print(f"\ncheckpoint: {result.best_checkpoint}")
+    ranks = distributed.from_environment()
+    main = ranks is None or ranks.is_main
+    say = print if main else _silent
+    if ranks is not None:
+        distributed.start(ranks, resolve_device(settings.device))
+    try:
+        config = _config(args, settings, args.arch, args.out)
+        split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction,
+                           seed=args.seed)
+        say(split.describe(), flush=True)
+        result = train_on_split(
+            config, split, cache_root=args.out / "cache", workers=args.loader_workers,
+            log=lambda entry: say(_epoch_line(entry), flush=True), progress=main,
+            batch_augment=BatchAugment(config.card().windows) if args.augment else None,
+            ranks=ranks,
+        )  # fmt: skip
+    finally:
+        distributed.finish()
+    if ranks is not None:
+        ddp = result.card.metrics["distributed"]
+        say(f"{ddp['world_size']} ranks ({ddp['backend']}) ended with the same weights: "
+            f"sha256 {ddp['rank_weights_sha256'][0]}")
+    say(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
+    say("\n".join(metric_lines({"validation": result.metrics})))
+    say(f"\ncheckpoint: {result.best_checkpoint}")
     return result
+
+
+def _silent(*args: object, **kwargs: Any) -> None:
+    """print's stand-in on torchrun ranks other than 0."""
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:
