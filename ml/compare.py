@@ -56,11 +56,23 @@ class Split:
 def load_split(
     dicom_dir: str | os.PathLike[str], labels_csv: str | os.PathLike[str], *,
     val_fraction: float, seed: int,
+    extra: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
 ) -> Split:  # fmt: skip
-    """Index the labelled `.dcm` files under dicom_dir and split them by patient."""
+    """Index the labelled `.dcm` files under dicom_dir and split them by patient.
+
+    `extra` adds more (dicom_dir, labels_csv) sources, e.g. the node's feedback export; an
+    image id found again takes the later source's labels (the newer word).
+    """
     records = index_images(dicom_dir, read_labels(labels_csv))
     if not records:
         raise ValueError(f"dicom_dir: no .dcm file under {dicom_dir} has labels in {labels_csv}")
+    if extra:
+        by_id = {r.image_id: r for r in records}
+        for more_dir, more_csv in extra:
+            found = index_images(more_dir, read_labels(more_csv))
+            logger.info("%d labelled images from %s over %s", len(found), more_csv, more_dir)
+            by_id.update((r.image_id, r) for r in found)
+        records = list(by_id.values())
     train_records, val_records = split_by_patient(records, val_fraction=val_fraction, seed=seed)
     if not train_records or not val_records:
         raise ValueError("dicom_dir: need images of at least two patients to split")

@@ -68,6 +68,14 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     _device(parser)
 
 
+def extra_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--extra-data", nargs=2, type=Path, action="append", default=[],
+                        metavar=("DIR", "CSV"),
+                        help="more labelled images (repeatable), e.g. `admin feedback export "
+                             "--with-files`'s OUT/dicom OUT/labels.csv; an image id found "
+                             "again takes these labels")
+
+
 def add_admin_parser(sub: Any) -> None:
     admin = sub.add_parser("admin", help="phantoms, training, evaluation, models")
     commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -96,7 +104,7 @@ def add_admin_parser(sub: Any) -> None:
     add_requeue_parser(commands)
     from node.cli.retrain import add_retrain_parser
 
-    add_retrain_parser(commands, _training, _data)
+    add_retrain_parser(commands, _training, _data, extra_data)
     from node.cli.feedback import add_feedback_parser
     from node.cli.main import _setting_flags
     from node.cli.tokens import add_tokens_parser
@@ -130,6 +138,7 @@ def _train_parser(commands: Any) -> None:
                        help="local weights or checkpoint to start from")
     train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    extra_data(train)
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train as N processes under torchrun with DistributedDataParallel "
                             "(gloo on the CPU, NCCL on CUDA: one GPU each); --batch-size is "
@@ -244,8 +253,10 @@ def _config(args: argparse.Namespace, settings: Settings, architecture: str,
         context=args.context, pretrained=getattr(args, "pretrained", None),
         freeze_backbone=getattr(args, "freeze_backbone", False),
         resume=getattr(args, "resume", False),
-        training_data=f"{args.labels} over {args.dicom_dir}; patient split seed {args.seed}, "
-                      f"{args.val_fraction:.0%} held out",
+        training_data=f"{args.labels} over {args.dicom_dir}"
+                      + "".join(f" + {csv} over {folder}"
+                                for folder, csv in getattr(args, "extra_data", []))
+                      + f"; patient split seed {args.seed}, {args.val_fraction:.0%} held out",
     )  # fmt: skip
 
 
@@ -294,7 +305,7 @@ def _trained(args: argparse.Namespace, settings: Settings) -> TrainResult:
     try:
         config = _config(args, settings, args.arch, args.out)
         split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction,
-                           seed=args.seed)
+                           seed=args.seed, extra=getattr(args, "extra_data", []))
         say(split.describe(), flush=True)
         result = train_on_split(
             config, split, cache_root=args.out / "cache", workers=args.loader_workers,

@@ -53,6 +53,8 @@ def rank_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
         if value is not None:
             argv += [_OPTION.get(name, "--" + name.replace("_", "-")), str(value)]
     argv += ["--windows", ",".join(args.windows)]
+    for folder, csv in getattr(args, "extra_data", []):
+        argv += ["--extra-data", str(folder), str(csv)]
     argv += ["--" + name.replace("_", "-") for name in _FLAGS if getattr(args, name, False)]
     return [*argv, "--device", settings.device, "--log-level", settings.log_level]
 
