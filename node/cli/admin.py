@@ -111,6 +111,9 @@ def add_admin_parser(sub: Any) -> None:
 
     add_tokens_parser(commands, _setting_flags)
     add_feedback_parser(commands, _setting_flags)
+    from node.cli.stats import add_stats_parser
+
+    add_stats_parser(commands, _setting_flags)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -209,6 +212,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         from node.cli.tokens import run_tokens
 
         return run_tokens(args, settings)
+    if args.admin_command == "stats":
+        from node.cli.stats import run_stats
+
+        return run_stats(args, settings)
     if args.admin_command == "feedback":
         from node.cli.feedback import run_feedback
 
