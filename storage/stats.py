@@ -107,9 +107,10 @@ def collect(engine: Engine, labels: Sequence[str], *, days: int = 7,
             ("instances", Instance.received_at), ("results", TriageResult.created_at))}
         queue = {str(s): int(n) for s, n in conn.execute(
             select(Job.status, func.count()).group_by(Job.status))}
-        latencies = [float(v) for v in conn.execute(select(TriageResult.latency_seconds).where(
-            TriageResult.created_at >= since,
-            TriageResult.latency_seconds.is_not(None))).scalars()]
+        latencies = [float(v or 0.0) for v in conn.execute(
+            select(TriageResult.latency_seconds).where(
+                TriageResult.created_at >= since,
+                TriageResult.latency_seconds.is_not(None))).scalars()]  # NULL: left out
         results, *positives = conn.execute(select(func.count(), *[
             func.coalesce(func.sum(case((json_true(engine, TriageResult.calls, label), 1),
                                         else_=0)), 0) for label in labels]).where(
