@@ -4,6 +4,10 @@ cache_dir holds slices.u8 (uint8, shape (N, C, S, S): windowed values times 255)
 (image and series ids, positions, labels, windows, sizes, what was skipped, and a key). The key
 hashes the windows, sizes and the source files (path, size, mtime, labels): when any changes,
 build_cache rebuilds instead of serving stale pixels.
+
+Building in parallel: `build_cache(workers=N)` decodes in N processes; `build_shard` lets N
+independent processes (torchrun ranks: `ml.distributed.build_cache_together`) each encode
+records[rank::N], and `join_shards` turns the shards into the same bytes a serial build writes.
 """
 
 from __future__ import annotations
