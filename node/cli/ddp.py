@@ -39,8 +39,10 @@ def launch(nproc: int, args: Sequence[str], *, module: str = "node") -> int:
         raise ValueError(f"nproc: must be >= 1, got {nproc}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", module, *args]
-    # torchrun would set 1 itself, with a warning; an operator's choice is kept
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # torchrun would set 1 itself, with a warning: share the cores instead (an operator's
+    # OMP_NUM_THREADS is kept)
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     return subprocess.run(command, env=env, check=False).returncode
 
 
