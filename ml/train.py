@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import pickle
 import random
 import sys
 import time
@@ -39,7 +38,6 @@ from ml.calibration import apply_temperatures, fit_temperatures, series_operatin
 from ml.checkpoint import (
     ModelCard,
     load_checkpoint,
-    read_checkpoint,
     save_checkpoint,
     weights_sha256,
 )
@@ -49,6 +47,7 @@ from ml.inference import resolve_device
 from ml.labels import LABEL_WEIGHTS, LABELS
 from ml.metrics import Metrics, binary_cross_entropy, choose_thresholds, evaluate, plot_roc
 from ml.models import DEFAULT_ARCHITECTURE, architecture, build_model, train_mode
+from ml.train_state import TrainState, resume, save_state
 from ml.windowing import DEFAULT_WINDOWS, windows_by_name
 
 logger = logging.getLogger(__name__)
@@ -266,54 +265,6 @@ def _train_epoch(
     return total, rows
 
 
-@dataclass
-class _State:
-    epoch: int = 0  # epochs completed
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
-def _save_state(path: Path, state: _State, config: TrainConfig, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler) -> None:  # fmt: skip
-    payload = {
-        "format": 1, "architecture": config.architecture, "epoch": state.epoch,
-        "best_loss": state.best_loss, "best_epoch": state.best_epoch, "history": state.history,
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def _resume(paths: dict[str, Path], config: TrainConfig, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> _State:  # fmt: skip
-    if not paths["state"].is_file():
-        logger.info("resume: no %s, starting from epoch 0", paths["state"])
-        return _State()
-    try:
-        payload = torch.load(paths["state"], map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot read training state {paths['state']}: {exc}") from exc
-    if payload.get("architecture") != config.architecture:
-        raise ModelError(f"resume: {paths['state']} is for {payload.get('architecture')!r}, "
-                         f"not {config.architecture!r}")  # fmt: skip
-    card, state_dict = read_checkpoint(paths["last"])
-    expected = config.card()
-    if (card.in_channels, card.input_size) != (expected.in_channels, expected.input_size):
-        raise ModelError(f"resume: {paths['last']} was trained with other input settings")
-    model.load_state_dict(state_dict)
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    logger.info("resume: %s after epoch %d", config.architecture, payload["epoch"])
-    return _State(payload["epoch"], payload["best_loss"], payload["best_epoch"], payload["history"])
-
-
 def train(
     config: TrainConfig,
     train_set: Dataset[Any],
@@ -361,7 +312,7 @@ def train(
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"best": directory / "best.pt", "last": directory / "last.pt",
              "state": directory / "last.train.pt"}  # fmt: skip
-    state = _resume(paths, config, model, optimizer, scaler) if config.resume else _State()
+    state = resume(paths, config, model, optimizer, scaler) if config.resume else TrainState()
     net = model if ranks is None else distributed.wrap(model, device)
     if ranks is not None and not main:
         torch.manual_seed(config.seed + ranks.rank)  # its own augmentation and dropout draws
@@ -399,7 +350,7 @@ def train(
 
 def _validate_and_save(
     model: nn.Module, card: ModelCard, config: TrainConfig, paths: dict[str, Path],
-    state: _State, val_loader: DataLoader[Any], device: torch.device, amp: bool, *,
+    state: TrainState, val_loader: DataLoader[Any], device: torch.device, amp: bool, *,
     train_loss: float, started: float, progress: bool,
     log: Callable[[dict[str, Any]], None] | None, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -419,13 +370,13 @@ def _validate_and_save(
     if metrics.weighted_log_loss < state.best_loss or not paths["best"].is_file():
         state.best_loss, state.best_epoch = metrics.weighted_log_loss, state.epoch
         save_checkpoint(paths["best"], model, epoch_card)
-    _save_state(paths["state"], state, config, optimizer, scaler)
+    save_state(paths["state"], state, config, optimizer, scaler)
     logger.info("%s %s", config.architecture, entry)
     if log is not None:
         log(entry)
 
 
-def _finish(config: TrainConfig, paths: dict[str, Path], state: _State,
+def _finish(config: TrainConfig, paths: dict[str, Path], state: TrainState,
             val_loader: DataLoader[Any], series_ids: list[str] | None, device: torch.device,
             amp: bool, *, ddp: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
     """Calibrate the best model on validation and choose its thresholds; write both into its card.
