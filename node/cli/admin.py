@@ -1,5 +1,6 @@
-"""`ichtriage admin`: phantoms, training, evaluation, comparison, the demo model, the model
-registry and requeueing (`node.cli.models`).
+"""`ichtriage admin`: phantoms, training (`--nproc N`: under torchrun, `node.cli.ddp`),
+evaluation, comparison, the demo model, the model registry and requeueing (`node.cli.models`),
+retraining (`node.cli.retrain`), feedback export, tokens and stats (`node.cli.stats`).
 
 torch and `ml` are imported inside the commands that need them, never when the parser is
 built: `ichtriage serve --help` stays fast and the receiving processes never load torch.
