@@ -4,6 +4,10 @@ cache_dir holds slices.u8 (uint8, shape (N, C, S, S): windowed values times 255)
 (image and series ids, positions, labels, windows, sizes, what was skipped, and a key). The key
 hashes the windows, sizes and the source files (path, size, mtime, labels): when any changes,
 build_cache rebuilds instead of serving stale pixels.
+
+Building in parallel: `build_cache(workers=N)` decodes in N processes; `build_shard` lets N
+independent processes (torchrun ranks: `ml.distributed.build_cache_together`) each encode
+records[rank::N], and `join_shards` turns the shards into the same bytes a serial build writes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -145,7 +149,7 @@ class SliceDataset:
 # --- building ------------------------------------------------------------------------------------
 
 
-def _as_windows(windows: Sequence[Window | str]) -> tuple[Window, ...]:
+def as_windows(windows: Sequence[Window | str]) -> tuple[Window, ...]:
     if isinstance(windows, str) or not windows:
         raise ValueError(
             f"windows must be a non-empty sequence of windows or names, got {windows!r}"
@@ -223,9 +227,18 @@ def build_cache(
     Slices that cannot be decoded are skipped, counted and logged with their reason; they never
     stop the build. workers > 0 decodes in that many processes.
     """
-    wins = _as_windows(windows)
+    wins = as_windows(windows)
     cache_dir = Path(cache_dir)
     key = cache_key(records, wins, size, out_size)
+    current = current_cache(cache_dir, key)
+    if current is not None:
+        return current
+    results = _encode_all([os.fspath(r.path) for r in records], wins, size, out_size, workers)
+    return _write_cache(records, cache_dir, wins, size, out_size, key, results)
+
+
+def current_cache(cache_dir: Path, key: str) -> SliceCache | None:
+    """The cache in cache_dir when it was built with `key` (see `cache_key`), else None."""
     try:
         cache = SliceCache.open(cache_dir)
         if cache.key == key:
@@ -233,7 +246,15 @@ def build_cache(
             return cache
         logger.info("cache %s is stale; rebuilding", cache_dir)
     except (OSError, ValueError, KeyError, TypeError):
-        logger.info("building cache %s for %d slices", cache_dir, len(records))
+        logger.info("building cache %s", cache_dir)
+    return None
+
+
+def _write_cache(
+    records: Sequence[ImageRecord], cache_dir: Path, wins: tuple[Window, ...], size: int,
+    out_size: int | None, key: str, results: Iterable[np.ndarray | str],
+) -> SliceCache:  # fmt: skip
+    """Write `results` (one per record, in order: uint8 (C, S, S) or why it was skipped)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # a crash mid-build leaves no valid cache
     side = out_size or size
@@ -242,7 +263,6 @@ def build_cache(
     kept: list[int] = []
     skipped: list[SkippedSlice] = []
     with partial.open("wb") as out:
-        results = _encode_all([os.fspath(r.path) for r in records], wins, size, out_size, workers)
         for i, result in enumerate(results):
             if isinstance(result, str):
                 skipped.append(
@@ -274,6 +294,79 @@ def build_cache(
     tmp.write_text(json.dumps(index))
     os.replace(tmp, cache_dir / INDEX_FILE)
     return SliceCache.open(cache_dir)
+
+
+# --- building in shards, one per process (ml.distributed: one per rank) -------------------------
+
+
+def _shard_paths(cache_dir: Path, rank: int) -> tuple[Path, Path]:
+    return cache_dir / f"{DATA_FILE}.shard-{rank}", cache_dir / f"shard-{rank}.json"
+
+
+def build_shard(
+    records: Sequence[ImageRecord], cache_dir: str | os.PathLike[str], *,
+    windows: Sequence[Window | str], size: int, out_size: int | None = None, rank: int,
+    world_size: int, workers: int = 0,
+) -> int:  # fmt: skip
+    """Encode records[rank::world_size] into shard `rank` of cache_dir; `join_shards` makes
+    the cache once every shard is written. Returns the records this shard encoded.
+
+    Shard files: slices.u8.shard-<rank> (the kept slices, uint8 (C, S, S) each, in order) and
+    shard-<rank>.json ({"reasons": {position in the shard: why it was skipped}}).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: must lie in [0, {world_size}), got {rank}")
+    wins = as_windows(windows)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    data_path, meta_path = _shard_paths(cache_dir, rank)
+    mine = [os.fspath(r.path) for r in records[rank::world_size]]
+    reasons: dict[str, str] = {}
+    with data_path.open("wb") as out:
+        for j, result in enumerate(_encode_all(mine, wins, size, out_size, workers)):
+            if isinstance(result, str):
+                reasons[str(j)] = result
+            else:
+                out.write(result.tobytes())
+    meta_path.write_text(json.dumps({"reasons": reasons}))
+    return len(mine)
+
+
+def join_shards(
+    records: Sequence[ImageRecord], cache_dir: str | os.PathLike[str], *,
+    windows: Sequence[Window | str], size: int, out_size: int | None = None, world_size: int,
+) -> SliceCache:  # fmt: skip
+    """The cache of `records` from the `world_size` shards `build_shard` wrote (then removed):
+    byte for byte the cache `build_cache` writes. OSError when a shard is missing."""
+    wins = as_windows(windows)
+    cache_dir = Path(cache_dir)
+    side = out_size or size
+    slice_bytes = len(wins) * side * side
+    shards = [_shard_paths(cache_dir, rank) for rank in range(world_size)]
+    reasons = [json.loads(meta.read_text())["reasons"] for _, meta in shards]
+
+    def results() -> Iterator[np.ndarray | str]:
+        files = [data.open("rb") for data, _ in shards]
+        try:
+            for i in range(len(records)):
+                rank, j = i % world_size, i // world_size
+                if str(j) in reasons[rank]:
+                    yield reasons[rank][str(j)]
+                    continue
+                chunk = files[rank].read(slice_bytes)
+                if len(chunk) != slice_bytes:
+                    raise OSError(f"{shards[rank][0]}: ends before slice {j}")
+                yield np.frombuffer(chunk, dtype=np.uint8)
+        finally:
+            for f in files:
+                f.close()
+
+    key = cache_key(records, wins, size, out_size)
+    cache = _write_cache(records, cache_dir, wins, size, out_size, key, results())
+    for data, meta in shards:
+        data.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+    return cache
 
 
 def _json_float(value: float) -> float | None:

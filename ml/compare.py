@@ -21,6 +21,7 @@ import torch
 
 from ml.augment import BatchAugment
 from ml.cache import SliceCache, build_cache
+from ml.distributed import Distributed, build_cache_together
 from ml.inference import FIT_SIZE
 from ml.labels import LABELS
 from ml.metrics import Metrics
@@ -55,16 +56,23 @@ class Split:
 def load_split(
     dicom_dir: str | os.PathLike[str], labels_csv: str | os.PathLike[str], *,
     val_fraction: float, seed: int,
-    more: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
+    extra: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
 ) -> Split:  # fmt: skip
-    """Index the labelled `.dcm` files under dicom_dir (and each further (folder, labels) pair
-    of `more`) and split them together by patient."""
-    records = []
-    for folder, csv_path in ((dicom_dir, labels_csv), *more):
-        found = index_images(folder, read_labels(csv_path))
-        if not found:
-            raise ValueError(f"dicom_dir: no .dcm file under {folder} has labels in {csv_path}")
-        records += found
+    """Index the labelled `.dcm` files under dicom_dir and split them by patient.
+
+    `extra` adds more (dicom_dir, labels_csv) sources, e.g. the node's feedback export; an
+    image id found again takes the later source's labels (the newer word).
+    """
+    records = index_images(dicom_dir, read_labels(labels_csv))
+    if not records:
+        raise ValueError(f"dicom_dir: no .dcm file under {dicom_dir} has labels in {labels_csv}")
+    if extra:
+        by_id = {r.image_id: r for r in records}
+        for more_dir, more_csv in extra:
+            found = index_images(more_dir, read_labels(more_csv))
+            logger.info("%d labelled images from %s over %s", len(found), more_csv, more_dir)
+            by_id.update((r.image_id, r) for r in found)
+        records = list(by_id.values())
     train_records, val_records = split_by_patient(records, val_fraction=val_fraction, seed=seed)
     if not train_records or not val_records:
         raise ValueError("dicom_dir: need images of at least two patients to split")
@@ -72,19 +80,25 @@ def load_split(
 
 
 def build_split_caches(
-    split: Split, cache_root: Path, *, windows: Sequence[str], input_size: int, workers: int = 0
-) -> tuple[SliceCache, SliceCache]:
+    split: Split, cache_root: Path, *, windows: Sequence[str], input_size: int, workers: int = 0,
+    ranks: Distributed | None = None,
+) -> tuple[SliceCache, SliceCache]:  # fmt: skip
     """(training, validation) caches under cache_root, one folder per windows and size.
 
-    Slices are fitted to 512 and resized to input_size exactly as `ml.inference` does.
+    Slices are fitted to 512 and resized to input_size exactly as `ml.inference` does. With
+    `ranks` (torchrun), the ranks build each cache together and all read it.
     """
     out_size = None if input_size == FIT_SIZE else input_size
     folder = cache_root / f"{'-'.join(windows)}-{input_size}px"
-    return tuple(  # type: ignore[return-value]
-        build_cache(records, folder / part, windows=windows, size=FIT_SIZE, out_size=out_size,
-                    workers=workers)  # fmt: skip
-        for part, records in (("train", split.train), ("val", split.val))
-    )
+    caches = []
+    for part, records in (("train", split.train), ("val", split.val)):
+        if ranks is None:
+            caches.append(build_cache(records, folder / part, windows=windows, size=FIT_SIZE,
+                                      out_size=out_size, workers=workers))
+        else:
+            caches.append(build_cache_together(ranks, records, folder / part, windows=windows,
+                                               size=FIT_SIZE, out_size=out_size, workers=workers))
+    return caches[0], caches[1]
 
 
 def train_on_split(
@@ -92,23 +106,26 @@ def train_on_split(
     progress: bool = True, log: Callable[[dict[str, Any]], None] | None = None,
     augment: Callable[[Any], Any] | None = None,
     batch_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ranks: Distributed | None = None,
 ) -> TrainResult:  # fmt: skip
     """Cache the split for `config`'s input settings and train (see `ml.train.train`).
 
     `augment` wraps the training dataset (e.g. in `ml.series.Augmented`); `batch_augment`
-    changes each training batch (`ml.augment.BatchAugment`).
+    changes each training batch (`ml.augment.BatchAugment`); `ranks`: this process's torchrun
+    rank, for DistributedDataParallel (`ml.distributed`).
     """
     card = config.card()
     train_cache, val_cache = build_split_caches(
-        split, cache_root, windows=card.windows, input_size=card.input_size, workers=workers
-    )
+        split, cache_root, windows=card.windows, input_size=card.input_size, workers=workers,
+        ranks=ranks)
     train_set = dataset_for(train_cache, config.architecture, card.context)
     val_set = dataset_for(val_cache, config.architecture, card.context)
     if augment is not None:
         train_set = augment(train_set)
     logger.info("%s: %d training and %d validation slices", config.architecture,
                 len(train_cache), len(val_cache))  # fmt: skip
-    return train(config, train_set, val_set, progress=progress, log=log, augment=batch_augment)
+    return train(config, train_set, val_set, progress=progress, log=log, augment=batch_augment,
+                 ranks=ranks)
 
 
 # --- comparison ----------------------------------------------------------------------------------

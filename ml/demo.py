@@ -195,7 +195,7 @@ def _train(
              for folder, phantoms in recipe.phantom_sets().items()]
     seconds["phantoms"] = round(time.monotonic() - started, 1)
     split = load_split(*parts[0], val_fraction=recipe.val_fraction, seed=recipe.seed,
-                       more=parts[1:])
+                       extra=parts[1:])
     logger.info("demo split: %s", split.describe())
     first = TrainConfig(
         checkpoint_dir=work / "ichnet", architecture="ichnet", epochs=recipe.slice_epochs,

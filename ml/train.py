@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import pickle
 import random
 import sys
 import time
@@ -31,16 +30,24 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ml import distributed
 from ml.calibration import apply_temperatures, fit_temperatures, series_operating_point, sigmoid
-from ml.checkpoint import ModelCard, load_checkpoint, read_checkpoint, save_checkpoint
+from ml.checkpoint import (
+    ModelCard,
+    load_checkpoint,
+    save_checkpoint,
+    weights_sha256,
+)
+from ml.distributed import Distributed
 from ml.errors import ModelError
 from ml.inference import resolve_device
 from ml.labels import LABEL_WEIGHTS, LABELS
 from ml.metrics import Metrics, binary_cross_entropy, choose_thresholds, evaluate, plot_roc
 from ml.models import DEFAULT_ARCHITECTURE, architecture, build_model, train_mode
+from ml.train_state import TrainState, resume, save_state
 from ml.windowing import DEFAULT_WINDOWS, windows_by_name
 
 logger = logging.getLogger(__name__)
@@ -154,11 +161,26 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _loader(dataset: Dataset[Any], config: TrainConfig, device: torch.device, *, seed: int | None) -> DataLoader[Any]:
+def _loader(dataset: Dataset[Any], config: TrainConfig, device: torch.device, *, seed: int | None,
+            ranks: Distributed | None = None) -> DataLoader[Any]:  # fmt: skip
+    """Shuffled with `seed` (None: in order). With `ranks`, this rank's share of each epoch
+    (DistributedSampler) in batches of batch_size / world_size, so that the ranks together
+    take the steps one process would."""
     sequence = architecture(config.architecture).kind == "sequence"
+    sampler: DistributedSampler[Any] | None = None
+    batch_size = config.batch_size
+    if ranks is not None and seed is not None:
+        sampler = DistributedSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank,
+                                     shuffle=True, seed=config.seed)  # fmt: skip
+        sampler.set_epoch(seed - config.seed)
+        batch_size = max(1, math.ceil(config.batch_size / ranks.world_size))
+    rows = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     return DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=seed is not None,
-        generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+        dataset, batch_size=batch_size, shuffle=seed is not None and sampler is None,
+        sampler=sampler,
+        # a training batch of one row trips BatchNorm: leave it out (another one each epoch)
+        drop_last=seed is not None and rows > 1 and rows % batch_size == 1,
+        generator=torch.Generator().manual_seed(seed) if sampler is None and seed is not None else None,
         num_workers=config.num_workers, worker_init_fn=_seed_worker,
         collate_fn=pad_series if sequence else collate_slices,
         pin_memory=device.type == "cuda",
@@ -228,7 +250,8 @@ def _train_epoch(
     model: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, criterion: WeightedBCEWithLogits, device: torch.device,
     amp: bool, desc: str, progress: bool, augment: Augment | None,
-) -> float:  # fmt: skip
+) -> tuple[float, int]:  # fmt: skip
+    """(sum of the rows' losses, rows) of one epoch."""
     train_mode(model)
     total, rows = 0.0, 0
     for x, y, mask in _batches(loader, device, desc, progress, augment):
@@ -239,55 +262,7 @@ def _train_epoch(
         scaler.update()
         n = int(mask.sum()) if mask is not None else x.shape[0]
         total, rows = total + float(loss.detach()) * n, rows + n
-    return total / max(rows, 1)
-
-
-@dataclass
-class _State:
-    epoch: int = 0  # epochs completed
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
-def _save_state(path: Path, state: _State, config: TrainConfig, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler) -> None:  # fmt: skip
-    payload = {
-        "format": 1, "architecture": config.architecture, "epoch": state.epoch,
-        "best_loss": state.best_loss, "best_epoch": state.best_epoch, "history": state.history,
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def _resume(paths: dict[str, Path], config: TrainConfig, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> _State:  # fmt: skip
-    if not paths["state"].is_file():
-        logger.info("resume: no %s, starting from epoch 0", paths["state"])
-        return _State()
-    try:
-        payload = torch.load(paths["state"], map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot read training state {paths['state']}: {exc}") from exc
-    if payload.get("architecture") != config.architecture:
-        raise ModelError(f"resume: {paths['state']} is for {payload.get('architecture')!r}, "
-                         f"not {config.architecture!r}")  # fmt: skip
-    card, state_dict = read_checkpoint(paths["last"])
-    expected = config.card()
-    if (card.in_channels, card.input_size) != (expected.in_channels, expected.input_size):
-        raise ModelError(f"resume: {paths['last']} was trained with other input settings")
-    model.load_state_dict(state_dict)
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    logger.info("resume: %s after epoch %d", config.architecture, payload["epoch"])
-    return _State(payload["epoch"], payload["best_loss"], payload["best_epoch"], payload["history"])
+    return total, rows
 
 
 def train(
@@ -298,17 +273,26 @@ def train(
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
     augment: Augment | None = None,
+    ranks: Distributed | None = None,
 ) -> TrainResult:
     """Train `config.architecture`; `log` gets each epoch's history entry; `augment` changes
     each training batch (e.g. `ml.augment.BatchAugment`).
 
     Seeds torch, numpy and random (global state) with `config.seed`; each epoch shuffles with
     its own generator (seed + epoch), so a resumed run repeats an uninterrupted one.
+
+    With `ranks` (a torchrun rank, `ml.distributed`) the model trains under
+    DistributedDataParallel on this rank's share of each epoch; rank 0 alone validates,
+    writes the checkpoints and calls `log`; every rank returns rank 0's result. The ranks'
+    final weights are compared (sha256): ModelError when they differ.
     """
     for name, data in (("train_set", train_set), ("val_set", val_set)):
         if isinstance(data, Sized) and len(data) == 0:
             raise ValueError(f"{name}: is empty")
     device = resolve_device(config.device)
+    if ranks is not None:
+        device = distributed.start(ranks, device)
+    main = ranks is None or ranks.is_main
     amp = config.amp and device.type == "cuda"
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -328,38 +312,73 @@ def train(
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"best": directory / "best.pt", "last": directory / "last.pt",
              "state": directory / "last.train.pt"}  # fmt: skip
-    state = _resume(paths, config, model, optimizer, scaler) if config.resume else _State()
+    state = resume(paths, config, model, optimizer, scaler) if config.resume else TrainState()
+    net = model if ranks is None else distributed.wrap(model, device)
+    if ranks is not None and not main:
+        torch.manual_seed(config.seed + ranks.rank)  # its own augmentation and dropout draws
     val_loader = _loader(val_set, config, device, seed=None)
 
     for epoch in range(state.epoch, config.epochs):
         started = time.monotonic()
-        loader = _loader(train_set, config, device, seed=config.seed + epoch)
+        loader = _loader(train_set, config, device, seed=config.seed + epoch, ranks=ranks)
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        train_loss = _train_epoch(model, loader, optimizer, scaler, criterion, device, amp, desc,
-                                  progress, augment)  # fmt: skip
-        metrics = evaluate(*predict(model, val_loader, device, amp=amp, progress=progress))
-        entry = {
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics.loss,
-            "val_weighted_log_loss": metrics.weighted_log_loss, "val_auc": metrics.auc,
-            "seconds": round(time.monotonic() - started, 2),
-        }  # fmt: skip
+        total, n = _train_epoch(net, loader, optimizer, scaler, criterion, device, amp, desc,
+                                progress and main, augment)  # fmt: skip
+        if ranks is not None:
+            distributed.average_buffers(model, ranks.world_size)
+            total, rows = distributed.all_sum([total, n], device)
+        else:
+            rows = float(n)
         state.epoch = epoch + 1
-        state.history.append(entry)
-        epoch_card = dataclasses.replace(card, metrics={"epoch": epoch + 1, "validation": metrics.to_dict()})
-        save_checkpoint(paths["last"], model, epoch_card)
-        if metrics.weighted_log_loss < state.best_loss or not paths["best"].is_file():
-            state.best_loss, state.best_epoch = metrics.weighted_log_loss, epoch + 1
-            save_checkpoint(paths["best"], model, epoch_card)
-        _save_state(paths["state"], state, config, optimizer, scaler)
-        logger.info("%s %s", config.architecture, entry)
-        if log is not None:
-            log(entry)
-    return _finish(config, paths, state, val_loader, series_ids_of(val_set), device, amp)
+        if main:
+            _validate_and_save(model, card, config, paths, state, val_loader, device, amp,
+                               train_loss=total / max(rows, 1), started=started,
+                               progress=progress, log=log, optimizer=optimizer, scaler=scaler)
+    if ranks is None:
+        return _finish(config, paths, state, val_loader, series_ids_of(val_set), device, amp)
+    digest = weights_sha256(model.state_dict())
+    logger.info("rank %d of %d: final weights sha256 %s", ranks.rank, ranks.world_size, digest)
+    digests = distributed.gather(digest, ranks.world_size)
+    if len(set(digests)) != 1:
+        raise ModelError(f"the ranks ended with different weights: {digests}")
+    ddp = {"world_size": ranks.world_size, "backend": str(torch.distributed.get_backend()),
+           "rank_weights_sha256": digests}  # fmt: skip
+    result = _finish(config, paths, state, val_loader, series_ids_of(val_set), device, amp,
+                     ddp=ddp) if main else None  # fmt: skip
+    return distributed.broadcast(result)
 
 
-def _finish(config: TrainConfig, paths: dict[str, Path], state: _State,
+def _validate_and_save(
+    model: nn.Module, card: ModelCard, config: TrainConfig, paths: dict[str, Path],
+    state: TrainState, val_loader: DataLoader[Any], device: torch.device, amp: bool, *,
+    train_loss: float, started: float, progress: bool,
+    log: Callable[[dict[str, Any]], None] | None, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> None:  # fmt: skip
+    """The end of epoch `state.epoch`: validate, write last.pt (and best.pt when it is the
+    best so far) and the training state, log the history entry."""
+    metrics = evaluate(*predict(model, val_loader, device, amp=amp, progress=progress))
+    entry = {
+        "epoch": state.epoch, "train_loss": train_loss, "val_loss": metrics.loss,
+        "val_weighted_log_loss": metrics.weighted_log_loss, "val_auc": metrics.auc,
+        "seconds": round(time.monotonic() - started, 2),
+    }  # fmt: skip
+    state.history.append(entry)
+    epoch_card = dataclasses.replace(card, metrics={"epoch": state.epoch,
+                                                    "validation": metrics.to_dict()})
+    save_checkpoint(paths["last"], model, epoch_card)
+    if metrics.weighted_log_loss < state.best_loss or not paths["best"].is_file():
+        state.best_loss, state.best_epoch = metrics.weighted_log_loss, state.epoch
+        save_checkpoint(paths["best"], model, epoch_card)
+    save_state(paths["state"], state, config, optimizer, scaler)
+    logger.info("%s %s", config.architecture, entry)
+    if log is not None:
+        log(entry)
+
+
+def _finish(config: TrainConfig, paths: dict[str, Path], state: TrainState,
             val_loader: DataLoader[Any], series_ids: list[str] | None, device: torch.device,
-            amp: bool) -> TrainResult:  # fmt: skip
+            amp: bool, *, ddp: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
     """Calibrate the best model on validation and choose its thresholds; write both into its card.
 
     Temperatures are fitted on the validation slices; thresholds are chosen on the validation
@@ -377,6 +396,8 @@ def _finish(config: TrainConfig, paths: dict[str, Path], state: _State,
         "nll_after": float(binary_cross_entropy(y, p).mean()),
     }
     extra: dict[str, Any] = {"calibration": calibration}
+    if ddp is not None:  # how the ranks trained it, and that they agreed
+        extra["distributed"] = ddp
     if series_ids is not None and len(series_ids) == len(y):
         point = series_operating_point(series_ids, y, p, target=target)
         thresholds, metrics = point.thresholds, point.image

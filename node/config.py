@@ -141,6 +141,9 @@ class Settings:
     retrain_epochs: int = 3
     retrain_device: str = "cpu"  # its own device: triage keeps the GPU
     retrain_metric: str = "weighted_log_loss"  # or auc_any: what "better" means to the gate
+    # A tick trains only after this many feedback labels since the last retraining's start,
+    # on the node's feedback export as well as retrain_dicom_dir; 0: at every tick.
+    retrain_min_new_labels: int = 20
 
     def __post_init__(self) -> None:
         _check_ae(self.ae_title, "ae_title")
@@ -195,6 +198,9 @@ class Settings:
                               f"{self.retrain_metric!r}")
         if self.retrain_epochs < 1:
             raise ConfigError(f"retrain_epochs must be >= 1, got {self.retrain_epochs}")
+        if self.retrain_min_new_labels < 0:
+            raise ConfigError(f"retrain_min_new_labels must be >= 0, got "
+                              f"{self.retrain_min_new_labels}")
         if not self.retrain_cron:
             return
         if len(self.retrain_cron.split()) != 5:

@@ -2,6 +2,8 @@
 `ichtriage admin retrain` (node.cli.retrain) as a child process, on `retrain_device`, at lower
 CPU priority, and waits for it in a scheduler thread: triage never waits for it, and the
 retraining lock in the database keeps it to one run at a time, across processes and restarts.
+The run trains only when `retrain_min_new_labels` feedback labels are new since the last
+retraining, and then on the node's feedback export as well (`--with-feedback`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def retrain_command(settings: Settings, *, out: Path) -> list[str]:
             "--heldout-dir", path(settings.retrain_heldout_dir),
             "--heldout-labels", path(settings.retrain_heldout_labels),
             "--metric", settings.retrain_metric, "--device", settings.retrain_device,
+            "--with-feedback", "--min-new-labels", str(settings.retrain_min_new_labels),
             "--out", str(out), "--data-dir", str(settings.data_dir),
             "--db-url", settings.database_url, "--log-level", settings.log_level]
 

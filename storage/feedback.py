@@ -103,6 +103,15 @@ class FeedbackStore:
                                   f.created_at, f.result_pk)
                     for f in conn.execute(query)]
 
+    def count_since(self, since: datetime | None) -> int:
+        """Labels given (one per study and label a reader judged, every word counted) at or
+        after `since`; all of them when None."""
+        query = select(func.count()).select_from(Feedback)
+        if since is not None:
+            query = query.where(Feedback.created_at >= since)
+        with reader(self.engine).connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def agreement(self) -> list[Agreement]:
         """Per label, over the newest word on each study and label that judged a result."""
         newest = (select(func.max(Feedback.id).label("id"))

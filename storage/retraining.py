@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import reader
@@ -65,6 +65,14 @@ class RetrainingLog:
                 Retraining.id == pk, Retraining.status == JobStatus.RUNNING).values(
                 status=JobStatus.DONE if ok else JobStatus.FAILED, finished_at=utcnow(),
                 candidate=candidate[:64], outcome=outcome))
+
+    def last_done_start(self) -> datetime | None:
+        """When the newest retraining that ended well started (None: none did). Feedback given
+        since then is new to the models: a run exports the labels when it starts, and a run
+        that failed used nothing, so it resets nothing."""
+        with reader(self.engine).connect() as conn:
+            return conn.execute(select(func.max(Retraining.started_at)).where(
+                Retraining.status == JobStatus.DONE)).scalar_one()
 
     def running(self) -> RetrainingRun | None:
         runs = [r for r in self.runs() if r.status == JobStatus.RUNNING.value]

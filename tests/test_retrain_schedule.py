@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -12,12 +14,16 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine
 
+from ml.labels import LABELS
 from ml.phantom import write_dataset
 from ml.shipped import shipped_checkpoint
-from node.config import ConfigError, load_settings
+from node.config import ConfigError, Settings, load_settings
 from node.retraining import JOB_ID, schedule_retraining
+from storage.feedback import FeedbackStore
+from storage.files import FileStore
 from storage.registry import ModelRegistry
 from storage.retraining import RetrainingLog
+from tests.webdata import add_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = {"ICHTRIAGE_RETRAIN_DICOM_DIR": "/d", "ICHTRIAGE_RETRAIN_LABELS": "/l.csv",
@@ -37,7 +43,8 @@ def test_off_by_default() -> None:
     ({"ICHTRIAGE_RETRAIN_CRON": "nightly", **PATHS}, "not a crontab line"),
     ({"ICHTRIAGE_RETRAIN_METRIC": "accuracy"}, "retrain_metric"),
     ({"ICHTRIAGE_RETRAIN_EPOCHS": "0"}, "retrain_epochs"),
-], ids=["paths-missing", "not-cron", "metric", "epochs"])
+    ({"ICHTRIAGE_RETRAIN_MIN_NEW_LABELS": "-1"}, "retrain_min_new_labels must be >= 0"),
+], ids=["paths-missing", "not-cron", "metric", "epochs", "min-labels"])
 def test_bad_retraining_settings_are_named(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_settings(env=env)
@@ -54,7 +61,15 @@ def test_a_cron_line_becomes_the_schedule() -> None:
             env={"ICHTRIAGE_RETRAIN_CRON": "99 2 * * 0", **PATHS}))
 
 
-def test_a_tick_runs_a_retraining_and_records_it(tmp_path: Path) -> None:
+def tick(settings: Settings, min_new_labels: int) -> None:
+    """The scheduled job, run now rather than at 03:00."""
+    scheduler = BackgroundScheduler()
+    schedule_retraining(scheduler, dataclasses.replace(
+        settings, retrain_min_new_labels=min_new_labels))
+    scheduler.get_job(JOB_ID).func()
+
+
+def test_a_tick_waits_for_new_feedback_then_trains_on_it_too(tmp_path: Path) -> None:
     data = tmp_path / "var"
     env = {**os.environ, "ICHTRIAGE_LOG_LEVEL": "WARNING"}
     for args in (["db", "upgrade"], ["admin", "models", "import", str(shipped_checkpoint()),
@@ -70,16 +85,35 @@ def test_a_tick_runs_a_retraining_and_records_it(tmp_path: Path) -> None:
         "ICHTRIAGE_RETRAIN_HELDOUT_DIR": str(tmp_path / "held"),
         "ICHTRIAGE_RETRAIN_HELDOUT_LABELS": str(held), "ICHTRIAGE_RETRAIN_EPOCHS": "1",
         "ICHTRIAGE_LOG_LEVEL": "WARNING"})
-    scheduler = BackgroundScheduler()
-    schedule_retraining(scheduler, settings)
-    scheduler.get_job(JOB_ID).func()  # the tick, run now rather than at 03:00
     engine = create_engine(settings.database_url)
     try:
-        (run,) = RetrainingLog(engine).runs()
+        # two studies the node read, which a radiologist read as negative: 12 labels
+        for n in (1, 2):
+            ref = add_study(engine, FileStore(settings.files_dir), n, slices=5, p_any=0.3)
+            FeedbackStore(engine).add(ref.study_uid, dict.fromkeys(LABELS, False), author="r",
+                                      token_pk=None, result_pk=ref.result_pk)
+        log = RetrainingLog(engine)
+        tick(settings, 13)  # one label short: nothing starts
+        assert log.runs() == []
+        assert [e.name for e in ModelRegistry(engine, settings.models_dir).entries()] == ["demo"]
+        tick(settings, 12)
+        (run,) = log.runs()
         assert run.status == "done" and run.candidate.startswith("retrained-")
         entry = ModelRegistry(engine, settings.models_dir).get(run.candidate)
         assert entry.reason == run.outcome and run.outcome.startswith("gate on 2 held-out")
         assert entry.architecture == "ichnet"
+        # it trained on the feedback export as well as on the configured set
+        (export,) = (data / "retraining").glob("*/feedback/labels.csv")
+        rows = export.read_text().splitlines()
+        assert len(rows) == 1 + 2 * 5 * len(LABELS)
+        assert f"+ {export} over {export.parent / 'dicom'}" in entry.training_data
+        assert str(labels) in entry.training_data
+        assert len(list((export.parent / "dicom").rglob("*.dcm"))) == 10
+        exported = {row.split(",")[0].rsplit("_", 1)[0] for row in rows[1:]}
+        cached = [i for index in export.parent.parent.glob("cache/*/*/index.json")
+                  for i in json.loads(index.read_text())["image_ids"]]
+        assert len(exported) == 10 and exported <= set(cached)  # decoded, trained or validated
+        assert FeedbackStore(engine).count_since(log.last_done_start()) == 0
     finally:
         engine.dispose()
 

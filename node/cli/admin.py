@@ -1,5 +1,6 @@
-"""`ichtriage admin`: phantoms, training, evaluation, comparison, the demo model, the model
-registry and requeueing (`node.cli.models`).
+"""`ichtriage admin`: phantoms, training (`--nproc N`: under torchrun, `node.cli.ddp`),
+evaluation, comparison, the demo model, the model registry and requeueing (`node.cli.models`),
+retraining (`node.cli.retrain`), feedback export, tokens and stats (`node.cli.stats`).
 
 torch and `ml` are imported inside the commands that need them, never when the parser is
 built: `ichtriage serve --help` stays fast and the receiving processes never load torch.
@@ -68,6 +69,14 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     _device(parser)
 
 
+def extra_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--extra-data", nargs=2, type=Path, action="append", default=[],
+                        metavar=("DIR", "CSV"),
+                        help="more labelled images (repeatable), e.g. `admin feedback export "
+                             "--with-files`'s OUT/dicom OUT/labels.csv; an image id found "
+                             "again takes these labels")
+
+
 def add_admin_parser(sub: Any) -> None:
     admin = sub.add_parser("admin", help="phantoms, training, evaluation, models")
     commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -96,13 +105,16 @@ def add_admin_parser(sub: Any) -> None:
     add_requeue_parser(commands)
     from node.cli.retrain import add_retrain_parser
 
-    add_retrain_parser(commands, _training, _data)
+    add_retrain_parser(commands, _training, _data, extra_data)
     from node.cli.feedback import add_feedback_parser
     from node.cli.main import _setting_flags
     from node.cli.tokens import add_tokens_parser
 
     add_tokens_parser(commands, _setting_flags)
     add_feedback_parser(commands, _setting_flags)
+    from node.cli.stats import add_stats_parser
+
+    add_stats_parser(commands, _setting_flags)
 
 
 def _phantoms_parser(commands: Any) -> None:
@@ -130,6 +142,11 @@ def _train_parser(commands: Any) -> None:
                        help="local weights or checkpoint to start from")
     train.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    extra_data(train)
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train as N processes under torchrun with DistributedDataParallel "
+                            "(gloo on the CPU, NCCL on CUDA: one GPU each); --batch-size is "
+                            "split among them" + D)
     train.add_argument("--register", metavar="NAME",
                        help="import the best checkpoint into the node's model registry as a "
                             "candidate named NAME (then `admin models gate NAME ...`)")
@@ -199,6 +216,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         from node.cli.tokens import run_tokens
 
         return run_tokens(args, settings)
+    if args.admin_command == "stats":
+        from node.cli.stats import run_stats
+
+        return run_stats(args, settings)
     if args.admin_command == "feedback":
         from node.cli.feedback import run_feedback
 
@@ -246,8 +267,10 @@ def _config(args: argparse.Namespace, settings: Settings, architecture: str,
         context=args.context, pretrained=getattr(args, "pretrained", None),
         freeze_backbone=getattr(args, "freeze_backbone", False),
         resume=getattr(args, "resume", False),
-        training_data=f"{args.labels} over {args.dicom_dir}; patient split seed {args.seed}, "
-                      f"{args.val_fraction:.0%} held out",
+        training_data=f"{args.labels} over {args.dicom_dir}"
+                      + "".join(f" + {csv} over {folder}"
+                                for folder, csv in getattr(args, "extra_data", []))
+                      + f"; patient split seed {args.seed}, {args.val_fraction:.0%} held out",
     )  # fmt: skip
 
 
@@ -264,7 +287,15 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli.ddp import is_rank, train_with_torchrun
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not is_rank():
+        return train_with_torchrun(args, settings)
     result = _trained(args, settings)
+    if is_rank():
+        return 0  # a torchrun rank: the launching command registers
     if args.register:
         from node.cli.models import register_trained
 
@@ -273,22 +304,43 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _trained(args: argparse.Namespace, settings: Settings) -> TrainResult:
+    """Train as `admin train` does; under torchrun as this rank, only rank 0 printing."""
+    from ml import distributed
     from ml.augment import BatchAugment
     from ml.compare import load_split, train_on_split
     from ml.evaluate import metric_lines
+    from ml.inference import resolve_device
 
-    config = _config(args, settings, args.arch, args.out)
-    split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
-    print(split.describe(), flush=True)
-    result = train_on_split(
-        config, split, cache_root=args.out / "cache", workers=args.loader_workers,
-        log=lambda entry: print(_epoch_line(entry), flush=True),
-        batch_augment=BatchAugment(config.card().windows) if args.augment else None,
-    )  # fmt: skip
-    print(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
-    print("\n".join(metric_lines({"validation": result.metrics})))
-    print(f"\ncheckpoint: {result.best_checkpoint}")
+    ranks = distributed.from_environment()
+    main = ranks is None or ranks.is_main
+    say = print if main else _silent
+    if ranks is not None:
+        distributed.start(ranks, resolve_device(settings.device))
+    try:
+        config = _config(args, settings, args.arch, args.out)
+        split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction,
+                           seed=args.seed, extra=getattr(args, "extra_data", []))
+        say(split.describe(), flush=True)
+        result = train_on_split(
+            config, split, cache_root=args.out / "cache", workers=args.loader_workers,
+            log=lambda entry: say(_epoch_line(entry), flush=True), progress=main,
+            batch_augment=BatchAugment(config.card().windows) if args.augment else None,
+            ranks=ranks,
+        )  # fmt: skip
+    finally:
+        distributed.finish()
+    if ranks is not None:
+        ddp = result.card.metrics["distributed"]
+        say(f"{ddp['world_size']} ranks ({ddp['backend']}) ended with the same weights: "
+            f"sha256 {ddp['rank_weights_sha256'][0]}")
+    say(f"\nvalidation, best epoch {result.card.metrics.get('epoch')} (image level):")
+    say("\n".join(metric_lines({"validation": result.metrics})))
+    say(f"\ncheckpoint: {result.best_checkpoint}")
     return result
+
+
+def _silent(*args: object, **kwargs: Any) -> None:
+    """print's stand-in on torchrun ranks other than 0."""
 
 
 def _model_file(reference: str | None, settings: Settings) -> Path:

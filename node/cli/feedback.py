@@ -16,8 +16,11 @@ import csv
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine
 
 from ml.labels import LABELS
 from node.config import Settings
@@ -40,6 +43,56 @@ def add_feedback_parser(commands: Any,
     setting_flags(export)
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: labels.csv's slices come from the studies read as negative."""
+
+    folder: Path
+    studies: int
+    slices: int
+    left_out: int  # studies read with a finding, or with a label unread: study_labels.csv only
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.folder / "labels.csv"
+
+    @property
+    def dicom_dir(self) -> Path:
+        return self.folder / "dicom"
+
+
+def export_feedback(engine: Engine, files: FileStore, out: Path, *, with_files: bool,
+                    actor: str = "cli") -> Exported:
+    """Write labels.csv and study_labels.csv (and, with_files, the slices) into `out` from the
+    newest feedback; the export is audited."""
+    studies = FeedbackStore(engine).for_export()
+    out.mkdir(parents=True, exist_ok=True)
+    slices = left_out = 0
+    with (out / "labels.csv").open("w", newline="") as f_slices, \
+            (out / "study_labels.csv").open("w", newline="") as f_studies:
+        rows, study_rows = csv.writer(f_slices), csv.writer(f_studies)
+        rows.writerow(["ID", "Label"])
+        study_rows.writerow(["StudyInstanceUID", "SeriesInstanceUID", *LABELS])
+        for study in studies:
+            study_rows.writerow([study.study_uid, study.series_uid, *(
+                "" if label not in study.labels else int(study.labels[label])
+                for label in LABELS)])
+            negative = all(study.labels.get(label) is False for label in LABELS)
+            if not negative:
+                left_out += 1
+                continue
+            for sop, path in study.instances:
+                rows.writerows([f"ID_{sop}_{label}", 0] for label in LABELS)
+                slices += 1
+                if with_files:
+                    target = out / "dicom" / study.study_uid / f"ID_{sop}.dcm"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(files.path_of(path), target)
+    AuditLog(engine).record("feedback_export", actor=actor,
+                            detail=f"{len(studies)} studies, {slices} slices")
+    return Exported(out, len(studies), slices, left_out)
+
+
 def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
     try:
         engine = open_existing(settings.database_url)
@@ -47,36 +100,12 @@ def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ichtriage admin feedback: {exc}", file=sys.stderr)
         return 1
     try:
-        studies = FeedbackStore(engine).for_export()
-        files = FileStore(settings.files_dir)
-        out: Path = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        slices = left_out = 0
-        with (out / "labels.csv").open("w", newline="") as f_slices, \
-                (out / "study_labels.csv").open("w", newline="") as f_studies:
-            rows, study_rows = csv.writer(f_slices), csv.writer(f_studies)
-            rows.writerow(["ID", "Label"])
-            study_rows.writerow(["StudyInstanceUID", "SeriesInstanceUID", *LABELS])
-            for study in studies:
-                study_rows.writerow([study.study_uid, study.series_uid, *(
-                    "" if label not in study.labels else int(study.labels[label])
-                    for label in LABELS)])
-                negative = all(study.labels.get(label) is False for label in LABELS)
-                if not negative:
-                    left_out += 1
-                    continue
-                for sop, path in study.instances:
-                    rows.writerows([f"ID_{sop}_{label}", 0] for label in LABELS)
-                    slices += 1
-                    if args.with_files:
-                        target = out / "dicom" / study.study_uid / f"ID_{sop}.dcm"
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(files.path_of(path), target)
-        AuditLog(engine).record("feedback_export", actor="cli",
-                                detail=f"{len(studies)} studies, {slices} slices")
+        done = export_feedback(engine, FileStore(settings.files_dir), args.out,
+                               with_files=args.with_files)
     finally:
         engine.dispose()
-    print(f"{len(studies)} studies with feedback: {slices} slices of studies read as negative "
-          f"in {out / 'labels.csv'}; {left_out} studies with a finding or a label unread only "
-          f"in {out / 'study_labels.csv'} (which slices show it is not known)")
+    print(f"{done.studies} studies with feedback: {done.slices} slices of studies read as "
+          f"negative in {done.labels_csv}; {done.left_out} studies with a finding or a label "
+          f"unread only in {done.folder / 'study_labels.csv'} (which slices show it is not "
+          f"known)")
     return 0

@@ -3,6 +3,11 @@ on a fixed held-out set, all as one run under the retraining lock (storage.retra
 a time, across processes and restarts). The run's row records the candidate and the gate's
 decision, or the error; the registry records the decision on the model.
 
+With --min-new-labels N it runs only when readers gave at least N feedback labels since the
+start of the last retraining that ended well (exit 4 otherwise, nothing started); with
+--with-feedback it trains on the node's own feedback export (`admin feedback export
+--with-files`, written under --out) as well as on --dicom-dir/--labels.
+
 Runs at lower CPU priority (nice 10) so a node on the same host keeps triaging first.
 """
 
@@ -22,8 +27,8 @@ from node.config import Settings
 NICENESS = 10
 
 
-def add_retrain_parser(commands: Any, training: Any, data: Any) -> None:
-    """`training` and `data` add `admin train`'s options (node.cli.admin)."""
+def add_retrain_parser(commands: Any, training: Any, data: Any, extra_data: Any) -> None:
+    """`training`, `data` and `extra_data` add `admin train`'s options (node.cli.admin)."""
     retrain = commands.add_parser(
         "retrain", help="train a candidate, register it and gate it against the active model, "
                         "one run at a time (exit 0 promoted, 4 kept or busy)")
@@ -35,6 +40,12 @@ def add_retrain_parser(commands: Any, training: Any, data: Any) -> None:
         help="the fixed held-out set both models are measured on")
     add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV)")
     add("--name", help="the candidate's registry name (default: retrained-<UTC time>)")
+    extra_data(retrain)
+    add("--with-feedback", action="store_true",
+        help="also train on the node's feedback export (written to OUT/feedback)")
+    add("--min-new-labels", type=int, default=0, metavar="N",
+        help="run only when at least N feedback labels were given since the start of the "
+             "last retraining that ended well (default: %(default)s, always run)")
     gate_options(retrain)
     add("--data-dir", type=Path, help="the node's data directory (default: ./var, or the setting)")
     add("--db-url", help="the node's database (default: SQLite in the data directory)")
@@ -56,6 +67,19 @@ def _alive(owner: str) -> bool:
     return True
 
 
+def _add_feedback(args: argparse.Namespace, engine: Any, settings: Settings) -> None:
+    """Export the feedback with its slices under --out and add it to the training data."""
+    from node.cli.feedback import export_feedback
+    from storage.files import FileStore
+
+    exported = export_feedback(engine, FileStore(settings.files_dir), args.out / "feedback",
+                               with_files=True, actor="retrain")
+    print(f"feedback: {exported.studies} studies, {exported.slices} slices of studies read "
+          f"as negative", flush=True)
+    if exported.slices:
+        args.extra_data = [*args.extra_data, [exported.dicom_dir, exported.labels_csv]]
+
+
 def run_retrain(args: argparse.Namespace, settings: Settings,
                 train: Any) -> int:
     """`train(args, settings) -> Path` trains as `admin train` does; returns best.pt."""
@@ -63,6 +87,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
     from node.triage.registry import import_checkpoint
     from storage.db import open_existing
     from storage.errors import DatabaseMissingError
+    from storage.feedback import FeedbackStore
     from storage.registry import ModelRegistry
     from storage.retraining import RetrainingBusyError, RetrainingLog
 
@@ -72,6 +97,15 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
         print(f"ichtriage admin retrain: {exc}", file=sys.stderr)
         return Exit.NO_DATABASE
     log = RetrainingLog(engine)
+    if args.min_new_labels > 0:
+        since = log.last_done_start()
+        new = FeedbackStore(engine).count_since(since)
+        if new < args.min_new_labels:
+            print(f"skipped: {new} feedback labels since "
+                  f"{'the start' if since is None else f'{since:%Y-%m-%d %H:%M:%S} UTC'}, "
+                  f"{args.min_new_labels} needed")
+            engine.dispose()
+            return Exit.REFUSED
     try:
         run = log.start(f"{socket.gethostname()}:{os.getpid()}", alive=_alive)
     except RetrainingBusyError as exc:
@@ -82,6 +116,8 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
     name = args.name or f"retrained-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     try:
         registry = ModelRegistry(engine, settings.models_dir)
+        if args.with_feedback:
+            _add_feedback(args, engine, settings)
         best = train(args, settings)
         import_checkpoint(registry, best, name=name, actor=who(),
                           reason="trained by admin retrain")

@@ -11,7 +11,15 @@ import pydicom
 import pytest
 import torch
 
-from ml.cache import DATA_FILE, SliceCache, SliceDataset, build_cache
+from ml.cache import (
+    DATA_FILE,
+    INDEX_FILE,
+    SliceCache,
+    SliceDataset,
+    build_cache,
+    build_shard,
+    join_shards,
+)
 from ml.phantom import write_dataset
 from ml.rsna import ImageRecord, group_series, index_images, read_labels
 from ml.windowing import DEFAULT_WINDOWS, load_slice, preprocess, windows_by_name
@@ -111,6 +119,45 @@ def test_worker_processes_give_the_same_cache(records: list[ImageRecord], tmp_pa
     )
     np.testing.assert_array_equal(np.asarray(serial.data), np.asarray(pooled.data))
     assert pooled.key == serial.key
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shards_built_apart_join_into_the_serial_cache(
+    records: list[ImageRecord], tmp_path: Path, world_size: int
+) -> None:
+    ds = pydicom.dcmread(records[3].path)  # one unreadable slice: its reason keeps its place
+    ds.PixelData = ds.PixelData[:200]
+    ds.save_as(records[3].path, enforce_file_format=True)
+    serial = build_cache(records, tmp_path / "a", windows=DEFAULT_WINDOWS, size=SIZE, out_size=OUT)
+    encoded = [build_shard(records, tmp_path / "b", windows=DEFAULT_WINDOWS, size=SIZE,
+                           out_size=OUT, rank=rank, world_size=world_size,
+                           workers=1 if rank == 0 else 0)  # one rank with a process of its own
+               for rank in reversed(range(world_size))]  # in any order, as ranks finish
+    assert sum(encoded) == len(records)
+    joined = join_shards(records, tmp_path / "b", windows=DEFAULT_WINDOWS, size=SIZE,
+                         out_size=OUT, world_size=world_size)
+    assert (tmp_path / "b" / DATA_FILE).read_bytes() == (tmp_path / "a" / DATA_FILE).read_bytes()
+    assert (tmp_path / "b" / INDEX_FILE).read_text() == (tmp_path / "a" / INDEX_FILE).read_text()
+    assert joined.key == serial.key and len(joined) == len(records) - 1
+    assert [s.image_id for s in joined.skipped] == [records[3].image_id]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [INDEX_FILE, DATA_FILE]
+    # the joined cache is current: build_cache reuses it rather than decoding again
+    assert build_cache(records, tmp_path / "b", windows=DEFAULT_WINDOWS, size=SIZE,
+                       out_size=OUT).key == serial.key
+
+
+def test_a_missing_shard_is_an_error_not_a_short_cache(
+    records: list[ImageRecord], tmp_path: Path
+) -> None:
+    build_shard(records, tmp_path / "c", windows=DEFAULT_WINDOWS, size=SIZE, out_size=OUT,
+                rank=0, world_size=2)
+    with pytest.raises(OSError):
+        join_shards(records, tmp_path / "c", windows=DEFAULT_WINDOWS, size=SIZE, out_size=OUT,
+                    world_size=2)
+    assert not (tmp_path / "c" / INDEX_FILE).exists()
+    with pytest.raises(ValueError, match="rank: must lie in"):
+        build_shard(records, tmp_path / "c", windows=DEFAULT_WINDOWS, size=SIZE, rank=2,
+                    world_size=2)
 
 
 def test_neighbors_follow_the_series_and_clamp(records: list[ImageRecord], tmp_path: Path) -> None:
