@@ -3,7 +3,8 @@
 CPU priority, and waits for it in a scheduler thread: triage never waits for it, and the
 retraining lock in the database keeps it to one run at a time, across processes and restarts.
 The run trains only when `retrain_min_new_labels` feedback labels are new since the last
-retraining, and then on the node's feedback export as well (`--with-feedback`).
+retraining, and then on the node's feedback export as well (`--with-feedback`). A run that
+was killed (or whose node was) is resumed from its last finished epoch at the next tick.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from node.config import ConfigError, Settings
 logger = logging.getLogger(__name__)
 
 JOB_ID = "retrain"
+FINISHED = "finished"  # marks a tick's folder once its run ended by itself, well or not
 
 
 def retrain_command(settings: Settings, *, out: Path) -> list[str]:
@@ -42,6 +44,16 @@ def retrain_command(settings: Settings, *, out: Path) -> list[str]:
             "--db-url", settings.database_url, "--log-level", settings.log_level]
 
 
+def tick_folder(root: Path) -> tuple[Path, bool]:
+    """Where a tick's run writes, and whether it resumes there: the newest run folder that
+    has no FINISHED mark (its run, or the node, was killed) and holds the `last.pt` of a
+    finished epoch is continued; otherwise a new folder named after the time (UTC)."""
+    runs = sorted(p for p in root.glob("*T*Z") if p.is_dir()) if root.is_dir() else []
+    if runs and not (runs[-1] / FINISHED).exists() and (runs[-1] / "last.pt").is_file():
+        return runs[-1], True
+    return root / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}", False
+
+
 def schedule_retraining(scheduler: BaseScheduler, settings: Settings) -> bool:
     """Add the retraining tick to `scheduler`; False when retrain_cron is empty (off)."""
     if not settings.retrain_cron:
@@ -52,11 +64,15 @@ def schedule_retraining(scheduler: BaseScheduler, settings: Settings) -> bool:
         raise ConfigError(f"retrain_cron: {settings.retrain_cron!r}: {exc}") from exc
 
     def tick() -> None:
-        out = settings.data_dir / "retraining" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-        done = subprocess.run(retrain_command(settings, out=out), capture_output=True,
-                              text=True, check=False)
+        out, resume = tick_folder(settings.data_dir / "retraining")
+        if resume:
+            logger.info("scheduled retraining resumes the run cut off in %s", out)
+        done = subprocess.run([*retrain_command(settings, out=out), *(["--resume"] * resume)],
+                              capture_output=True, text=True, check=False)
         last = (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""]
         logger.info("scheduled retraining ended (exit %d): %s", done.returncode, last[0])
+        if done.returncode >= 0 and out.is_dir():  # it ended by itself (a signal's exit
+            (out / FINISHED).touch()                 # status is negative): not resumed
 
     scheduler.add_job(tick, trigger, id=JOB_ID, max_instances=1, coalesce=True)
     logger.info("retraining scheduled: %s (UTC), on %s", settings.retrain_cron,

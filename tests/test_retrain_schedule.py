@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine
 
@@ -18,7 +19,7 @@ from ml.labels import LABELS
 from ml.phantom import write_dataset
 from ml.shipped import shipped_checkpoint
 from node.config import ConfigError, Settings, load_settings
-from node.retraining import JOB_ID, schedule_retraining
+from node.retraining import FINISHED, JOB_ID, schedule_retraining, tick_folder
 from storage.feedback import FeedbackStore
 from storage.files import FileStore
 from storage.registry import ModelRegistry
@@ -114,6 +115,20 @@ def test_a_tick_waits_for_new_feedback_then_trains_on_it_too(tmp_path: Path) -> 
                   for i in json.loads(index.read_text())["image_ids"]]
         assert len(exported) == 10 and exported <= set(cached)  # decoded, trained or validated
         assert FeedbackStore(engine).count_since(log.last_done_start()) == 0
+        # a run that was killed mid-way is continued at the next tick, in its folder
+        (folder,) = (data / "retraining").iterdir()
+        assert tick_folder(data / "retraining")[1] is False  # it ended: the next starts anew
+        (folder / FINISHED).unlink()  # as if the node had been killed during the run
+        assert tick_folder(data / "retraining") == (folder, True)
+        state = folder / "last.train.pt"
+        (first,) = torch.load(state, map_location="cpu", weights_only=True)["history"]
+        tick(dataclasses.replace(settings, retrain_epochs=2), 0)
+        assert [p.name for p in (data / "retraining").iterdir()] == [folder.name]
+        assert (folder / FINISHED).exists()
+        resumed = log.runs()[-1]
+        assert resumed.status == "done" and resumed.candidate != run.candidate
+        history = torch.load(state, map_location="cpu", weights_only=True)["history"]
+        assert len(history) == 2 and history[0] == first  # epoch 1 is the cut-off run's
     finally:
         engine.dispose()
 

@@ -43,6 +43,8 @@ def add_retrain_parser(commands: Any, training: Any, data: Any, extra_data: Any)
     extra_data(retrain)
     add("--with-feedback", action="store_true",
         help="also train on the node's feedback export (written to OUT/feedback)")
+    add("--resume", action="store_true",
+        help="continue a run that was cut off in --out from its last finished epoch")
     add("--min-new-labels", type=int, default=0, metavar="N",
         help="run only when at least N feedback labels were given since the start of the "
              "last retraining that ended well (default: %(default)s, always run)")
