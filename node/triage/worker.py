@@ -24,6 +24,7 @@ from ml.errors import MLError
 from ml.inference import Classifier, SeriesPrediction
 from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
+from node.outage import DatabaseOutage, is_unavailable
 from node.series_warnings import once_per_series
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
 from node.triage.registry import ActiveModel, ModelHolder, ModelUnavailableError
@@ -65,27 +66,56 @@ class TriageWorker:
         self.volume_rules = volume_rules or VolumeRules(min_slices=min_slices)
         self.batch_size = batch_size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self._current: ClaimedJob | None = None  # the job in hand, for run()
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+        """Take and process jobs until `stop` is set. While the database is unavailable
+        (PostgreSQL restarting, say) the worker waits and tries again; a job the outage cut
+        short is queued again, its try not counted, once the database is back."""
+        outage = DatabaseOutage(logger, f"triage worker {self.name}")
+        cut_short: ClaimedJob | None = None
         while not stop.is_set():
-            if not self.run_once():
+            try:
+                if cut_short is not None:
+                    self._release(cut_short)
+                    cut_short = None
+                took = self.run_once()
+                outage.ok()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                cut_short = cut_short or self._current
+                outage.failed(exc)
+                stop.wait(outage.wait_seconds())
+                continue
+            finally:
+                self._current = None
+            if not took:
                 stop.wait(idle_wait)
 
     def run_once(self) -> bool:
-        """Process one job if one is runnable; True when a job was taken."""
+        """Process one job if one is runnable; True when a job was taken. An unavailable
+        database (storage.db.is_unavailable) is raised, the job left to the caller
+        (`self._current`)."""
         job = self.queue.claim(self.name)
         if job is None:
             return False
+        self._current = job
         try:
             with self.queue.kept_alive(job):
                 self.process(job)
-        except (TriageError, ModelUnavailableError, MLError, StorageError, OSError,
-                ValueError) as exc:
-            self._failed(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            logger.exception("job %s: unexpected error", job.id)
-            self._failed(job, f"unexpected {type(exc).__name__}: {exc}")
+            if is_unavailable(exc):
+                raise
+            self._failed(job, _reason(job, exc))
         return True
+
+    def _release(self, job: ClaimedJob) -> None:
+        """Queue `job` again after the database came back (JobQueue.release)."""
+        reason = "the database became unavailable while the job ran"
+        if self.queue.release(job, reason) and job.series_pk is not None:
+            self.results.set_series_status(job.series_pk, SeriesStatus.QUEUED,
+                                           f"retrying: {reason}", revision=job.series_revision)
 
     def _failed(self, job: ClaimedJob, reason: str) -> None:
         final = self.queue.fail(job, reason)
@@ -231,6 +261,19 @@ class TriageWorker:
                              else None,
                              previous_versions=[earlier] if earlier is not None else [])
         return sr, notes
+
+
+# Failures of a job that are said in its reason without a traceback.
+KNOWN_FAILURES = (TriageError, ModelUnavailableError, MLError, StorageError, OSError, ValueError)
+
+
+def _reason(job: ClaimedJob, exc: Exception) -> str:
+    """The reason a failed try is recorded with; an unexpected error is logged with its
+    traceback first."""
+    if isinstance(exc, KNOWN_FAILURES):
+        return f"{type(exc).__name__}: {exc}"
+    logger.error("job %s: unexpected error", job.id, exc_info=exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _instances_in_order(volume: Volume) -> list[str]:
