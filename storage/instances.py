@@ -286,8 +286,18 @@ class InstanceStore:
                                           .where(Instance.file_path.in_(chunk))).scalars())
         return [f for f in files if f not in known]
 
-    def _unindex(self, result: StoreResult) -> None:
-        """Take back an indexed instance whose file could not be kept."""
+    def take_back(self, result: StoreResult) -> bool:
+        """Remove an instance the node stored itself and no longer stands by (the SR of a
+        result that was not recorded: its worker lost the job's lease): its row, then its
+        file. False, and logged, when the database refused; the instance then stays."""
+        if not self._unindex(result):
+            return False
+        self.files.remove(result.file_path)
+        return True
+
+    def _unindex(self, result: StoreResult) -> bool:
+        """Take back an indexed instance whose file could not be kept; False when the
+        database refused (logged)."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(delete(Instance).where(Instance.id == result.instance_pk))
@@ -296,6 +306,8 @@ class InstanceStore:
         except SQLAlchemyError:
             # The row stays without its file; a resend of the instance restores the file.
             logger.exception("cannot take back the row of %s", result.file_path)
+            return False
+        return True
 
     def _repoint(self, instance_pk: int, relative: str) -> None:
         try:

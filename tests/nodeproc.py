@@ -160,18 +160,22 @@ def wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
 
 @contextmanager
 def running_workers(tmp: Path, count: int, *, data_dir: Path, db_url: str,
-                    env: dict[str, str] | None = None,
+                    env: dict[str, str] | None = None, wait: bool = True,
                     ready_timeout: float = 120) -> Iterator[list[WorkerProcess]]:
-    """`count` stand-alone worker processes started together, each ready; stopped after
-    (SIGTERM; those killed already are only reaped)."""
+    """`count` stand-alone worker processes started together (each ready, unless not `wait`:
+    then `wait_ready` each); stopped together after (SIGTERM; those killed are only reaped).
+    The database must be at the newest schema already (`storage.db.upgrade`, or a node)."""
     workers: list[WorkerProcess] = []
     try:
         for i in range(count):
             workers.append(start_worker(tmp / f"worker-{i}.log", data_dir=data_dir,
                                         db_url=db_url, env=env))
-        for worker in workers:
+        for worker in workers if wait else ():
             wait_ready(worker, ready_timeout)
         yield workers
     finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.stop()

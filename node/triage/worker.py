@@ -195,14 +195,20 @@ class TriageWorker:
                     for i, p in enumerate(volume.slices)],
             sr_sop_uid=str(sr.SOPInstanceUID), latency_seconds=latency,
             complete=volume.complete, notes="; ".join(notes))
-        with self.results.engine.begin() as conn:
-            Results.add(conn, new)
-            self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID), file_path=stored.file_path,
-                            destinations=self.destinations)
-            self.results.set_series_status(series.pk, SeriesStatus.DONE, "; ".join(notes),
-                                           revision=job.series_revision, conn=conn)
-            if not self.queue.complete(job, conn):
-                raise TriageError("lease lost while the job ran; another worker has it")
+        try:
+            with self.results.engine.begin() as conn:
+                Results.add(conn, new)
+                self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID),
+                                file_path=stored.file_path, destinations=self.destinations)
+                self.results.set_series_status(series.pk, SeriesStatus.DONE, "; ".join(notes),
+                                               revision=job.series_revision, conn=conn)
+                if not self.queue.complete(job, conn):
+                    raise TriageError("lease lost while the job ran; another worker has it")
+        except BaseException:
+            # The SR of a result not recorded must not stay in the node's store beside the
+            # one of the worker that has the job now (a viewer would find two reports).
+            self.store.take_back(stored)
+            raise
         positives = [r.label for r in results if r.present]
         logger.info("series %s triaged by %s %s in %.2fs after its last slice: %s%s",
                     series.series_uid, entry.name, entry.version, latency,
