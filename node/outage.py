@@ -34,10 +34,6 @@ class DatabaseOutage:
         self.tries = 0  # failed tries in a row
         self._since = 0.0
 
-    @property
-    def ongoing(self) -> bool:
-        return self.tries > 0
-
     def failed(self, exc: BaseException) -> None:
         if self.tries == 0:
             self._since = time.monotonic()
@@ -50,7 +46,7 @@ class DatabaseOutage:
     def ok(self) -> None:
         if self.tries:
             self.logger.info("%s: database back after %.1f s (%d tries)", self.what,
-                                time.monotonic() - self._since, self.tries)
+                             time.monotonic() - self._since, self.tries)
         self.tries = 0
 
     def wait_seconds(self) -> float:

@@ -31,7 +31,7 @@ from node.triage.registry import ActiveModel, ModelHolder, ModelUnavailableError
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
-from storage.instances import InstanceStore
+from storage.instances import InstanceStore, StoreResult
 from storage.jobs import ClaimedJob, JobQueue
 from storage.models import JobStatus, SeriesStatus, utcnow
 from storage.outbox import Outbox
@@ -67,6 +67,8 @@ class TriageWorker:
         self.batch_size = batch_size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self._current: ClaimedJob | None = None  # the job in hand, for run()
+        # SRs of results not recorded that could not be taken back yet (database away)
+        self._not_taken_back: list[StoreResult] = []
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
         """Take and process jobs until `stop` is set. While the database is unavailable
@@ -76,8 +78,8 @@ class TriageWorker:
         cut_short: ClaimedJob | None = None
         while not stop.is_set():
             try:
-                if cut_short is not None:
-                    self._release(cut_short)
+                if cut_short is not None or self._not_taken_back:
+                    self._after_outage(cut_short)
                     cut_short = None
                 took = self.run_once()
                 outage.ok()
@@ -110,10 +112,14 @@ class TriageWorker:
             self._failed(job, _reason(job, exc))
         return True
 
-    def _release(self, job: ClaimedJob) -> None:
-        """Queue `job` again after the database came back (JobQueue.release)."""
+    def _after_outage(self, cut_short: ClaimedJob | None) -> None:
+        """Once the database is back: take back the SRs of results not recorded, and queue
+        the job the outage cut short again (JobQueue.release)."""
+        while self._not_taken_back and self.store.take_back(self._not_taken_back[0]):
+            self._not_taken_back.pop(0)
+        job = cut_short
         reason = "the database became unavailable while the job ran"
-        if self.queue.release(job, reason) and job.series_pk is not None:
+        if job is not None and self.queue.release(job, reason) and job.series_pk is not None:
             self.results.set_series_status(job.series_pk, SeriesStatus.QUEUED,
                                            f"retrying: {reason}", revision=job.series_revision)
 
@@ -207,7 +213,8 @@ class TriageWorker:
         except BaseException:
             # The SR of a result not recorded must not stay in the node's store beside the
             # one of the worker that has the job now (a viewer would find two reports).
-            self.store.take_back(stored)
+            if not self.store.take_back(stored):
+                self._not_taken_back.append(stored)  # tried again when the database is back
             raise
         positives = [r.label for r in results if r.present]
         logger.info("series %s triaged by %s %s in %.2fs after its last slice: %s%s",
