@@ -78,7 +78,8 @@ def new_postgres_database(server_url: str, name: str) -> str:
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
-def measure(label: str, tmp: Path, url: str, inbox: Path, series: int, workers: int) -> Run:
+def measure(label: str, tmp: Path, url: str, inbox: Path, series: int, workers: int,
+            env: dict[str, str] | None = None) -> Run:
     """Queue every series, hold the jobs, start `workers` workers, release the jobs; the
     time from the first claim to the last job done."""
     upgrade(url)
@@ -91,7 +92,7 @@ def measure(label: str, tmp: Path, url: str, inbox: Path, series: int, workers: 
                  what=f"{series} jobs queued")
         # Held until every worker is ready, so that they all start on a full queue.
         _execute(url, f"update job set run_after = '{HELD}'")
-        with running_workers(tmp, workers, data_dir=node.data_dir, db_url=url,
+        with running_workers(tmp, workers, data_dir=node.data_dir, db_url=url, env=env,
                              wait=False) as procs:
             for proc in procs:
                 wait_ready(proc, timeout=300)
@@ -117,12 +118,15 @@ def rss_mib(pid: int) -> float:
 
 
 def children(pid: int) -> list[tuple[str, int]]:
-    """(name, pid) of the child processes of `pid` (`ps -o comm`: the receivers name
-    themselves ichtriage-receiver-N)."""
-    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "comm=,pid="], capture_output=True,
-                         text=True).stdout
-    return [(line.rsplit(None, 1)[0], int(line.rsplit(None, 1)[1]))
-            for line in out.splitlines() if line.strip()]
+    """(what, pid) of the child processes of `pid`: a receiving process, or multiprocessing's
+    resource tracker."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    found = []
+    for child in map(int, out.split()):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        found.append(("resource tracker" if "resource_tracker" in cmdline else "receiver",
+                      child))
+    return found
 
 
 def idle_memory(tmp: Path, settle_s: float) -> None:
@@ -147,12 +151,17 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="rows and columns of a slice")
     parser.add_argument("--workers", default="1,2,4", help="worker counts on PostgreSQL")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite run")
+    parser.add_argument("--omp-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of each worker (PyTorch's intra-op threads); "
+                             "0: PyTorch's default, one per core")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="wait after ready before the resident sets are read")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    env = {"OMP_NUM_THREADS": str(args.omp_threads)} if args.omp_threads else None
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
-          f"{args.series} series of {args.slices} slices of {args.size}x{args.size}")
+          f"{args.series} series of {args.slices} slices of {args.size}x{args.size}; "
+          f"OMP_NUM_THREADS {args.omp_threads or 'unset'}")
     with tempfile.TemporaryDirectory(prefix="ichtriage-workers-") as tmp_name:
         tmp = Path(tmp_name)
         inbox = tmp / "in"
@@ -163,14 +172,15 @@ def main() -> int:
         with postgres_server(tmp / "pg") as server:
             for n in counts:
                 url = new_postgres_database(server, f"w{n}")
-                runs.append(measure(f"PostgreSQL, {n} worker{'s' if n > 1 else ''}", tmp / f"pg{n}", url, inbox,
-                                    args.series, n))
+                runs.append(measure(f"PostgreSQL, {n} worker{'s' if n > 1 else ''}",
+                                    tmp / f"pg{n}", url, inbox, args.series, n, env))
                 print(f"{runs[-1].label}: {runs[-1].per_minute:.1f} series/min "
                       f"({runs[-1].seconds:.1f} s), load {os.getloadavg()[0]:.1f}", flush=True)
         if not args.no_sqlite:
             url = f"sqlite:///{tmp / 'sqlite' / 'node' / 'var' / 'ichtriage.db'}"
             (tmp / "sqlite" / "node" / "var").mkdir(parents=True)
-            runs.append(measure("SQLite, 1 worker", tmp / "sqlite", url, inbox, args.series, 1))
+            runs.append(measure("SQLite, 1 worker", tmp / "sqlite", url, inbox, args.series, 1,
+                                env))
             print(f"{runs[-1].label}: {runs[-1].per_minute:.1f} series/min "
                   f"({runs[-1].seconds:.1f} s)", flush=True)
         base = runs[0]
