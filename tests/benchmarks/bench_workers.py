@@ -7,7 +7,9 @@ loopback, or a SQLite file), the receiving node (`ichtriage serve --workers 0`) 
 are sent first (DCMTK storescu, one association) and queued, held back (their jobs' run_after
 set in the future) until every worker is ready; then released together. Throughput is the
 series done divided by the time from the first claim to the last job finished, both from the
-job table. Idle memory: the resident set (VmRSS) of `serve` with its one in-process worker
+job table; "s per job" is the mean time from a job's claim to its end, "busy" the share of the
+workers' time spent in jobs (near 100 %: they never waited on the queue, and a slower
+throughput with more workers comes from each job getting less CPU). Idle memory: the resident set (VmRSS) of `serve` with its one in-process worker
 (the supervisor, and its receiving processes apart) and of one stand-alone worker, each a few
 seconds after `ready:`, on SQLite.
 
@@ -49,6 +51,12 @@ class Run:
     workers: int
     series: int
     seconds: float
+    job_seconds: float  # mean claim -> done of one job
+
+    @property
+    def busy(self) -> float:
+        """Share of the workers' time in jobs: near 1, they never waited for the queue."""
+        return self.series * self.job_seconds / (self.workers * self.seconds)
 
     @property
     def per_minute(self) -> float:
@@ -100,13 +108,17 @@ def measure(label: str, tmp: Path, url: str, inbox: Path, series: int, workers: 
             finished = "select count(*) from job where status in ('done', 'failed')"
             wait_for(lambda: node.query(finished) == [(series,)], timeout=3600,
                      what="every job finished")
-        (first, last, failed), = node.query(
-            "select min(started_at), max(finished_at),"
-            " sum(case when status = 'failed' then 1 else 0 end) from job")
+        rows = node.query("select started_at, finished_at, status, attempts from job")
+        failed = [r for r in rows if r[2] != "done"]
         if failed:
-            raise RuntimeError(f"{failed} jobs failed: see {tmp}")
-        seconds = (_time(last) - _time(first)).total_seconds()
-    return Run(label, workers, series, seconds)
+            raise RuntimeError(f"{len(failed)} jobs not done: see {tmp}")
+        starts = [_time(r[0]) for r in rows]
+        ends = [_time(r[1]) for r in rows]
+        seconds = (max(ends) - min(starts)).total_seconds()
+        jobs = sum((e - s).total_seconds() for s, e in zip(starts, ends, strict=True))
+        if any(r[3] != 1 for r in rows):
+            print(f"  ({sum(r[3] != 1 for r in rows)} jobs needed more than one try)")
+    return Run(label, workers, series, seconds, jobs / len(rows))
 
 
 def rss_mib(pid: int) -> float:
@@ -184,9 +196,11 @@ def main() -> int:
             print(f"{runs[-1].label}: {runs[-1].per_minute:.1f} series/min "
                   f"({runs[-1].seconds:.1f} s)", flush=True)
         base = runs[0]
-        print("\nconfiguration            series/min   ratio to the first")
+        print("\nconfiguration            series/min   ratio to the first   s per job   busy")
         for run in runs:
-            print(f"{run.label:<24} {run.per_minute:>10.1f}   {run.per_minute / base.per_minute:>6.2f}")
+            print(f"{run.label:<24} {run.per_minute:>10.1f}   "
+                  f"{run.per_minute / base.per_minute:>18.2f}   {run.job_seconds:>9.2f}   "
+                  f"{run.busy:>4.0%}")
         idle_memory(tmp, args.idle_seconds)
     return 0
 
