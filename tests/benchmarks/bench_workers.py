@@ -151,6 +151,12 @@ def idle_memory(tmp: Path, settle_s: float) -> None:
               f"{supervisor:.0f} MiB; children "
               f"{', '.join(f'{name} {rss:.0f}' for name, rss in kids)} MiB; together "
               f"{supervisor + sum(r for _, r in kids):.0f} MiB")
+    with running_node(tmp / "idle", db_url=url, workers=0, receivers=2) as node:
+        time.sleep(settle_s)
+        kids = [(name, rss_mib(pid)) for name, pid in children(node.proc.pid)]
+        supervisor = rss_mib(node.proc.pid)
+        print(f"idle serve --workers 0 (2 receivers, SQLite): supervisor {supervisor:.0f} MiB; "
+              f"together {supervisor + sum(r for _, r in kids):.0f} MiB")
     with running_workers(tmp / "idle-worker", 1, data_dir=node.data_dir, db_url=url) as procs:
         time.sleep(settle_s)
         print(f"idle stand-alone worker (1 thread, SQLite): {rss_mib(procs[0].proc.pid):.0f} MiB")
@@ -166,6 +172,8 @@ def main() -> int:
     parser.add_argument("--omp-threads", type=int, default=0,
                         help="OMP_NUM_THREADS of each worker (PyTorch's intra-op threads); "
                              "0: PyTorch's default, one per core")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the idle memory, no throughput runs")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="wait after ready before the resident sets are read")
     args = parser.parse_args()
@@ -180,6 +188,9 @@ def main() -> int:
         for i in range(args.series):
             write_series(inbox / f"s{i:03d}", seed=7000 + i, slices=args.slices,
                          size=args.size, subtypes=("subdural",) if i % 3 == 0 else ())
+        if args.memory_only:
+            idle_memory(tmp, args.idle_seconds)
+            return 0
         runs: list[Run] = []
         with postgres_server(tmp / "pg") as server:
             for n in counts:
