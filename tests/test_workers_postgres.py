@@ -191,6 +191,13 @@ def test_postgres_restarts_during_ingest_and_triage_lose_nothing_acknowledged(
         statuses |= store_all(assoc, [p for s in before for p in s.paths])
         pg.stop()
         outage = store_all(assoc, [p for s in during for p in s.paths])
+        # An association opened during the outage is accepted; its instances are refused.
+        late = ae.associate("127.0.0.1", node.port, ae_title="ICHTRIAGE")
+        assert late.is_established
+        try:
+            outage |= store_all(late, [during[0].paths[0]])
+        finally:
+            late.release()
         pg.start()
         statuses |= store_all(assoc, [p for s in after for p in s.paths])
     finally:
@@ -221,3 +228,7 @@ def test_postgres_restarts_during_ingest_and_triage_lose_nothing_acknowledged(
     for worker in workers:  # each is alive, or the one the test before killed
         assert worker.proc.poll() in (None, -signal.SIGKILL), worker.log_text()[-3000:]
     assert "ready:" in node.log_text() and node.proc.poll() is None
+    # The outages are said in a line each, not a traceback per try or per instance.
+    assert "database unavailable" in node.log_text()
+    for log in [node.log_text(), *(w.log_text() for w in workers)]:
+        assert "Traceback" not in log
