@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import DirectStatement, reader
+from storage.db import DirectStatement, is_unavailable, reader
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
@@ -213,8 +213,9 @@ class InstanceStore:
                     if instance_pk is None:
                         raise _Conflict  # and a series made for it is rolled back
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0]}") from exc
+            away = "database unavailable: " if is_unavailable(exc) else ""
+            raise DatabaseError(f"{away}indexing {meta.sop_uid} failed: "
+                                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
         if instance_pk is None:
             raise _Conflict
         self._remember(meta.series_uid, keys)

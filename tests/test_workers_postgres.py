@@ -229,6 +229,6 @@ def test_postgres_restarts_during_ingest_and_triage_lose_nothing_acknowledged(
         assert worker.proc.poll() in (None, -signal.SIGKILL), worker.log_text()[-3000:]
     assert "ready:" in node.log_text() and node.proc.poll() is None
     # The outages are said in a line each, not a traceback per try or per instance.
-    assert "database unavailable" in node.log_text()
+    assert "refused (0xA700 out of resources): database unavailable" in node.log_text()
     for log in [node.log_text(), *(w.log_text() for w in workers)]:
         assert "Traceback" not in log
