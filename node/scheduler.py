@@ -23,6 +23,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
+from node.outage import DatabaseOutage, is_unavailable
 from storage.jobs import JobQueue
 from storage.models import SeriesStatus, utcnow
 from storage.series import SeriesIndex, SettledSeries
@@ -111,14 +112,19 @@ class Polls:
     def add(self, func: Callable[[], Any], name: str) -> None:
         """Run `func` now (once started) and then every `interval` seconds."""
         busy = threading.Lock()
+        outage = DatabaseOutage(logger, f"periodic {name}")
 
         def run() -> None:
             if not busy.acquire(blocking=False):
                 return  # the previous run is still going
             try:
                 func()
-            except Exception:  # logged; the next run comes all the same
-                logger.exception("periodic %s failed", name)
+                outage.ok()
+            except Exception as exc:  # logged; the next run comes all the same
+                if is_unavailable(exc):
+                    outage.failed(exc)  # said once, not a traceback per tick
+                else:
+                    logger.exception("periodic %s failed", name)
             finally:
                 busy.release()
 

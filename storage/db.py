@@ -15,7 +15,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import DatabaseMissingError
@@ -134,6 +140,23 @@ class DirectStatement:
                 time.sleep(BUSY_POLL)
         finally:
             self._idle.put(conn)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, says the database cannot be reached
+    or used for now (a server restarting or down, a cut connection, SQLite's lock held too
+    long): work that met it is tried again later, not marked failed. Errors of the statement
+    itself (IntegrityError, ProgrammingError...) are not."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OperationalError | InterfaceError | DisconnectionError):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def reader(engine: Engine) -> Engine:

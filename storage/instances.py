@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Integer, bindparam, delete, func, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import DirectStatement, reader
+from storage.db import DirectStatement, is_unavailable, reader
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
@@ -221,8 +221,9 @@ class InstanceStore:
                     if instance_pk is None:
                         raise _Conflict  # and a series made for it is rolled back
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            raise DatabaseError(f"indexing {meta.sop_uid} failed: {exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0]}") from exc
+            away = "database unavailable: " if is_unavailable(exc) else ""
+            raise DatabaseError(f"{away}indexing {meta.sop_uid} failed: "
+                                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
         if instance_pk is None:
             raise _Conflict
         self._remember(meta.series_uid, keys)
@@ -303,8 +304,18 @@ class InstanceStore:
                                           .where(Instance.file_path.in_(chunk))).scalars())
         return [f for f in files if f not in known]
 
-    def _unindex(self, result: StoreResult) -> None:
-        """Take back an indexed instance whose file could not be kept."""
+    def take_back(self, result: StoreResult) -> bool:
+        """Remove an instance the node stored itself and no longer stands by (the SR of a
+        result that was not recorded: its worker lost the job's lease): its row, then its
+        file. False, and logged, when the database refused; the instance then stays."""
+        if not self._unindex(result):
+            return False
+        self.files.remove(result.file_path)
+        return True
+
+    def _unindex(self, result: StoreResult) -> bool:
+        """Take back an indexed instance whose file could not be kept; False when the
+        database refused (logged)."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(delete(Instance).where(Instance.id == result.instance_pk))
@@ -313,6 +324,8 @@ class InstanceStore:
         except SQLAlchemyError:
             # The row stays without its file; a resend of the instance restores the file.
             logger.exception("cannot take back the row of %s", result.file_path)
+            return False
+        return True
 
     def _repoint(self, instance_pk: int, relative: str) -> None:
         try:

@@ -164,6 +164,29 @@ class JobQueue:
                        job.attempts, error, final.value)
         return final
 
+    def release(self, job: ClaimedJob, reason: str) -> bool:
+        """Queue `job` again at once, this try not counted: it was cut short by something
+        that is not the job's fault (the database went away mid-job). A job queued again
+        meanwhile for the same series supersedes it (it ends failed, saying so). False when
+        the job is no longer this worker's: its lease ran out and another worker has it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            other = conn.execute(select(Job.id).where(
+                Job.queueing_lock == job.queueing_lock, Job.status == JobStatus.QUEUED,
+            )).scalar()
+            values: dict[str, object] = {"lease_expires_at": None, "last_error": reason[:4000]}
+            if other is None:
+                values |= {"status": JobStatus.QUEUED, "run_after": now,
+                           "attempts": job.attempts - 1}
+            else:
+                values |= {"status": JobStatus.FAILED, "finished_at": now,
+                           "last_error": f"{reason} (superseded by queued job {other})"}
+            released = conn.execute(update(Job).where(self._owned(job))
+                                     .values(**values)).rowcount == 1
+        if released:
+            logger.warning("job %s (%s) queued again: %s", job.id, job.queueing_lock, reason)
+        return released
+
     def reclaim_dead(self, host: str, alive: Callable[[int], bool]) -> list[int]:
         """Queue again, at once, the running jobs of workers on `host` whose process is gone
         (`alive(pid)` is False): a node restarted after a crash need not wait for their

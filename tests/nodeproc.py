@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,3 +99,83 @@ def running_node(tmp: Path, *args: str, db_url: str | None = None, receivers: in
         yield node
     finally:
         node.stop()
+
+
+@dataclass
+class WorkerProcess:
+    """A stand-alone `ichtriage worker` (a stand-in for a triage host)."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def name_prefix(self) -> str:
+        """How its jobs' `worker` column begins: "host:pid:" (node.triage.worker)."""
+        return f"{socket.gethostname()}:{self.proc.pid}:"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or the OOM killer would; reaped."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+def start_worker(log: Path, *, data_dir: Path, db_url: str, threads: int = 1,
+                 env: dict[str, str] | None = None) -> WorkerProcess:
+    """Start `python -m node worker` on `data_dir` and `db_url` (not waiting for it)."""
+    cmd = [sys.executable, "-m", "node", "worker", "--data-dir", str(data_dir),
+           "--db-url", db_url, "--workers", str(threads), "--device", "cpu"]
+    full_env = {**os.environ, "ICHTRIAGE_MIN_FREE_MB": "0", **(env or {})}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    return WorkerProcess(proc, log)
+
+
+def wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
+    """Wait for the worker's 'ready:' line; RuntimeError with its log when it ends first."""
+    deadline = time.monotonic() + timeout
+    while "ready:" not in worker.log_text():
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.proc.returncode}:\n"
+                               f"{worker.log_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker not ready after {timeout}s:\n{worker.log_text()}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def running_workers(tmp: Path, count: int, *, data_dir: Path, db_url: str,
+                    env: dict[str, str] | None = None, wait: bool = True,
+                    ready_timeout: float = 120) -> Iterator[list[WorkerProcess]]:
+    """`count` stand-alone worker processes started together (each ready, unless not `wait`:
+    then `wait_ready` each); stopped together after (SIGTERM; those killed are only reaped).
+    The database must be at the newest schema already (`storage.db.upgrade`, or a node)."""
+    workers: list[WorkerProcess] = []
+    try:
+        for i in range(count):
+            workers.append(start_worker(tmp / f"worker-{i}.log", data_dir=data_dir,
+                                        db_url=db_url, env=env))
+        for worker in workers if wait else ():
+            wait_ready(worker, ready_timeout)
+        yield workers
+    finally:
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.stop()

@@ -468,6 +468,10 @@ class _Cluster:
     def start(self, timeout: float) -> None:
         self.run("initdb", "-D", str(self.data), *"-A trust -U postgres -E UTF8".split(),
                  "--locale=C", "--no-sync", timeout=timeout)  # fmt: skip
+        self.launch(timeout)
+
+    def launch(self, timeout: float) -> None:
+        """Start the initialised cluster and wait until it accepts connections."""
         # fsync and full_page_writes are off because this throw-away test cluster never has
         # to survive a crash; never copy these settings to a real deployment.
         options = (
@@ -506,11 +510,33 @@ def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"pid {pid} survived SIGKILL for {timeout:.0f} s")
 
 
+@dataclass
+class PostgresServer:
+    """A running throw-away cluster: its SQLAlchemy URL, and a stop and start on the same
+    port and data (a database restart, as the drills of the node's reconnection need)."""
+
+    url: str
+    cluster: _Cluster
+    start_timeout: float = 60.0
+
+    @property
+    def running(self) -> bool:
+        return (self.cluster.data / "postmaster.pid").exists()
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are cut off, committed data is kept."""
+        self.cluster.stop()
+
+    def start(self) -> None:
+        """Start the stopped cluster again, on its port, and wait until it accepts."""
+        self.cluster.launch(self.start_timeout)
+
+
 @contextmanager
-def postgres_server(
+def postgres_cluster(
     tmp_dir: Path, *, database: str = PG_DATABASE, timeout: float = 60.0
-) -> Iterator[str]:
-    """A private PostgreSQL cluster on 127.0.0.1; yields an SQLAlchemy URL to ``database``.
+) -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on 127.0.0.1, as a handle that can stop and start it.
 
     The cluster lives in a fresh directory under the system temp dir (pytest's tmp_path is
     not reachable by the ``postgres`` user when the tests run as root); its server log is
@@ -529,7 +555,9 @@ def postgres_server(
         # createdb is a plain client: it connects over TCP with trust auth, as anyone.
         cluster.run("createdb", "-h", LOOPBACK, "-p", str(cluster.port), "-U", "postgres",
                     database, as_owner=False, timeout=timeout)  # fmt: skip
-        yield f"postgresql+psycopg://postgres@{LOOPBACK}:{cluster.port}/{database}"
+        yield PostgresServer(
+            f"postgresql+psycopg://postgres@{LOOPBACK}:{cluster.port}/{database}", cluster,
+            timeout)
     finally:
         try:
             cluster.stop()
@@ -539,6 +567,16 @@ def postgres_server(
             shutil.rmtree(root, ignore_errors=True)
             if root.exists():
                 logger.warning("could not remove the test cluster at %s", root)
+
+
+@contextmanager
+def postgres_server(
+    tmp_dir: Path, *, database: str = PG_DATABASE, timeout: float = 60.0
+) -> Iterator[str]:
+    """A private PostgreSQL cluster on 127.0.0.1 (`postgres_cluster`); yields an SQLAlchemy
+    URL to ``database``."""
+    with postgres_cluster(tmp_dir, database=database, timeout=timeout) as server:
+        yield server.url
 
 
 # --------------------------------------------------------------------------- Orthanc

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from ml.checkpoint import ModelCard, save_checkpoint
 from ml.labels import LABELS
@@ -25,7 +25,7 @@ from node.triage.sr import read_triage_sr
 from node.triage.worker import TriageWorker
 from storage.files import FileStore
 from storage.instances import InstanceStore
-from storage.jobs import JobQueue
+from storage.jobs import ClaimedJob, JobQueue
 from storage.models import (
     Delivery,
     Instance,
@@ -278,3 +278,41 @@ def test_a_running_worker_beats_and_says_when_it_stops(node: Node) -> None:
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive() and not beats.liveness().alive  # its row is gone
+
+
+class LeaseLost(JobQueue):
+    """A queue whose jobs are lost by the time their result is recorded, as when a loaded
+    host's worker misses its lease renewals and another worker takes the job over."""
+
+    def complete(self, job: ClaimedJob, conn: Connection | None = None) -> bool:
+        return False
+
+
+def test_a_worker_that_lost_its_lease_leaves_no_report_behind(node: Node, tmp_path: Path
+                                                                ) -> None:
+    node.worker.queue = LeaseLost(node.engine)
+    series = write_series(tmp_path / "in", seed=5, slices=8, size=64)
+    node.receive(list(series.paths))
+    assert node.monitor.run_once() == {series.series_uid: "queued"}
+    assert node.worker.run_once()
+    assert node.rows(TriageResult, TriageResult.id) == []
+    assert node.rows(Delivery, Delivery.id) == []
+    assert [r for r in node.rows(Instance, Instance.sop_class_uid) if r[0] == SR_CLASS] == []
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == len(series.paths)
+    (error,) = node.rows(Job, Job.last_error)
+    assert "lease lost" in str(error[0])
+
+
+def test_a_database_outage_mid_job_queues_the_job_again_uncounted(node: Node, tmp_path: Path
+                                                                  ) -> None:
+    series = write_series(tmp_path / "in", seed=6, slices=8, size=64)
+    node.receive(list(series.paths))
+    assert node.monitor.run_once() == {series.series_uid: "queued"}
+    job = node.queue.claim("test")
+    assert job is not None and job.attempts == 1
+    assert node.queue.release(job, "the database went away")
+    assert node.rows(Job, Job.status, Job.attempts, Job.last_error) == [
+        ("queued", 0, "the database went away")]
+    assert not node.queue.release(job, "twice")  # no longer this worker's
+    assert node.worker.run_once()
+    assert node.rows(Job, Job.status, Job.attempts) == [("done", 1)]

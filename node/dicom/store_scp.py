@@ -26,6 +26,7 @@ from node.dicom.header import HeaderValues, RawHeaderError, found_implicit_vr, r
 from node.dicom.meta import _uid, encode_file_meta, header_values, meta_from_values
 from node.series_warnings import SaidOncePerSeries, counted
 from storage.associations import AssociationLog
+from storage.db import is_unavailable
 from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
 
@@ -150,8 +151,12 @@ class StoreHandlers:
         except (StorageError, OSError) as exc:
             logger.error("cannot record association from %s: %s", rq.ae_title, exc)
             pk = None
-        except Exception:  # the audit row must not stop the association
-            logger.exception("cannot record association from %s", rq.ae_title)
+        except Exception as exc:  # the audit row must not stop the association
+            if is_unavailable(exc):  # its instances are refused (0xA700) and say why
+                logger.error("cannot record association from %s: database unavailable",
+                             rq.ae_title)
+            else:
+                logger.exception("cannot record association from %s", rq.ae_title)
             pk = None
         with self._lock:
             self._tallies[id(event.assoc)] = _Tally(pk)
@@ -177,8 +182,12 @@ class StoreHandlers:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
                                 duplicates=tally.duplicates)
             self.log.refused(tally.refused)
-        except Exception:  # auditing must not break the association
-            logger.exception("cannot record the end of association %s", tally.pk)
+        except Exception as exc:  # auditing must not break the association
+            if is_unavailable(exc):  # it stays "open"; the next start marks it aborted
+                logger.error("cannot record the end of association %s: database "
+                             "unavailable", tally.pk)
+            else:
+                logger.exception("cannot record the end of association %s", tally.pk)
 
     def _tally(self, event: Event) -> _Tally:
         with self._lock:

@@ -26,13 +26,14 @@ from ml.errors import MLError
 from ml.inference import Classifier, SeriesPrediction
 from ml.volume import PlaneKey, Volume, VolumeRules, assemble
 from node.dicom.meta import meta_from_dataset
+from node.outage import DatabaseOutage, is_unavailable
 from node.series_warnings import once_per_series
 from node.triage.reading import PixelsRead, SeriesHeaders, hounsfield, read_headers
 from node.triage.registry import ActiveModel, ModelHolder, ModelUnavailableError
 from node.triage.sr import AlgorithmInfo, LabelResult, build_triage_sr
 from storage.errors import StorageError
 from storage.files import FileStore
-from storage.instances import InstanceStore
+from storage.instances import InstanceStore, StoreResult
 from storage.jobs import ClaimedJob, JobQueue
 from storage.models import JobStatus, SeriesStatus, utcnow
 from storage.outbox import Outbox
@@ -71,19 +72,46 @@ class TriageWorker:
         self.volume_rules = volume_rules or VolumeRules(min_slices=min_slices)
         self.batch_size = batch_size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self._current: ClaimedJob | None = None  # the job in hand, for run()
+        # SRs of results not recorded that could not be taken back yet (database away)
+        self._not_taken_back: list[StoreResult] = []
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+        """Take and process jobs until `stop` is set, saying that this worker is alive
+        (storage.worker_beats) as it goes. While the database is unavailable (PostgreSQL
+        restarting, say) the worker waits and tries again; a job the outage cut short is
+        queued again, its try not counted, once the database is back."""
         try:
-            while not stop.is_set():
-                self._beat()
-                if not self.run_once():
-                    stop.wait(idle_wait)
+            self._work(stop, idle_wait)
         finally:
             if self.beats is not None:
                 try:
                     self.beats.gone(self.name)
                 except SQLAlchemyError as exc:
                     logger.warning("worker %s: heartbeat row not removed: %s", self.name, exc)
+
+    def _work(self, stop: threading.Event, idle_wait: float) -> None:
+        outage = DatabaseOutage(logger, f"triage worker {self.name}")
+        cut_short: ClaimedJob | None = None
+        while not stop.is_set():
+            self._beat()
+            try:
+                if cut_short is not None or self._not_taken_back:
+                    self._after_outage(cut_short)
+                    cut_short = None
+                took = self.run_once()
+                outage.ok()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                cut_short = cut_short or self._current
+                outage.failed(exc)
+                stop.wait(outage.wait_seconds())
+                continue
+            finally:
+                self._current = None
+            if not took:
+                stop.wait(idle_wait)
 
     def _beat(self) -> None:
         """Say this worker is alive, at most every BEAT_SECONDS (storage.worker_beats)."""
@@ -96,20 +124,32 @@ class TriageWorker:
             logger.warning("worker %s: heartbeat not written: %s", self.name, exc)
 
     def run_once(self) -> bool:
-        """Process one job if one is runnable; True when a job was taken."""
+        """Process one job if one is runnable; True when a job was taken. An unavailable
+        database (storage.db.is_unavailable) is raised, the job left to the caller
+        (`self._current`)."""
         job = self.queue.claim(self.name)
         if job is None:
             return False
+        self._current = job
         try:
             with self.queue.kept_alive(job):
                 self.process(job)
-        except (TriageError, ModelUnavailableError, MLError, StorageError, OSError,
-                ValueError) as exc:
-            self._failed(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            logger.exception("job %s: unexpected error", job.id)
-            self._failed(job, f"unexpected {type(exc).__name__}: {exc}")
+            if is_unavailable(exc):
+                raise
+            self._failed(job, _reason(job, exc))
         return True
+
+    def _after_outage(self, cut_short: ClaimedJob | None) -> None:
+        """Once the database is back: take back the SRs of results not recorded, and queue
+        the job the outage cut short again (JobQueue.release)."""
+        while self._not_taken_back and self.store.take_back(self._not_taken_back[0]):
+            self._not_taken_back.pop(0)
+        job = cut_short
+        reason = "the database became unavailable while the job ran"
+        if job is not None and self.queue.release(job, reason) and job.series_pk is not None:
+            self.results.set_series_status(job.series_pk, SeriesStatus.QUEUED,
+                                           f"retrying: {reason}", revision=job.series_revision)
 
     def _failed(self, job: ClaimedJob, reason: str) -> None:
         final = self.queue.fail(job, reason)
@@ -190,14 +230,21 @@ class TriageWorker:
             sr_sop_uid=str(sr.SOPInstanceUID), latency_seconds=latency,
             complete=volume.complete, notes="; ".join(notes),
             inference_seconds=prediction.model_seconds)
-        with self.results.engine.begin() as conn:
-            Results.add(conn, new)
-            self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID), file_path=stored.file_path,
-                            destinations=self.destinations)
-            self.results.set_series_status(series.pk, SeriesStatus.DONE, "; ".join(notes),
-                                           revision=job.series_revision, conn=conn)
-            if not self.queue.complete(job, conn):
-                raise TriageError("lease lost while the job ran; another worker has it")
+        try:
+            with self.results.engine.begin() as conn:
+                Results.add(conn, new)
+                self.outbox.add(conn, sop_uid=str(sr.SOPInstanceUID),
+                                file_path=stored.file_path, destinations=self.destinations)
+                self.results.set_series_status(series.pk, SeriesStatus.DONE, "; ".join(notes),
+                                               revision=job.series_revision, conn=conn)
+                if not self.queue.complete(job, conn):
+                    raise TriageError("lease lost while the job ran; another worker has it")
+        except BaseException:
+            # The SR of a result not recorded must not stay in the node's store beside the
+            # one of the worker that has the job now (a viewer would find two reports).
+            if not self.store.take_back(stored):
+                self._not_taken_back.append(stored)  # tried again when the database is back
+            raise
         positives = [r.label for r in results if r.present]
         logger.info("series %s triaged by %s %s in %.2fs after its last slice: %s%s",
                     series.series_uid, entry.name, entry.version, latency,
@@ -256,6 +303,19 @@ class TriageWorker:
                              else None,
                              previous_versions=[earlier] if earlier is not None else [])
         return sr, notes
+
+
+# Failures of a job that are said in its reason without a traceback.
+KNOWN_FAILURES = (TriageError, ModelUnavailableError, MLError, StorageError, OSError, ValueError)
+
+
+def _reason(job: ClaimedJob, exc: Exception) -> str:
+    """The reason a failed try is recorded with; an unexpected error is logged with its
+    traceback first."""
+    if isinstance(exc, KNOWN_FAILURES):
+        return f"{type(exc).__name__}: {exc}"
+    logger.error("job %s: unexpected error", job.id, exc_info=exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _instances_in_order(volume: Volume) -> list[str]:
