@@ -165,6 +165,8 @@ class StoreHandlers:
             try:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
                                 duplicates=tally.duplicates)
+            except StorageError as exc:  # a full disk, say: the instances' statuses stand
+                logger.error("cannot record the end of association %s: %s", tally.pk, exc)
             except Exception:  # auditing must not break the association
                 logger.exception("cannot record the end of association %s", tally.pk)
 
