@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests import factories
 from tests.nodeproc import NodeProcess, running_node, wait_for
