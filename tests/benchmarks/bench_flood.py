@@ -172,8 +172,11 @@ def main() -> int:
         for pid, now in ended.items():
             series = [s[pid].rss_kib / 1024 for s in sampler.samples if pid in s]
             if series:
-                print(f"    {pid} {now.role}: min {min(series):.0f}, max {max(series):.0f}, "
-                      f"last {series[-1]:.0f}")
+                quarters = [series[min(len(series) - 1, len(series) * q // 4)]
+                            for q in (1, 2, 3, 4)]
+                print(f"    {pid} {now.role}: min {min(series):.0f}, max {max(series):.0f}; "
+                      f"at 1/4, 1/2, 3/4, the end: "
+                      f"{', '.join(f'{v:.0f}' for v in quarters)}")
         print("  after start-up -> after the flood:")
         for line in table(started, ended):
             print("   ", line)
