@@ -22,14 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from tests import factories
+from tests import factories, peers
+from tests.benchmarks.bench_flood import NO_ANSWER, SUCCESS, storescu_answers
 from tests.nodeproc import NodeProcess, running_node, wait_for
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, peers.needs(peers.have_dcmtk(), "DCMTK")]
 
 CAP_SYS_ADMIN = 21  # linux/capability.h
 
@@ -74,16 +72,13 @@ def fill(folder: Path, leave: int) -> Path:
     return ballast
 
 
-def send(port: int, datasets: list[Dataset]) -> list[int]:
-    """C-STORE each data set over one association; the statuses answered."""
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ICHTRIAGE")
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    finally:
-        assoc.release()
+def send(port: int, files: list[Path]) -> list[str]:
+    """C-STORE each file with DCMTK storescu over one association, going on after a refusal;
+    storescu's word for each answer, in order ('Success', 'Refused: OutOfResources'...)."""
+    done = peers.run_storescu(files, port, aet="CT1", called_aet="ICHTRIAGE",
+                              extra_args=["-v", "--no-halt"])
+    answers = storescu_answers(done.stdout + done.stderr)
+    return [answers.get(str(path), NO_ANSWER) for path in files]
 
 
 def store_contents(node: NodeProcess) -> tuple[set[str], list[Path]]:
@@ -101,8 +96,8 @@ def store_contents(node: NodeProcess) -> tuple[set[str], list[Path]]:
     return finals, others
 
 
-def send_all(port: int, batches: list[list[Dataset]]) -> list[list[int]]:
-    """Each batch over its own association, all at once; the statuses by batch."""
+def send_all(port: int, batches: list[list[Path]]) -> list[list[str]]:
+    """Each batch over its own association, all at once; the answers by batch."""
     with ThreadPoolExecutor(len(batches)) as pool:
         return list(pool.map(lambda batch: send(port, batch), batches))
 
@@ -112,16 +107,18 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers_when_space_returns(
     # Four scanners at once, eight slices of about 131 KB each; room for a few of them. The
     # database shares the disk: whichever write meets the full disk first (the free-space
     # check, a file, SQLite's log) refuses the instance.
-    batches = [factories.ct_series(8, size=256) for _ in range(4)]
-    uids = [[str(ds.SOPInstanceUID) for ds in batch] for batch in batches]
+    series = [factories.ct_series(8, size=256) for _ in range(4)]
+    batches = [factories.write_series(tmp_path / f"in{i}", s) for i, s in enumerate(series)]
+    uids = [[str(ds.SOPInstanceUID) for ds in s] for s in series]
+    refused = "Refused: OutOfResources"  # DCMTK's words for 0xA700
     with small_filesystem(tmp_path / "var", size_mb=24) as data_dir:
         with running_node(tmp_path, settle=0.5) as node:
             ballast = fill(data_dir, leave=1_200_000)
             answered = send_all(node.port, batches)
-            statuses = {uid: st for batch, sts in zip(uids, answered, strict=True)
-                        for uid, st in zip(batch, sts, strict=True)}
-            stored = {uid for uid, st in statuses.items() if st == 0x0000}
-            assert set(statuses.values()) == {0x0000, 0xA700}, answered  # some fitted
+            answers = {uid: a for batch, got in zip(uids, answered, strict=True)
+                       for uid, a in zip(batch, got, strict=True)}
+            stored = {uid for uid, answer in answers.items() if answer == SUCCESS}
+            assert set(answers.values()) == {SUCCESS, refused}, answered  # some fitted
             finals, others = store_contents(node)
             assert finals == stored  # every acknowledged instance has its file, no other
             assert others == []  # no temporary or partial file left
@@ -130,7 +127,7 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers_when_space_returns(
             assert "(0xA700 out of resources)" in node.log_text()
             ballast.unlink()
             # The scanners send their series again: all of it is kept now.
-            assert send_all(node.port, batches) == [[0x0000] * 8] * 4
+            assert send_all(node.port, batches) == [[SUCCESS] * 8] * 4
             finals, others = store_contents(node)
             assert finals == {uid for batch in uids for uid in batch} and others == []
             assert node.query("select instance_count from series") == [(8,)] * 4

@@ -143,8 +143,8 @@ def test_a_sigterm_with_jobs_queued_and_running_and_deliveries_pending_repeats_n
     pacs_port = peers.free_port()
     destination = f"PACS@127.0.0.1:{pacs_port}"
     first = write_series(tmp_path / "first", seed=21, slices=10, size=128, subtypes=())
-    # Full-size slices: seconds of triage, in which the other series arrives and queues.
-    running = write_series(tmp_path / "running", seed=22, slices=24, size=512, subtypes=())
+    # Full-size slices: seconds of triage, in which the node is stopped.
+    running = write_series(tmp_path / "running", seed=22, slices=32, size=512, subtypes=())
     queued = write_series(tmp_path / "queued", seed=23, slices=10, size=128, subtypes=())
     # A failed delivery waits 5 minutes for its next try: only the restart's "try every
     # pending delivery now" delivers within the test's time.
@@ -159,15 +159,14 @@ def test_a_sigterm_with_jobs_queued_and_running_and_deliveries_pending_repeats_n
         send(tmp_path / "first")
         wait_for(lambda: node.query("select status, attempts > 0 from delivery")
                  == [("pending", True)], timeout=90, what="the first report tried and pending")
+        # Both sent before either is complete: the worker takes the first, the second
+        # waits behind it, for as long as the first one's triage lasts.
         send(tmp_path / "running")
-        wait_for(lambda: job_states(node).get(running.series_uid, ("",))[0] == "running",
-                 timeout=60, what="the second series' job running")
         send(tmp_path / "queued")
-        wait_for(lambda: queued.series_uid in job_states(node), timeout=30,
-                 what="the third series queued")
-        before = job_states(node)
-        assert before[queued.series_uid] == ("queued", 0)
-        assert before[running.series_uid] == ("running", 1), "the job ended before the SIGTERM"
+        wanted = {running.series_uid: ("running", 1), queued.series_uid: ("queued", 0)}
+        wait_for(lambda: all(job_states(node).get(uid) == state
+                             for uid, state in wanted.items()), timeout=60,
+                 what="one series' job running and the other's queued")
         assert node.stop(timeout=120) == 0
     after = job_states(node)
     assert after == {first.series_uid: ("done", 1), running.series_uid: ("done", 1),

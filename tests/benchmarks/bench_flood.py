@@ -71,7 +71,7 @@ def send_series(port: int, flood: Flood, folder: Path, aet: str, per_association
     paths = factories.write_series(folder, datasets)
     try:
         done = peers.run_storescu(paths, port, aet=aet, called_aet="ICHTRIAGE",
-                                  extra_args=["-v"], timeout=300)
+                                  extra_args=["-v", "--no-halt"], timeout=300)
     finally:
         for path in paths:
             path.unlink()
