@@ -16,6 +16,9 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pydicom import charset
 
+from storage.outbox import DELIVERY_RETRY
+from storage.retry import RetryPolicy
+
 ENV_PREFIX = "ICHTRIAGE_"
 _AE = re.compile(r"[ -~]{1,16}")  # PS3.5 AE VR: 16 printable characters, no backslash
 _DEST = re.compile(r"(?P<ae>[^@]{1,16})@(?P<host>[^:]+|\[[^\]]+\]):(?P<port>\d{1,5})")
@@ -104,6 +107,10 @@ class Settings:
     settle_seconds: float = 2.0
     aborted_wait_seconds: float = 120.0  # a series whose transfer was aborted waits for a resend
     destinations: tuple[Destination, ...] = ()
+    # After a failed delivery to a destination, the next try waits this long, doubled after
+    # each further failure up to delivery_retry_max_seconds (storage.outbox DELIVERY_RETRY)
+    delivery_retry_seconds: float = 2.0
+    delivery_retry_max_seconds: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # when set, callers must present a certificate it signed
@@ -188,6 +195,10 @@ class Settings:
         titles = [d.ae_title for d in self.move_destination]
         if len(set(titles)) != len(titles):
             raise ConfigError(f"move_destination: an AE title given twice in {titles}")
+        if not 0 < self.delivery_retry_seconds <= self.delivery_retry_max_seconds:
+            raise ConfigError("delivery_retry_seconds must be > 0 and at most "
+                              f"delivery_retry_max_seconds, got {self.delivery_retry_seconds} "
+                              f"and {self.delivery_retry_max_seconds}")
         if self.job_lease_seconds <= 0:
             raise ConfigError(f"job_lease_seconds must be > 0, got {self.job_lease_seconds}")
         self._check_retraining()
@@ -224,6 +235,12 @@ class Settings:
     def models_dir(self) -> Path:
         """Where the model registry keeps the checkpoints it imported (storage.registry)."""
         return self.data_dir / "models"
+
+    @property
+    def delivery_retry(self) -> RetryPolicy:
+        """The outbox's retry policy: DELIVERY_RETRY with this installation's waits."""
+        return dataclasses.replace(DELIVERY_RETRY, backoff_seconds=self.delivery_retry_seconds,
+                                   max_backoff_seconds=self.delivery_retry_max_seconds)
 
     @property
     def receiver_count(self) -> int:

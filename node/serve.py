@@ -28,6 +28,7 @@ from storage.db import make_engine
 from storage.files import QUARANTINE, FileStore
 from storage.instances import InstanceStore
 from storage.jobs import JobQueue
+from storage.outbox import Outbox
 from storage.retry import RetryPolicy
 from storage.series import SeriesIndex
 
@@ -78,7 +79,8 @@ def recover(services: Services, *, files_too: bool) -> None:
     """Undo what a crash or SIGKILL left half-done, before anything receives or triages:
     jobs of this host's workers whose process is gone are queued again at once; with
     `files_too` (the node, not a stand-alone worker) temporary files of interrupted writes
-    are removed and rows whose file never got its name are taken back. One log line."""
+    are removed, rows whose file never got its name are taken back, and pending deliveries
+    are made due now (the node that sends them is starting). One log line each."""
     jobs = services.queue.reclaim_dead(socket.gethostname(), _process_alive)
     temporaries = rows = orphans = cut = 0
     if files_too:
@@ -86,6 +88,10 @@ def recover(services: Services, *, files_too: bool) -> None:
         temporaries, rows = done.temporaries, len(done.rows_taken_back)
         orphans = len(done.files_quarantined)
         cut = AssociationLog(services.engine).close_left_open()
+        waiting = Outbox(services.engine).due_now()
+        if waiting:
+            logger.info("%d pending deliveries were waiting for their next try: tried now",
+                        waiting)
     if jobs or temporaries or rows or orphans or cut:
         logger.warning("recovered from an unclean stop: %d jobs of ended workers queued again "
                        "(or failed), %d temporary files removed, %d rows without their file "
@@ -111,11 +117,10 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
     """Triage workers: threads sharing one loaded model."""
     from ml.volume import VolumeRules
     from node.triage.worker import TriageWorker, start_workers
-    from storage.outbox import Outbox
     from storage.results import Results
     from storage.worker_beats import WorkerBeats
 
-    outbox = Outbox(services.engine)
+    outbox = Outbox(services.engine, retry=settings.delivery_retry)
     beats = WorkerBeats(services.engine)
     store = InstanceStore(services.engine, services.files)
     destinations = [str(d) for d in settings.destinations]
@@ -134,9 +139,9 @@ def _start_triage(settings: Settings, services: Services, count: int, holder: Mo
 
 def _start_sender(settings: Settings, services: Services, polls: Polls) -> None:
     from node.triage.sender import DeliverySender
-    from storage.outbox import Outbox
 
-    sender = DeliverySender(Outbox(services.engine), services.files, ae_title=settings.ae_title)
+    sender = DeliverySender(Outbox(services.engine, retry=settings.delivery_retry),
+                            services.files, ae_title=settings.ae_title)
     polls.add(sender.run_once, "outbox")
 
 

@@ -38,14 +38,17 @@ class Outbox:
 
     def add(self, conn: Connection, *, sop_uid: str, file_path: str,
             destinations: Iterable[str]) -> int:
-        """Queue an instance for each destination inside the caller's transaction."""
+        """Queue an instance for each destination inside the caller's transaction; how many
+        were new (one already queued for a destination is left as it is)."""
         added = 0
         for destination in destinations:
+            # RETURNING, not rowcount: this insert's rowcount is -1 on PostgreSQL (psycopg)
             added += conn.execute(self._insert(Delivery).values(
                 sop_uid=sop_uid, file_path=file_path, destination=destination,
                 status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=utcnow(),
                 last_error="", created_at=utcnow(),
-            ).on_conflict_do_nothing(index_elements=["sop_uid", "destination"])).rowcount
+            ).on_conflict_do_nothing(index_elements=["sop_uid", "destination"])
+                .returning(Delivery.id)).scalar() is not None
         return added
 
     def due(self, *, limit: int = 50) -> list[PendingDelivery]:
@@ -57,6 +60,15 @@ class Outbox:
                        Delivery.next_attempt_at <= utcnow())
                 .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)).all()
         return [PendingDelivery(*row) for row in rows]
+
+    def due_now(self) -> int:
+        """Make every pending delivery due now, whatever its backoff: for start-up, so that a
+        restart (often after the destination was mended) sends at once. Returns how many."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return int(conn.execute(update(Delivery).where(
+                Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at > now,
+            ).values(next_attempt_at=now)).rowcount)
 
     def sent(self, delivery: PendingDelivery) -> None:
         with self.engine.begin() as conn:

@@ -3,6 +3,7 @@ association is served at the same time, on both receive paths (node.dicom.guard)
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -126,6 +127,24 @@ def test_silent_connection_is_closed_after_the_request_timeout(
         sock = raw_peer(server)
         assert answer(sock) == b""  # nothing sent at all
     with_good_association(server, hostile)
+
+
+def test_connections_closed_before_a_byte_end_without_waiting_for_a_request(
+        server: ThreadedAssociationServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A load balancer's TCP health check connects and closes: each ends as the peer
+    leaves, not when the request timeout runs out (it held a thread and an association
+    slot that long), and is no warning."""
+    caplog.set_level(logging.DEBUG, logger="node.dicom.guard")
+
+    def hostile() -> None:
+        for _ in range(5):
+            raw_peer(server).close()
+        deadline = time.monotonic() + 10
+        while (caplog.text.count("closed by the peer before an association request") < 5
+               and time.monotonic() < deadline):
+            time.sleep(0.02)  # each one's end is logged as its thread ends
+    with_good_association(server, hostile)
+    assert "no association request in" not in caplog.text
 
 
 @pytest.mark.parametrize("pdu_type", [0x01, 0x04, 0x05])

@@ -75,23 +75,30 @@ def test_bleed_and_normal_reports_reach_the_pacs_and_rank_the_worklist(
         assert query(node, "select status, attempts from delivery") == [("sent", 1), ("sent", 1)]
 
 
-def test_a_pacs_that_is_down_gets_the_report_later_once(
+def test_a_pacs_that_is_down_gets_every_report_later_once(
         tmp_path: Path, orthanc: peers.OrthancServer) -> None:
-    series = write_series(tmp_path / "in", seed=903, slices=10, size=128)
+    """The PACS is down while three results are made: the outbox holds them and tries again
+    and again, its waits grown to their longest (minutes by default, a second here); when
+    the PACS is back, each report arrives, once."""
+    series = [write_series(tmp_path / f"in{i}", seed=903 + 10 * i, slices=10, size=128)
+              for i in range(3)]
     orthanc.stop()
+    retry = {"ICHTRIAGE_DELIVERY_RETRY_SECONDS": "0.1",
+             "ICHTRIAGE_DELIVERY_RETRY_MAX_SECONDS": "1"}
     with running_node(tmp_path, "--destination", f"PACS@127.0.0.1:{orthanc.dicom_port}",
-                      workers=1) as node:
-        send(node, tmp_path / "in")
-        wait_for(lambda: query(node, "select attempts from delivery where attempts >= 2"),
-                 what="two failed deliveries")
-        assert query(node, "select status from delivery") == [("pending",)]
+                      workers=1, env=retry) as node:
+        for s in series:
+            send(node, s.paths[0].parent)
+        # 0.1 + 0.2 + 0.4 + 0.8 + 1 s: the sixth try of each waited the longest wait
+        wait_for(lambda: query(node, "select count(*) from delivery where attempts >= 6")
+                 == [(3,)], timeout=120, what="six failed tries of each delivery")
+        assert query(node, "select distinct status from delivery") == [("pending",)]
         orthanc.start()
-        wait_for(lambda: query(node, "select status from delivery") == [("sent",)], timeout=90,
-                 what="the delivery once Orthanc is up")
-        srs = orthanc_srs(orthanc)
-        assert list(srs) == [series.study_uid]
-        time.sleep(2.5)  # a second delivery would come within the sender's period
-        assert len(orthanc.instances()) == 1
+        wait_for(lambda: query(node, "select status, count(*) from delivery group by status")
+                 == [("sent", 3)], timeout=60, what="the deliveries once Orthanc is up")
+        assert sorted(orthanc_srs(orthanc)) == sorted(s.study_uid for s in series)
+        time.sleep(2.5)  # a second delivery would come within the sender's longest wait
+        assert len(orthanc.instances()) == 3
         assert "not reachable" in node.log_text()
 
 

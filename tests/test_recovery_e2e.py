@@ -124,3 +124,68 @@ def test_results_pending_at_a_sigkill_are_delivered_once_after_the_restart(
         reports = [s for s in pacs.rest("/series?expand")
                    if s["MainDicomTags"].get("Modality") == "SR"]
         assert len(reports) == 1 and len(reports[0]["Instances"]) == 1
+
+
+def job_states(node: NodeProcess) -> dict[str, tuple[str, int]]:
+    """(status, attempts) of each series' job, by Series Instance UID."""
+    return {str(uid): (str(status), int(str(attempts))) for uid, status, attempts in node.query(
+        "select s.series_uid, j.status, j.attempts from job j join series s "
+        "on s.id = j.series_pk")}
+
+
+@peers.needs(peers.have_orthanc(), "Orthanc")
+def test_a_sigterm_with_jobs_queued_and_running_and_deliveries_pending_repeats_nothing(
+        tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop) while one result waits for the PACS, one series is being
+    triaged and one is queued: the running job is finished before the node exits, the rest
+    is left for the restart, which triages the queued series and delivers every report,
+    once; no job runs twice."""
+    pacs_port = peers.free_port()
+    destination = f"PACS@127.0.0.1:{pacs_port}"
+    first = write_series(tmp_path / "first", seed=21, slices=10, size=128, subtypes=())
+    # Full-size slices: seconds of triage, in which the node is stopped.
+    running = write_series(tmp_path / "running", seed=22, slices=32, size=512, subtypes=())
+    queued = write_series(tmp_path / "queued", seed=23, slices=10, size=128, subtypes=())
+    # A failed delivery waits 5 minutes for its next try: only the restart's "try every
+    # pending delivery now" delivers within the test's time.
+    env = {"ICHTRIAGE_DELIVERY_RETRY_SECONDS": "300"}
+    args = ("--destination", destination)
+
+    def send(folder: Path) -> None:
+        sent = peers.run_storescu(folder, node.port, aet="CT1", called_aet="ICHTRIAGE")
+        assert sent.returncode == 0, sent.stderr
+
+    with running_node(tmp_path, *args, workers=1, settle=0.3, env=env) as node:
+        send(tmp_path / "first")
+        wait_for(lambda: node.query("select status, attempts > 0 from delivery")
+                 == [("pending", True)], timeout=90, what="the first report tried and pending")
+        # Both sent before either is complete: the worker takes the first, the second
+        # waits behind it, for as long as the first one's triage lasts.
+        send(tmp_path / "running")
+        send(tmp_path / "queued")
+        wanted = {running.series_uid: ("running", 1), queued.series_uid: ("queued", 0)}
+        wait_for(lambda: all(job_states(node).get(uid) == state
+                             for uid, state in wanted.items()), timeout=60,
+                 what="one series' job running and the other's queued")
+        assert node.stop(timeout=120) == 0
+    after = job_states(node)
+    assert after == {first.series_uid: ("done", 1), running.series_uid: ("done", 1),
+                     queued.series_uid: ("queued", 0)}
+    assert node.query("select status, count(*) from delivery group by status") == [("pending", 2)]
+    log = node.log_text()
+    assert "SIGTERM received: stopping" in log and "recovered from an unclean stop" not in log
+    with peers.orthanc_server(tmp_path / "pacs", aet="PACS", dicom_port=pacs_port) as pacs:
+        with running_node(tmp_path, *args, workers=1, settle=0.3, env=env) as again:
+            wait_for(lambda: again.query("select status, count(*) from delivery group by status")
+                     == [("sent", 3)], timeout=120, what="three reports delivered")
+            assert "pending deliveries were waiting for their next try: tried now" in \
+                again.log_text()
+            assert job_states(again) == {uid: ("done", 1) for uid in
+                                         (first.series_uid, running.series_uid,
+                                          queued.series_uid)}
+            assert again.query("select count(*) from triage_result") == [(3,)]
+            assert "recovered from an unclean stop" not in again.log_text()
+        reports = [s for s in pacs.rest("/series?expand")
+                   if s["MainDicomTags"].get("Modality") == "SR"]
+        assert len(reports) == 3 and all(len(r["Instances"]) == 1 for r in reports)
+        assert len(pacs.instances()) == 3

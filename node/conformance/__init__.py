@@ -24,7 +24,8 @@ def render(settings: Settings) -> str:
     partial = sample_report(complete=False)
     services = facts.accepted_services(settings)
     initiator = facts.initiator(str(complete.SOPClassUID),
-                                str(complete.file_meta.TransferSyntaxUID))
+                                str(complete.file_meta.TransferSyntaxUID),
+                                retry=settings.delivery_retry)
     lines = [
         *_title(settings),
         *_overview(services, initiator),

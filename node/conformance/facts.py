@@ -93,12 +93,14 @@ def implementation(settings: Settings) -> Implementation:
     return Implementation(str(ae.implementation_class_uid), ae.implementation_version_name or "")
 
 
-def initiator(report_sop_class: str, report_transfer_syntax: str) -> Initiator:
+def initiator(report_sop_class: str, report_transfer_syntax: str, *,
+              retry: RetryPolicy = DELIVERY_RETRY) -> Initiator:
     """The Storage SCU side: one association per destination and batch, proposing each
-    report's SOP class with the transfer syntax it is stored in (DeliverySender._send)."""
+    report's SOP class with the transfer syntax it is stored in (DeliverySender._send),
+    retried by `retry` (the settings' `delivery_retry`)."""
     timeout = inspect.signature(DeliverySender).parameters["timeout"].default
     return Initiator(sop_class=report_sop_class, transfer_syntax=report_transfer_syntax,
-                     max_pdu=AE().maximum_pdu_size, timeout=float(timeout), retry=DELIVERY_RETRY,
+                     max_pdu=AE().maximum_pdu_size, timeout=float(timeout), retry=retry,
                      stored_statuses=tuple(sorted(STORED)))
 
 

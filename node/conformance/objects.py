@@ -23,6 +23,8 @@ DICOM_SETTINGS = {
     "port": "the DICOM port",
     "allow_ae": "calling AE titles allowed, `AE` or `AE@HOST`; empty: any",
     "destinations": "where triage results are sent, `AE@HOST:PORT`",
+    "delivery_retry_seconds": "wait after a failed delivery, doubled after each further one",
+    "delivery_retry_max_seconds": "longest wait between tries of one delivery",
     "allow_store_ae": "calling AE titles allowed to store (among `allow_ae`); empty: all",
     "allow_query_ae": "calling AE titles allowed to query and retrieve; empty: all",
     "move_destination": "C-MOVE destinations, `AE@HOST:PORT`; others are refused (0xA801)",

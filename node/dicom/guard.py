@@ -120,6 +120,7 @@ class GuardedSocket(AssociationSocket):
         self._message_bytes = 0
         self._command_bytes = 0
         self.received = 0  # bytes read so far
+        self.left_unused = False  # the peer closed before sending a byte
         # One wait per system call; the deadline is checked between calls, so a PDU that
         # trickles in ends within its deadline plus one wait.
         self._set_wait(min(limits.request_timeout, limits.pdu_timeout))
@@ -217,12 +218,26 @@ class GuardedSocket(AssociationSocket):
             except (TimeoutError, BlockingIOError):  # the wait set by _set_wait ran out
                 self._timed_out(read, count)
             if not received:
+                if not self.received and not read:
+                    self._left_unused()
                 break  # the peer closed: return what arrived, as pynetdicom does
             read += received
             self.received += received
         if read < len(buffer):
             del buffer[read:]
         return buffer
+
+    def _left_unused(self) -> None:
+        """The peer closed without sending a byte, as a load balancer's TCP health check
+        does: end the acceptor's wait for an association request now. pynetdicom's acceptor
+        waits for the request on the upper layer's to_user_queue for its ACSE timeout and
+        takes None as that timeout's end (Association.run_reactor): without this, each
+        such connection held a thread and one of the node's association slots for
+        `association_request_timeout`."""
+        if self.left_unused:
+            return
+        self.left_unused = True
+        self.assoc.dul.to_user_queue.put(cast(Any, None))
 
     def _timed_out(self, read: int, count: int) -> None:
         what = ("an association request" if self._request_deadline is not None
@@ -280,7 +295,10 @@ class GuardedRequestHandler(RequestHandler):
         if assoc.is_alive():
             assoc.join()
         sock = assoc.dul.socket
-        if isinstance(sock, GuardedSocket) and not sock.received:
+        if isinstance(sock, GuardedSocket) and sock.left_unused:
+            logger.debug("connection from %s closed by the peer before an association "
+                         "request (a health check?)", self.client_address[0])
+        elif isinstance(sock, GuardedSocket) and not sock.received:
             # pynetdicom's ARTIM timer ended it (PS3.8 9.1.5); say whose connection it was
             logger.warning("connection from %s closed: no association request in %s s",
                            self.client_address[0], sock.limits.request_timeout)

@@ -139,6 +139,8 @@ class StoreHandlers:
         event.assoc.kill()
         try:
             self.log.rejected(why)
+        except StorageError as exc:  # a full disk, a database away: the log line stands
+            logger.error("cannot count a rejected association: %s", exc)
         except Exception:  # counting must not break the receiver
             logger.exception("cannot count a rejected association")
 
@@ -182,6 +184,8 @@ class StoreHandlers:
                 self.log.closed(tally.pk, state=state, stored=tally.stored, failed=tally.failed,
                                 duplicates=tally.duplicates)
             self.log.refused(tally.refused)
+        except StorageError as exc:  # a full disk, say: the instances' statuses stand
+            logger.error("cannot record the end of association %s: %s", tally.pk, exc)
         except Exception as exc:  # auditing must not break the association
             if is_unavailable(exc):  # it stays "open"; the next start marks it aborted
                 logger.error("cannot record the end of association %s: database "
