@@ -74,7 +74,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
                             destinations=[Destination("SINK", LOOPBACK, int(sink.server_address[1])),
                                           Destination("DOWN", LOOPBACK, 9)],
                             allowed=(AllowedPeer("SCU"), AllowedPeer("VIEWER")))
-    ae = build_ae(Settings(ae_title=NODE))
+    ae = build_ae(Settings(ae_title=NODE, receive_path=request.param))
     server = ae.make_server((LOOPBACK, 0), evt_handlers=store.bindings() + queries.bindings(),
                             server_class=LimitedServer,
                             request_handler=fastpath.request_handler(request.param))

@@ -36,8 +36,9 @@ from pynetdicom.presentation import PresentationContext
 from sqlalchemy import Engine
 
 from node.config import AllowedPeer, Destination
-from node.dicom import status
+from node.dicom import fastpath, status
 from node.dicom.ae import PATIENT_ROOT, STUDY_ROOT
+from node.dicom.fastpath.association import StoredFile
 from node.dicom.qr_identifiers import ResponseTemplate, identifier_keys, text
 from node.dicom.store_scp import MALFORMED_DATA_SET
 from storage.errors import DatabaseError
@@ -134,7 +135,9 @@ class QueryHandlers:
             yield failure.answer(), None
             return
         yield destination.host, destination.port, {"contexts": contexts}
-        yield from self._send(event, query, total)
+        # the sub-operations go over an association the node's AE requests
+        yield from self._send(event, query, total,
+                              as_stored=fastpath.sends_stored_files(event.assoc.ae))
 
     def on_get(self, event: Event) -> Iterator[Any]:
         """Count, then one pending (status, data set) per instance (PS3.4 C.4.3)."""
@@ -145,15 +148,27 @@ class QueryHandlers:
             yield 1
             yield failure.answer(), None
             return
-        yield from self._send(event, query, total)
+        # the sub-operations go over the caller's association
+        yield from self._send(event, query, total,
+                              as_stored=fastpath.sends_stored_files(event.assoc))
 
-    def _send(self, event: Event, query: Query, total: int) -> Iterator[Any]:
+    def _send(self, event: Event, query: Query, total: int, *, as_stored: bool
+              ) -> Iterator[Any]:
+        """The count, then each instance: a `StoredFile` where the association sending it
+        sends files as stored (the fast path; a file that cannot be read then fails as its
+        sub-operation), else the data set read with pydicom."""
         yield total
         try:
             for stored in _guarded(instances(self.engine, query)):
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
+                if as_stored:
+                    yield status.PENDING, StoredFile(
+                        self.files.path_of(stored.file_path), sop_class_uid=stored.sop_class_uid,
+                        sop_instance_uid=stored.sop_uid,
+                        transfer_syntax_uid=stored.transfer_syntax_uid)
+                    continue
                 try:
                     dataset = dcmread(self.files.path_of(stored.file_path))
                 except (OSError, InvalidDicomError, *MALFORMED_DATA_SET) as exc:

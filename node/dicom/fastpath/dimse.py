@@ -24,6 +24,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import (
     C_CANCEL,
     C_FIND,
+    C_GET,
+    C_MOVE,
     C_STORE,
     N_EVENT_REPORT,
     DimsePrimitiveType,
@@ -86,7 +88,7 @@ class StoreDIMSE(DIMSEServiceProvider):
         self.message = None
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
-        command = encode_store_response(primitive)
+        command = encode_store_response(primitive) or encode_retrieve_response(primitive)
         data = None
         if command is None:
             command, data = encode_find_response(primitive) or (None, None)
@@ -192,14 +194,85 @@ def encode_find_response(primitive: object) -> tuple[bytes, bytes | None] | None
         return None  # an error comment, offending element...: pynetdicom writes those
     identifier = primitive.Identifier
     data = identifier.getvalue() if identifier is not None else None
+    return find_response_command(primitive.AffectedSOPClassUID,
+                                 primitive.MessageIDBeingRespondedTo, int(primitive.Status),
+                                 has_identifier=data is not None), data
+
+
+def find_response_command(sop_class_uid: str, message_id: int, status: int, *,
+                          has_identifier: bool) -> bytes:
+    """The command set of a plain C-FIND-RSP (PS3.7 9.3.2.2), implicit VR little endian."""
     body = b"".join([
-        _command_element(0x0002, uid_bytes(primitive.AffectedSOPClassUID)),
+        _command_element(0x0002, uid_bytes(sop_class_uid)),
         _command_element(0x0100, _US.pack(0x8020)),  # C-FIND-RSP
-        _command_element(0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
-        _command_element(0x0800, _US.pack(0x0101 if data is None else 0x0001)),
-        _command_element(0x0900, _US.pack(int(primitive.Status))),
+        _command_element(0x0120, _US.pack(message_id)),
+        _command_element(0x0800, _US.pack(0x0001 if has_identifier else 0x0101)),
+        _command_element(0x0900, _US.pack(status)),
     ])
-    return _command_element(0x0000, _UL.pack(len(body))) + body, data
+    return _command_element(0x0000, _UL.pack(len(body))) + body
+
+
+_RETRIEVE_RESPONSE: dict[type, int] = {C_MOVE: 0x8021, C_GET: 0x8010}  # CommandField (PS3.7 E.1)
+# Number of Remaining, Completed, Failed and Warning Sub-operations (PS3.7 9.3.3.2, 9.3.4.2)
+_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"),
+           (0x1021, "NumberOfCompletedSuboperations"),
+           (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
+
+
+def encode_retrieve_response(primitive: object) -> bytes | None:
+    """The command set of a C-MOVE-RSP or C-GET-RSP with its sub-operation counts and no
+    identifier (a pending response, or a final one without failures; PS3.7 9.3.3.2,
+    9.3.4.2), implicit VR little endian; None for anything else. A retrieve sends one per
+    instance."""
+    field = _RETRIEVE_RESPONSE.get(type(primitive))
+    if field is None:
+        return None
+    rsp = cast(C_MOVE, primitive)
+    if (rsp.MessageIDBeingRespondedTo is None or rsp.Status is None
+            or not rsp.AffectedSOPClassUID or rsp.Identifier is not None
+            or rsp.ErrorComment or rsp.OffendingElement):
+        return None
+    elements = [
+        _command_element(0x0002, uid_bytes(rsp.AffectedSOPClassUID)),
+        _command_element(0x0100, _US.pack(field)),
+        _command_element(0x0120, _US.pack(rsp.MessageIDBeingRespondedTo)),
+        _command_element(0x0800, _US.pack(0x0101)),  # no data set follows
+        _command_element(0x0900, _US.pack(int(rsp.Status))),
+    ]
+    for element, name in _COUNTS:
+        count = getattr(rsp, name)
+        if count is not None:
+            elements.append(_command_element(element, _US.pack(count)))
+    body = b"".join(elements)
+    return _command_element(0x0000, _UL.pack(len(body))) + body
+
+
+def encode_store_request(primitive: C_STORE) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), implicit VR little
+    endian, from `primitive`'s MessageID, AffectedSOPClassUID, AffectedSOPInstanceUID,
+    Priority and the Move Originator's AE title and message ID when set.
+
+    Raises ValueError when a required field is missing."""
+    if (primitive.MessageID is None or not primitive.AffectedSOPClassUID
+            or not primitive.AffectedSOPInstanceUID or primitive.Priority is None):
+        raise ValueError("a C-STORE request needs its message ID, SOP class and instance "
+                         "UIDs and priority")
+    elements = [
+        _command_element(0x0002, uid_bytes(primitive.AffectedSOPClassUID)),
+        _command_element(0x0100, _US.pack(0x0001)),  # C-STORE-RQ
+        _command_element(0x0110, _US.pack(primitive.MessageID)),
+        _command_element(0x0700, _US.pack(primitive.Priority)),
+        _command_element(0x0800, _US.pack(0x0001)),  # a data set follows
+        _command_element(0x1000, uid_bytes(primitive.AffectedSOPInstanceUID)),
+    ]
+    originator = primitive.MoveOriginatorApplicationEntityTitle
+    if originator:
+        value = originator.encode("ascii")
+        elements.append(_command_element(0x1030, value + b" " * (len(value) % 2)))
+    if primitive.MoveOriginatorMessageID is not None:
+        elements.append(_command_element(0x1031, _US.pack(primitive.MoveOriginatorMessageID)))
+    body = b"".join(elements)
+    return _command_element(0x0000, _UL.pack(len(body))) + body
 
 
 def _command_element(element: int, value: bytes) -> bytes:

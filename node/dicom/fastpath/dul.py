@@ -34,6 +34,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from node.dicom.fastpath.pdu import EncodedData
 from node.dicom.guard import PeerLimitError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class WakingDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Until the peer sends, something is queued, or a timer tick passes."""
         sock = self.socket.socket if self.socket is not None else None
-        if sock is None or sock.fileno() < 0:
+        if sock is None or sock.fileno() < 0 or not cast(Any, self.socket)._is_connected:
+            # a requestor's socket before it connects reads as ready: wait on the pipe
             select.select([self._wake_r], [], [], TIMER_TICK)
         elif isinstance(sock, ssl.SSLSocket) and sock.pending():
             return  # decrypted bytes already buffered: select() cannot see them
@@ -156,6 +158,27 @@ class WakingDUL(DULServiceProvider):
                 pass
         except (BlockingIOError, OSError):
             pass
+
+    def _process_recv_primitive(self) -> bool:
+        # Encoded P-DATA-TF PDUs (node.dicom.fastpath.pdu.EncodedData) are written as they
+        # are, where pynetdicom's action DT-1 (Sta6) or AR-7 (Sta8) would send a P-DATA-TF,
+        # and dropped in any other state, where pynetdicom would not send it either. Any other
+        # primitive takes pynetdicom's way.
+        try:
+            primitive = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if not isinstance(primitive, EncodedData):
+            return bool(super()._process_recv_primitive())
+        if self.event_queue.qsize():
+            return False  # the state machine's earlier events first
+        self.to_provider_queue.get(False)
+        if self.state_machine.current_state in ("Sta6", "Sta8"):
+            cast(AssociationSocket, self.socket).send(primitive.encoded)
+        else:
+            logger.warning("%d bytes of P-DATA not sent: the association is in %s",
+                           len(primitive.encoded), self.state_machine.current_state)
+        return True
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom 3.0.4 DULServiceProvider._decode_pdu, remembering A-ASSOCIATE-RQs
@@ -275,7 +298,7 @@ class WakingDUL(DULServiceProvider):
             try:
                 event = self.event_queue.get(block=False)
             except queue.Empty:
-                idle = True
+                idle = not self.to_provider_queue.qsize()  # EncodedData queues no event
                 continue
             self.state_machine.do_action(event)
             idle = False
