@@ -18,7 +18,7 @@ Two more differences, for Query/Retrieve:
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,6 +69,8 @@ class WakingAssociation(Association):
         super().__init__(ae, mode)
         self.dul = WakingDUL(self)
         self.dimse = StoreDIMSE(self)
+        # held while the reactor takes a DIMSE message: see _pause_reactor
+        self._taking = threading.Lock()
         # The timeout setters configure the providers: run them again for the new ones.
         self.acse_timeout = self.ae.acse_timeout
         self.dimse_timeout = self.ae.dimse_timeout
@@ -95,7 +97,10 @@ class WakingAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
-            context_id, msg = self.dimse.get_msg(block=False)
+            with self._taking:
+                if not self._reactor_checkpoint.is_set():
+                    continue  # paused since it passed the checkpoint: the message is the sender's
+                context_id, msg = self.dimse.get_msg(block=False)
             if msg:
                 self._serve_request(msg, cast(int, context_id))
 
@@ -205,8 +210,11 @@ class WakingAssociation(Association):
 
     def _pause_reactor(self) -> None:
         """Stop the reactor taking DIMSE messages (the response is this thread's), as
-        pynetdicom's send_* methods do; woken, a waiting reactor pauses at once."""
+        pynetdicom's send_* methods do. pynetdicom waits until the reactor says it is paused,
+        which it may say just before it goes on to take one more message; here the reactor
+        takes a message only under `_taking` with the checkpoint still set, so once this has
+        held `_taking` after clearing the checkpoint, the reactor takes nothing more."""
         self._reactor_checkpoint.clear()
         wake_reactor(self)
-        while not self._is_paused:
-            time.sleep(0.0001)
+        with self._taking:
+            pass
