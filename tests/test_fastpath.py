@@ -51,6 +51,20 @@ def test_another_version_falls_back_to_the_stock_path_with_one_warning(
     assert len(warnings) == 1
 
 
+def test_the_application_entity_follows_the_path() -> None:
+    from pynetdicom.ae import ApplicationEntity
+
+    from node.dicom.fastpath.ae import RequestingAE
+
+    assert fastpath.application_entity("fast") is RequestingAE
+    assert fastpath.application_entity("stock") is ApplicationEntity
+    assert fastpath.application_entity("fast", version="3.1.0") is ApplicationEntity
+    assert fastpath.sends_stored_files(RequestingAE("X"))
+    assert not fastpath.sends_stored_files(ApplicationEntity("X"))
+    with pytest.raises(ValueError, match="receive path"):
+        fastpath.application_entity("turbo")
+
+
 def test_an_unknown_path_is_an_error() -> None:
     with pytest.raises(ValueError, match="receive path"):
         fastpath.request_handler("turbo")

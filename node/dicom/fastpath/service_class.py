@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any, cast
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import _config, evt
 from pynetdicom._globals import STATUS_PENDING, STATUS_WARNING
@@ -182,14 +182,19 @@ def encode_identifier(dataset: Dataset, *, implicit: bool) -> bytes | None:
     every element is a RawDataElement already in that encoding with an even-length value
     (what ResponseTemplate builds); None for any other data set (pydicom must write it)."""
     pieces: list[bytes] = []
-    for tag in sorted(dataset.keys()):
+    for tag in sorted(dataset.keys(), key=int):
         elem = dataset.get_item(tag)
-        if (not isinstance(elem, RawDataElement) or elem.is_implicit_VR != implicit
-                or not elem.is_little_endian or elem.VR is None or elem.VR == "SQ"):
-            return None
-        value = elem.value or b""
-        if len(value) % 2 or len(value) != elem.length:
-            return None
+        if isinstance(elem, RawDataElement):
+            if (elem.is_implicit_VR != implicit or not elem.is_little_endian
+                    or elem.VR is None or elem.VR == "SQ"):
+                return None
+            value = elem.value or b""
+            if len(value) % 2 or len(value) != elem.length:
+                return None
+        else:  # pydicom decodes Specific Character Set as it reads the data set's encoding
+            value = _code_string(elem)
+            if value is None:
+                return None
         group, element = tag >> 16, tag & 0xFFFF
         if implicit:
             pieces.append(_IMPLICIT.pack(group, element, len(value)))
@@ -201,4 +206,16 @@ def encode_identifier(dataset: Dataset, *, implicit: bool) -> bytes | None:
             return None
         pieces.append(value)
     return b"".join(pieces)
+
+
+def _code_string(elem: DataElement) -> bytes | None:
+    """The bytes of a decoded CS element of ASCII values (PS3.5 6.2), padded with a space;
+    None for any other element."""
+    if elem.VR != "CS":
+        return None
+    values = [elem.value] if isinstance(elem.value, str) else list(elem.value or [])
+    if not all(isinstance(v, str) and v.isascii() and "\\" not in v for v in values):
+        return None
+    value = "\\".join(values).encode()
+    return value + b" " * (len(value) % 2)
 
