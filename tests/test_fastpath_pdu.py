@@ -134,8 +134,11 @@ def test_identifiers_are_written_as_pydicom_writes_them(implicit: bool, row: dic
     filled = [k for k in keys if k != "ReferringPhysicianName"] + (["triage"] if triage else [])
     if triage:
         filled += ["TriagePriority", "TriageFindings"]
-    response = template(keys, filled).response(row, implicit=implicit)
-    assert encode_identifier(response, implicit=implicit) == encode(response, implicit, True)
+    made = template(keys, filled)
+    response = made.response(row, implicit=implicit)
+    expected = encode(response, implicit, True)
+    assert encode_identifier(response, implicit=implicit) == expected
+    assert made.encoded(row, implicit=implicit) == expected
 
 
 def test_other_data_sets_are_left_to_pydicom() -> None:

@@ -96,18 +96,21 @@ class QueryHandlers:
                     assoc.requestor.address)
 
     # -- C-FIND -----------------------------------------------------------------------------
-    def on_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
+    def on_find(self, event: Event) -> Iterator[tuple[Any, Dataset | bytes | None]]:
         """Pending responses, one per matching row, as the rows are read (PS3.4 C.4.1)."""
         try:
             identifier, query = self._query(event)
             template = ResponseTemplate.of(identifier, [a.keyword for a in query.return_keys()],
                                            str(query.level), self.ae_title)
             implicit = str(event.context.transfer_syntax) == ImplicitVRLittleEndian
+            # on the fast path, the identifier's bytes (no pydicom Dataset made and encoded)
+            respond = (template.encoded if fastpath.takes_encoded_identifiers(event.assoc)
+                       else template.response)
             for row in _guarded(find(self.engine, query)):
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
-                yield status.PENDING, template.response(row, implicit=implicit)
+                yield status.PENDING, respond(row, implicit=implicit)
         except QueryFailure as failure:
             yield failure.answer(), None
             return

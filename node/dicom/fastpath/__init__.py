@@ -79,3 +79,13 @@ def sends_stored_files(assoc_or_ae: object) -> bool:
     """Whether `assoc_or_ae` (an association, for C-GET; an AE, whose own associations
     carry a C-MOVE's sub-operations) sends `association.StoredFile`s as stored."""
     return getattr(assoc_or_ae, "sends_stored_files", False) is True
+
+
+def takes_encoded_identifiers(assoc: object) -> bool:
+    """Whether C-FIND responses on `assoc` may be yielded as bytes already encoded
+    (`service_class.answers_in_runs`): only on the fast path's associations."""
+    if not getattr(assoc, "sends_stored_files", False):
+        return False
+    from node.dicom.fastpath.service_class import answers_in_runs
+
+    return answers_in_runs(assoc)

@@ -6,9 +6,10 @@ to the upper layer thread, which wakes, runs its state machine and writes one sm
 10,000 matches, the node spent more time handing responses between its two threads than
 Orthanc spent answering. Here (`QueryRetrieveService._c_find_scp`, following pynetdicom 3.0.4
 `_c_find_scp`: the same event, statuses, order and final response):
-- an identifier made of raw elements in the negotiated encoding (what
-  `node.dicom.qr_identifiers.ResponseTemplate` builds) is written by `encode_identifier`,
-  byte for byte what pydicom writes (tests/test_fastpath_pdu.py); any other goes to pydicom;
+- the handler may yield identifiers as bytes (`answers_in_runs`; the node's handler then
+  yields `ResponseTemplate.encoded`); a Dataset made of raw elements in the negotiated
+  encoding is written by `encode_identifier`, any other by pydicom: byte for byte the same
+  (tests/test_fastpath_pdu.py);
 - pending responses are written as P-DATA-TF PDUs and handed to the upper layer in runs
   (`Run`): the first at once (the time to the first response stays short), then every
   RUN_BYTES or RUN_SECONDS, and before any other response.
@@ -36,6 +37,7 @@ from pynetdicom.service_class import QueryRetrieveServiceClass, attempt
 
 from node.dicom.fastpath.dimse import find_response_command
 from node.dicom.fastpath.pdu import COMMAND, LAST, EncodedData, message_pdus
+from node.dicom.qr_identifiers import element_header
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +48,22 @@ RUN_SECONDS = 0.05  # ... or once the oldest has waited this long
 
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LBB")
-_IMPLICIT = struct.Struct("<HHI")
-_EXPLICIT_SHORT = struct.Struct("<HH2sH")
-_EXPLICIT_LONG = struct.Struct("<HH2s2xI")
-# VRs with a 4-byte length in explicit VR (PS3.5 7.1.2)
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
-                       "UV"})
+
+
+def answers_in_runs(assoc: Any) -> bool:
+    """Whether `QueryRetrieveService` answers a C-FIND on `assoc` in runs: when pynetdicom
+    is not to log identifiers and no handler watches what is sent. Its EVT_C_FIND handler may
+    then yield each identifier as bytes, already encoded in the negotiated transfer syntax
+    (`ResponseTemplate.encoded`), instead of a Dataset."""
+    return not (_config.LOG_REQUEST_IDENTIFIERS or _config.LOG_RESPONSE_IDENTIFIERS
+                or any(assoc.get_handlers(event) for event in SENT_EVENTS))
 
 
 class QueryRetrieveService(QueryRetrieveServiceClass):
     """pynetdicom's Query/Retrieve service class, its C-FIND writing responses in runs."""
 
     def _c_find_scp(self, req: C_FIND, context: PresentationContext) -> None:
-        if (_config.LOG_REQUEST_IDENTIFIERS or _config.LOG_RESPONSE_IDENTIFIERS
-                or any(self.assoc.get_handlers(event) for event in SENT_EVENTS)):
+        if not answers_in_runs(self.assoc):
             super()._c_find_scp(req, context)
             return
         cx_id = cast(int, context.context_id)
@@ -104,7 +108,8 @@ class QueryRetrieveService(QueryRetrieveServiceClass):
             rsp = self.validate_status(rsp_status, rsp)
             status = self.statuses.get(cast(int, rsp.Status))
             if status is not None and status[0] == STATUS_PENDING:
-                identifier = _identifier(cast(Dataset, dataset), syntax)
+                identifier = (dataset if isinstance(dataset, bytes)
+                              else _identifier(cast(Dataset, dataset), syntax))
                 if identifier:
                     run.add(int(cast(int, rsp.Status)), identifier)
                     continue
@@ -195,14 +200,9 @@ def encode_identifier(dataset: Dataset, *, implicit: bool) -> bytes | None:
             value = _code_string(elem)
             if value is None:
                 return None
-        group, element = tag >> 16, tag & 0xFFFF
-        if implicit:
-            pieces.append(_IMPLICIT.pack(group, element, len(value)))
-        elif elem.VR in _LONG_VRS:
-            pieces.append(_EXPLICIT_LONG.pack(group, element, elem.VR.encode(), len(value)))
-        elif len(value) <= 0xFFFF:
-            pieces.append(_EXPLICIT_SHORT.pack(group, element, elem.VR.encode(), len(value)))
-        else:
+        try:
+            pieces.append(element_header(tag, elem.VR, len(value), implicit=implicit))
+        except ValueError:
             return None
         pieces.append(value)
     return b"".join(pieces)
