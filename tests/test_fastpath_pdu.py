@@ -4,19 +4,22 @@ service_class) is byte for byte what pynetdicom and pydicom write."""
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
 
 from node.dicom.fastpath.dimse import encode_retrieve_response, encode_store_request
 from node.dicom.fastpath.pdu import message_pdus
 from node.dicom.fastpath.service_class import encode_identifier
+from node.dicom.meta import data_set_offset, encode_file_meta
 from node.dicom.qr_identifiers import PRIVATE_CREATOR, TRIAGE_GROUP, ResponseTemplate
+from tests.factories import ct_slice
 
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 GET = "1.2.840.10008.5.1.4.1.2.2.3"
@@ -148,3 +151,18 @@ def test_other_data_sets_are_left_to_pydicom() -> None:
     response = template({"PatientID": ""}, ["PatientID"]).response({"PatientID": "X"},
                                                                     implicit=True)
     assert encode_identifier(response, implicit=False) is None  # not in its encoding
+
+
+def test_the_data_set_starts_where_pynetdicom_finds_it(tmp_path: Path) -> None:
+    node_file = tmp_path / "node.dcm"
+    node_file.write_bytes(encode_file_meta(
+        sop_class_uid=CTImageStorage, sop_uid="1.2.3.4", transfer_syntax_uid=ExplicitVRLittleEndian,
+        implementation_class_uid="1.2.826.0.1.3680043.10.1", source_ae_title="CT1")
+        + b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00")
+    pydicom_file = tmp_path / "pydicom.dcm"
+    ct_slice(study_uid="1.2.3", series_uid="1.2.3.1", index=0, size=8).save_as(
+        pydicom_file, enforce_file_format=True)
+    for path in (node_file, pydicom_file):
+        assert data_set_offset(path.read_bytes()) == split_dataset(path)[1]
+    assert data_set_offset(b"\0" * 200) is None  # no 'DICM': pydicom reads the meta
+    assert data_set_offset(node_file.read_bytes()[:150]) is None  # cut inside the meta

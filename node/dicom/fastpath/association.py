@@ -37,6 +37,7 @@ from node.dicom.fastpath.dimse import StoreDIMSE, encode_store_request
 from node.dicom.fastpath.dul import TIMER_TICK, WakingDUL, wake_reactor
 from node.dicom.fastpath.pdu import EncodedData, message_pdus
 from node.dicom.fastpath.service_class import SENT_EVENTS, QueryRetrieveService
+from node.dicom.meta import data_set_offset
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +182,13 @@ class WakingAssociation(Association):
         request.MoveOriginatorMessageID = originator_id
         request.AffectedSOPClassUID = dataset.SOPClassUID
         request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
-        _meta, offset = split_dataset(Path(dataset.path))
         with open(dataset.path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        pieces = message_pdus(cast(int, context.context_id), encode_store_request(request), data,
-                              self.dimse.maximum_pdu_size)
+            content = fh.read()
+        offset = data_set_offset(content)
+        if offset is None:
+            _meta, offset = split_dataset(Path(dataset.path))
+        pieces = message_pdus(cast(int, context.context_id), encode_store_request(request),
+                              memoryview(content)[offset:], self.dimse.maximum_pdu_size)
         self._pause_reactor()
         try:
             self.dul.send_pdu(EncodedData(b"".join(pieces)))
