@@ -4,7 +4,9 @@ A response is made of pydicom RawDataElements (values already encoded, PS3.5 7.1
 Dataset whose original encoding is the negotiated one, so pydicom writes each value as it is
 instead of converting every element of every response: a 10,000-study answer spent more time
 building and encoding Datasets (about 1 ms a response) than reading the index (20 us).
-tests/test_qr_scp.py reads the responses back with pydicom.
+tests/test_qr_scp.py reads the responses back with pydicom. On the fast receive path the
+response goes out as `ResponseTemplate.encoded`, its bytes made directly from the row (what
+pydicom would write for the Dataset; tests/test_fastpath_pdu.py compares them).
 
 The node's triage keys are in private group 0011, creator "ICHTRIAGE 1.0" (see
 docs/query-retrieve.md): (0011,xx01) TriagePriority CS, (0011,xx02) TriageProbability DS,

@@ -7,7 +7,9 @@ builds the final status with its counts and failed-UID list.
 
 The generator contract (pynetdicom's QR service class): C-FIND yields (status, identifier)
 per match; C-GET yields the number of sub-operations first; C-MOVE yields the destination's
-(address, port, {"contexts": ...}) first, then the number. C-CANCEL is checked before each
+(address, port, {"contexts": ...}) first, then the number. On the fast receive path
+(`node.dicom.fastpath`) a C-FIND identifier is yielded as its encoded bytes, and a retrieved
+instance as a `StoredFile` (sent as stored, never decoded); on the stock path as Datasets. C-CANCEL is checked before each
 row. Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): a key of the wrong level or an unknown
 level 0xA900, a value its VR cannot match 0xC000, a database failure 0xC320, an unknown move
 destination 0xA801 (pynetdicom answers it when the destination yielded is (None, None)).

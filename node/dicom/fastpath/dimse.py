@@ -1,4 +1,5 @@
-"""C-STORE messages read and written, and C-FIND responses written, without pydicom Datasets.
+"""DIMSE messages read and written without pydicom Datasets: C-STORE requests and responses
+(both ways), C-FIND, C-MOVE and C-GET responses.
 
 pynetdicom turns every DIMSE command set into a pydicom Dataset and back: it decodes each
 C-STORE request's command into a Dataset and copies its elements onto the primitive one by
@@ -20,7 +21,7 @@ from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import (
     C_CANCEL,
     C_FIND,
@@ -63,7 +64,10 @@ class StoreDIMSE(DIMSEServiceProvider):
             return
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
         context_id = cast(int, message.context_id)
-        request = store_request(message) if isinstance(message, C_STORE_RQ) else None
+        if isinstance(message, C_STORE_RQ):
+            request = store_request(message)
+        else:  # the response to a C-MOVE or C-GET sub-operation
+            request = store_response(message) if isinstance(message, C_STORE_RSP) else None
         if request is not None:
             received: DimsePrimitiveType = request
         else:
@@ -137,6 +141,34 @@ def store_request(message: C_STORE_RQ) -> C_STORE | None:
     primitive._context_id = message.context_id
     primitive._dataset_path = message._data_set_path
     primitive._dataset_file = message._data_set_file
+    return primitive
+
+
+# C-STORE-RSP (PS3.7 table 9.3-2) without an error comment or offending element
+_RESPONSE = {0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}
+
+
+def store_response(message: C_STORE_RSP) -> C_STORE | None:
+    """The C-STORE primitive of a complete, plain C-STORE-RSP, read from its raw command
+    set; None when it holds anything else (pynetdicom then reads it)."""
+    elements = _command_elements(message.encoded_command_set.getvalue())
+    if elements is None or not _RESPONSE <= elements.keys() <= _RESPONSE | {0x0000}:
+        return None
+    if any(len(elements[tag]) != 2 for tag in (0x0100, 0x0120, 0x0800, 0x0900)):
+        return None
+    if _US.unpack(elements[0x0100])[0] != 0x8001:
+        return None
+    try:
+        sop_class = _text(elements[0x0002])
+        sop_instance = _text(elements[0x1000])
+    except UnicodeDecodeError:
+        return None
+    primitive = C_STORE()
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.MessageIDBeingRespondedTo = _US.unpack(elements[0x0120])[0]
+    primitive.Status = _US.unpack(elements[0x0900])[0]
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive._context_id = message.context_id
     return primitive
 
 
