@@ -10,7 +10,7 @@ slices/s where Orthanc moved the same series at 225-655. A `WakingAssociation` w
 socket and queues instead, and sends a `StoredFile` as stored.
 
 `associate()` follows pynetdicom 3.0.4 `ApplicationEntity.associate` apart from the class of
-the association it makes.
+the association it makes; its socket has TCP_NODELAY set (`_create_socket`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pynetdicom._globals import DEFAULT_MAX_LENGTH, MODE_REQUESTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AddressInformation
+from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from node.dicom.fastpath.association import WakingAssociation
 
@@ -90,3 +90,13 @@ class RequestingAE(ApplicationEntity):
         if assoc.is_established:
             assoc.start()
         return assoc
+
+    def _create_socket(self, assoc: Association, address: AddressInformation,
+                       tls_args: tuple[SSLContext, str] | None) -> AssociationSocket:
+        """pynetdicom's socket for a requested association, with TCP_NODELAY (as the node's
+        accepted connections have): a sub-operation's last segment and the release are not
+        held back waiting for the peer's acknowledgement."""
+        sock = super()._create_socket(assoc, address, tls_args)
+        if sock.socket is not None:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
