@@ -35,7 +35,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from node.dicom.fastpath.dimse import StoreDIMSE, encode_store_request
 from node.dicom.fastpath.dul import TIMER_TICK, WakingDUL, wake_reactor
-from node.dicom.fastpath.pdu import EncodedData, message_pdus
+from node.dicom.fastpath.pdu import message_pdus
 from node.dicom.fastpath.service_class import SENT_EVENTS, QueryRetrieveService
 from node.dicom.meta import data_set_offset
 
@@ -191,7 +191,7 @@ class WakingAssociation(Association):
                               memoryview(content)[offset:], self.dimse.maximum_pdu_size)
         self._pause_reactor()
         try:
-            self.dul.send_pdu(EncodedData(b"".join(pieces)))
+            cast(WakingDUL, self.dul).send_encoded(b"".join(pieces))
             _cx_id, rsp = self.dimse.get_msg(block=True)
         finally:
             self._reactor_checkpoint.set()

@@ -35,11 +35,14 @@ from pynetdicom.dimse_primitives import (
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from node.dicom.fastpath.pdu import single_pdu
 from node.dicom.meta import uid_bytes
 
 logger = logging.getLogger(__name__)
 
 _US = struct.Struct("<H")
+# with any of these handlers bound, PDUs go through pynetdicom's state machine, which emits them
+_PDU_SENT_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 _UL = struct.Struct("<I")
 _TAG_LENGTH = struct.Struct("<HHI")
 
@@ -102,6 +105,12 @@ class StoreDIMSE(DIMSEServiceProvider):
         if (command is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
                 or (limit and length > limit)):
             super().send_msg(primitive, context_id)
+            return
+        send_encoded = getattr(self.dul, "send_encoded", None)
+        if not isinstance(primitive, C_STORE) and send_encoded is not None and not any(
+                self.assoc.get_handlers(event) for event in _PDU_SENT_EVENTS):
+            # a Query/Retrieve response: written by this thread where it can (WakingDUL)
+            send_encoded(single_pdu(context_id, command, data))
             return
         pdata = P_DATA()
         # Message control header 0x03: a command, and its last fragment; 0x02: the last

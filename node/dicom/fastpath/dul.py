@@ -130,6 +130,9 @@ class WakingDUL(DULServiceProvider):
         self.to_provider_queue = _WakingQueue(self.wake)
         # Association primitives (release, abort) are for the association's reactor.
         self.to_user_queue = _WakingQueue(lambda: wake_reactor(assoc))
+        # held while this thread runs the state machine (any action may send) or writes
+        # encoded data, and while another thread writes directly (send_encoded)
+        self._sending = threading.Lock()
 
     def wake(self) -> None:
         if threading.get_ident() == self.ident:
@@ -172,13 +175,35 @@ class WakingDUL(DULServiceProvider):
             return bool(super()._process_recv_primitive())
         if self.event_queue.qsize():
             return False  # the state machine's earlier events first
-        self.to_provider_queue.get(False)
-        if self.state_machine.current_state in ("Sta6", "Sta8"):
-            cast(AssociationSocket, self.socket).send(primitive.encoded)
-        else:
-            logger.warning("%d bytes of P-DATA not sent: the association is in %s",
-                           len(primitive.encoded), self.state_machine.current_state)
+        with self._sending:
+            self.to_provider_queue.get(False)
+            if self.state_machine.current_state in ("Sta6", "Sta8"):
+                cast(AssociationSocket, self.socket).send(primitive.encoded)
+            else:
+                logger.warning("%d bytes of P-DATA not sent: the association is in %s",
+                               len(primitive.encoded), self.state_machine.current_state)
         return True
+
+    def send_encoded(self, encoded: bytes) -> None:
+        """Send whole P-DATA-TF PDUs (`encoded`): written at once by the calling thread when
+        the association is established, nothing waits to be sent before them and the
+        connection is plain TCP; else queued as `EncodedData`, in order behind the rest.
+
+        Written directly, a C-MOVE sub-operation or a run of C-FIND responses skips a
+        hand-over to this thread and back (each a wake-up and a turn of the interpreter
+        lock, which on a busy host costs more than the writing). Safe because this thread
+        sends only under `_sending`, and pops what it sends under it too: a queued
+        primitive is still counted by the queues until its write is under way.
+        TLS sockets are written by this thread alone (an SSL object is not shared between
+        a reading and a writing thread)."""
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is not None and not isinstance(sock, ssl.SSLSocket):
+            with self._sending:
+                if (self.state_machine.current_state == "Sta6" and not self._kill_thread
+                        and not self.to_provider_queue.qsize() and not self.event_queue.qsize()):
+                    cast(AssociationSocket, self.socket).send(encoded)
+                    return
+        self.send_pdu(EncodedData(encoded))
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom 3.0.4 DULServiceProvider._decode_pdu, remembering A-ASSOCIATE-RQs
@@ -289,7 +314,8 @@ class WakingDUL(DULServiceProvider):
                 abort_pdu = A_ABORT_RQ()
                 abort_pdu.source = 0x02
                 abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
+                with self._sending:
+                    self.socket.send(abort_pdu.encode())
                 self.assoc.is_aborted = True
                 self.assoc.is_established = False
                 self.assoc._kill = True
@@ -300,5 +326,6 @@ class WakingDUL(DULServiceProvider):
             except queue.Empty:
                 idle = not self.to_provider_queue.qsize()  # EncodedData queues no event
                 continue
-            self.state_machine.do_action(event)
+            with self._sending:
+                self.state_machine.do_action(event)
             idle = False

@@ -5,8 +5,9 @@ upper layer thread, and there into a P_DATA_TF object, a state machine turn and 
 a 512 KB CT slice to a peer with 16 KB PDUs is 33 of each, and every C-FIND response one.
 Here a whole message, or a run of C-FIND responses, becomes the bytes of its PDUs at once,
 fragmented exactly as pynetdicom fragments it (one PDV item per PDU; tests/test_fastpath_pdu.py
-compares the bytes), and goes to the upper layer as one `EncodedData` primitive, which
-`node.dicom.fastpath.dul.WakingDUL` writes to the socket in one call.
+compares the bytes), and is written to the socket in one call: by the thread that made it
+where nothing else waits to be sent, else by the upper layer thread as one `EncodedData`
+primitive (`node.dicom.fastpath.dul.WakingDUL.send_encoded`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ class EncodedData(P_DATA):
     def __init__(self, encoded: bytes) -> None:
         super().__init__()
         self.encoded = encoded
+
+
+def single_pdu(context_id: int, command: bytes, data: bytes | None) -> bytes:
+    """A DIMSE message in one P-DATA-TF: its command set as one PDV item, then its data set
+    (if any) as another (PS3.8 9.3.5, E.2); the caller checks it fits the peer's maximum."""
+    pieces = [_PDU_HEADER.pack(0x04, 0, 6 + len(command) + (6 + len(data) if data is not None
+                                                           else 0)),
+              _PDV_HEADER.pack(len(command) + 2, context_id, COMMAND | LAST), command]
+    if data is not None:
+        pieces += [_PDV_HEADER.pack(len(data) + 2, context_id, LAST), data]
+    return b"".join(pieces)
 
 
 def message_pdus(context_id: int, command: bytes, data: bytes | memoryview | None,

@@ -20,7 +20,6 @@ C-MOVE and C-GET keep pynetdicom's code; their sub-operations are what the fast 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 import traceback
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass, attempt
 
 from node.dicom.fastpath.dimse import find_response_command
-from node.dicom.fastpath.pdu import COMMAND, LAST, EncodedData, message_pdus
+from node.dicom.fastpath.pdu import message_pdus, single_pdu
 from node.dicom.qr_identifiers import element_header
 
 logger = logging.getLogger(__name__)
@@ -46,8 +45,6 @@ SENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_
 RUN_BYTES = 32 * 1024  # pending responses handed to the upper layer at once, at most
 RUN_SECONDS = 0.05  # ... or once the oldest has waited this long
 
-_PDU_HEADER = struct.Struct(">BBL")
-_PDV_HEADER = struct.Struct(">LBB")
 
 
 def answers_in_runs(assoc: Any) -> bool:
@@ -149,11 +146,7 @@ class Run:
         if self.max_pdu and length > self.max_pdu:
             self._pieces += message_pdus(self.context_id, command, identifier, self.max_pdu)
         else:  # one P-DATA-TF, two PDV items: the command, then the identifier (PS3.8 9.3.5)
-            self._pieces += [
-                _PDU_HEADER.pack(0x04, 0, length)
-                + _PDV_HEADER.pack(len(command) + 2, self.context_id, COMMAND | LAST),
-                command, _PDV_HEADER.pack(len(identifier) + 2, self.context_id, LAST),
-                identifier]
+            self._pieces.append(single_pdu(self.context_id, command, identifier))
         if not self._size:
             self._since = time.monotonic()
         self._size += length + 6
@@ -163,7 +156,7 @@ class Run:
 
     def flush(self) -> None:
         if self._pieces:
-            self.assoc.dul.send_pdu(EncodedData(b"".join(self._pieces)))
+            self.assoc.dul.send_encoded(b"".join(self._pieces))
             self._sent += 1
         self._pieces = []
         self._size = 0
