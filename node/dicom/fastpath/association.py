@@ -139,6 +139,15 @@ class WakingAssociation(Association):
                 self.kill()
                 return
 
+    def release(self) -> None:
+        """pynetdicom's release. It first waits for the reactor to pause, which a waiting
+        reactor would do only at its next timer tick (up to TIMER_TICK, at the end of every
+        C-MOVE): woken, it pauses at once."""
+        if self.is_established:
+            self._reactor_checkpoint.clear()
+            wake_reactor(self)
+        super().release()
+
     def _serve_request(self, msg: DimseServiceType, context_id: int) -> None:
         # pynetdicom 3.0.4 Association._serve_request, with QueryRetrieveService in place of
         # pynetdicom's Query/Retrieve service class; any other request takes pynetdicom's way.

@@ -53,6 +53,8 @@ COPIED = {
         "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
     "pynetdicom.transport:AssociationSocket.__init__":
         "1f0325fdef2cc35320f7854b1643c528f764665e4d4e52ca4392f60f74537293",
+    "pynetdicom.association:Association.release":
+        "c7d713502b77d70284320ac20245444b78f49a9d37b6a351d38e18344edaae43",
     "pynetdicom.association:Association._check_received_status":
         "364c3ae215b58646a8ab3accac6dddac5ddc820b7bcf210d38d98f52ff19844a",
     "pynetdicom.association:Association._handle_no_response":
