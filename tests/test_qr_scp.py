@@ -512,6 +512,26 @@ def test_an_instance_that_cannot_be_read_fails_alone(node: Node) -> None:
     assert [s for s, _ in _find(node, _study_identifier())][-1] == 0x0000  # still serving
 
 
+def test_with_pynetdicom_log_handlers_the_general_way_answers_alike(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's per-message handlers (bound when its logger debugs) see every message:
+    the fast path then leaves finds and sub-operations to pynetdicom's general code."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
+    runs: list[int] = []
+    flush = Run.flush
+    monkeypatch.setattr(Run, "flush", lambda self: runs.append(len(self._pieces)) or flush(self))
+    series = _store(node, 2)
+    responses = _find(node, _study_identifier(PatientID=""))
+    assert [s for s, _ in responses] == [0xFF00, 0x0000]
+    assert responses[0][1] is not None
+    assert responses[0][1].StudyInstanceUID == series[0].StudyInstanceUID
+    SINK_RECEIVED.clear()
+    moved = _move(node, "SINK", SeriesInstanceUID=series[0].SeriesInstanceUID)
+    assert [int(s.Status) for s, _ in moved] == [0xFF00, 0xFF00, 0x0000]
+    assert [d.PixelData for d, _ in SINK_RECEIVED] == [d.PixelData for d in series]
+    assert runs == []
+
+
 def test_a_small_peer_pdu_gets_responses_in_fragments(node: Node) -> None:
     series = _store(node, 1, patient_name="Doe^Jane", patient_id="PID-7")
     assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE, max_pdu=64)
