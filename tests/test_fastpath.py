@@ -51,6 +51,39 @@ def test_another_version_falls_back_to_the_stock_path_with_one_warning(
     assert len(warnings) == 1
 
 
+def test_the_application_entity_follows_the_path() -> None:
+    from pynetdicom.ae import ApplicationEntity
+
+    from node.dicom.fastpath.ae import RequestingAE
+
+    assert fastpath.application_entity("fast") is RequestingAE
+    assert fastpath.application_entity("stock") is ApplicationEntity
+    assert fastpath.application_entity("fast", version="3.1.0") is ApplicationEntity
+    assert fastpath.sends_stored_files(RequestingAE("X"))
+    assert not fastpath.sends_stored_files(ApplicationEntity("X"))
+    with pytest.raises(ValueError, match="receive path"):
+        fastpath.application_entity("turbo")
+
+
+def test_requested_associations_send_without_delay() -> None:
+    from pynetdicom._globals import MODE_REQUESTOR
+    from pynetdicom.transport import AddressInformation
+
+    from node.dicom.fastpath.ae import RequestingAE
+    from node.dicom.fastpath.association import WakingAssociation
+
+    ae = RequestingAE("X")
+    assoc = WakingAssociation(ae, MODE_REQUESTOR)
+    sock = ae._create_socket(assoc, AddressInformation.from_tuple(("", 0)), None)
+    try:
+        assert sock.socket is not None
+        assert sock.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        for unused in (sock.socket, assoc.dul._wake_r, assoc.dul._wake_w):
+            if unused is not None:
+                unused.close()
+
+
 def test_an_unknown_path_is_an_error() -> None:
     with pytest.raises(ValueError, match="receive path"):
         fastpath.request_handler("turbo")

@@ -11,7 +11,12 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ, C_STORE_RSP, DIMSE
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.dicom.fastpath.dimse import encode_find_response, encode_store_response, store_request
+from node.dicom.fastpath.dimse import (
+    encode_find_response,
+    encode_store_response,
+    store_request,
+    store_response,
+)
 
 
 def c_store(**values: object) -> C_STORE:
@@ -120,3 +125,41 @@ def test_find_response_bytes_match_pynetdicom(status: int, identifier: bytes | N
 def test_find_responses_with_more_go_the_general_way() -> None:
     assert encode_find_response(c_find(None, Status=0xC000, ErrorComment="bad date")) is None
     assert encode_find_response(c_store(MessageIDBeingRespondedTo=1, Status=0)) is None
+
+
+def received_response(rsp: C_STORE, extra: bytes = b"") -> DIMSEMessage:
+    """`rsp` as the requestor's DIMSE layer has it once the message is complete."""
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    incoming = DIMSEMessage()
+    for pdata in message.encode_msg(5, 16384):
+        ((context_id, pdv),) = pdata.presentation_data_value_list
+        patched = P_DATA()
+        patched.presentation_data_value_list = [[context_id, pdv + extra]]
+        if incoming.decode_msg(patched):
+            return incoming
+    raise AssertionError("the message never completed")
+
+
+def response_fields(primitive: C_STORE) -> tuple[object, ...]:
+    return (primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+            primitive.AffectedSOPInstanceUID, primitive.Status, primitive.ErrorComment,
+            primitive.OffendingElement, primitive._context_id)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB007, 0xC000])
+@pytest.mark.parametrize("instance", ["1.2.3", "1.2.840.113619.2.55.3.604688119.99"])
+def test_store_responses_read_as_pynetdicom_reads_them(status: int, instance: str) -> None:
+    message = received_response(c_store(MessageIDBeingRespondedTo=4, Status=status,
+                                         AffectedSOPInstanceUID=instance))
+    ours = store_response(message)
+    assert ours is not None
+    assert response_fields(ours) == response_fields(message.message_to_primitive())
+
+
+def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
+    message = received_response(c_store(MessageIDBeingRespondedTo=4, Status=0xC000,
+                                         AffectedSOPInstanceUID="1.2.3",
+                                         ErrorComment="cannot understand"))
+    assert store_response(message) is None
+    assert message.message_to_primitive().ErrorComment == "cannot understand"

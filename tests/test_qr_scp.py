@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    generate_uid,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from node.cli.main import build_parser, settings_from
 from node.config import AllowedPeer, ConfigError, Destination, Settings, load_settings
@@ -31,6 +32,8 @@ from node.dicom.ae import (
     STUDY_ROOT_MOVE,
     build_ae,
 )
+from node.dicom.fastpath.association import StoredFile
+from node.dicom.fastpath.service_class import Run
 from node.dicom.qr_identifiers import PRIVATE_CREATOR, TRIAGE_GROUP
 from node.dicom.qr_scp import QueryHandlers
 from node.dicom.store_scp import StoreHandlers
@@ -38,12 +41,13 @@ from storage.associations import AssociationLog
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
 from storage.instances import InstanceStore
-from storage.models import Patient, Study
+from storage.models import Instance, Patient, Study
 from tests.factories import ct_series
 from tests.peers import LOOPBACK
 from tests.scp import LimitedServer, stop_server
 
 NODE = "ICHTRIAGE"
+STUDIES = 20_000  # a cancelled answer: long enough to be still streaming when the cancel comes
 
 
 @pytest.fixture(autouse=True)
@@ -52,13 +56,28 @@ def _lenient_values(monkeypatch: pytest.MonkeyPatch) -> None:
     can send them)."""
     monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.IGNORE)
     monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)
+    # as make_receiving_server sets them: no per-message log handlers (they keep messages
+    # off the fast path), no identifiers in the log
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    monkeypatch.setattr(_config, "LOG_REQUEST_IDENTIFIERS", False)  # names and IDs
+    monkeypatch.setattr(_config, "LOG_RESPONSE_IDENTIFIERS", False)
 
 
 class Node:
-    def __init__(self, server: ThreadedAssociationServer, engine: Engine) -> None:
+    def __init__(self, server: ThreadedAssociationServer, engine: Engine,
+                 files: FileStore | None = None, path: str = "fast") -> None:
         self.server = server
         self.engine = engine
+        self.files = files
+        self.path = path
         self.port = int(server.server_address[1])
+
+    def stored_file(self, sop_uid: str) -> Path:
+        assert self.files is not None
+        with self.engine.connect() as conn:
+            relative = conn.execute(select(Instance.file_path)
+                                    .where(Instance.sop_uid == sop_uid)).scalar_one()
+        return self.files.path_of(relative)
 
 
 @pytest.fixture(params=fastpath.PATHS)
@@ -70,32 +89,39 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
     store = StoreHandlers(InstanceStore(engine, files), AssociationLog(engine), ae_title=NODE,
                           may_store=(AllowedPeer("SCU"),))
     sink = _sink()
+    explicit = _sink((ExplicitVRLittleEndian,))
     queries = QueryHandlers(engine, files, ae_title=NODE,
                             destinations=[Destination("SINK", LOOPBACK, int(sink.server_address[1])),
+                                          Destination("EXPLICIT", LOOPBACK,
+                                                      int(explicit.server_address[1])),
                                           Destination("DOWN", LOOPBACK, 9)],
                             allowed=(AllowedPeer("SCU"), AllowedPeer("VIEWER")))
-    ae = build_ae(Settings(ae_title=NODE))
+    ae = build_ae(Settings(ae_title=NODE, receive_path=request.param))
     server = ae.make_server((LOOPBACK, 0), evt_handlers=store.bindings() + queries.bindings(),
                             server_class=LimitedServer,
                             request_handler=fastpath.request_handler(request.param))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield Node(server, engine)
+        yield Node(server, engine, files, request.param)
     finally:
         stop_server(server)
         stop_server(sink)
+        stop_server(explicit)
         engine.dispose()
 
 
 SINK_RECEIVED: list[tuple[Dataset, str]] = []  # data set, transfer syntax it came in
+SINK_BYTES: list[bytes] = []  # the data sets as they came
 
 
-def _sink() -> ThreadedAssociationServer:
+def _sink(syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+          ) -> ThreadedAssociationServer:
     """A pynetdicom storage SCP: the C-MOVE destination, taking either little endian."""
     ae = AE("SINK")
-    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_supported_context(CTImageStorage, list(syntaxes))
 
     def on_store(event: evt.Event) -> int:
+        SINK_BYTES.append(event.request.DataSet.getvalue())
         SINK_RECEIVED.append((event.dataset, str(event.context.transfer_syntax)))
         return 0x0000
     server = ae.make_server((LOOPBACK, 0), evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -182,8 +208,8 @@ def test_cancel_stops_the_pending_responses(node: Node) -> None:
     with node.engine.begin() as conn:
         pk = conn.execute(insert(Patient).values(patient_key="X\\", patient_id="X")
                           .returning(Patient.id)).scalar_one()
-        conn.execute(insert(Study), [{"study_uid": generate_uid(), "patient_pk": pk}
-                                     for _ in range(3000)])
+        conn.execute(insert(Study), [{"study_uid": f"1.2.9.{i}", "patient_pk": pk}
+                                     for i in range(STUDIES)])
     assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
     assert assoc.is_established
     statuses = []
@@ -196,7 +222,7 @@ def test_cancel_stops_the_pending_responses(node: Node) -> None:
     finally:
         assoc.release()
     assert statuses[-1] == 0xFE00
-    assert len(statuses) < 3000
+    assert len(statuses) < STUDIES
 
 
 def test_move_sends_every_instance_of_the_study_with_counts(node: Node) -> None:
@@ -412,6 +438,115 @@ def test_a_move_sends_each_file_in_its_own_transfer_syntax(node: Node) -> None:
     assert [syntax for _, syntax in SINK_RECEIVED] == [ImplicitVRLittleEndian] * 2
 
 
+def _move(node: Node, destination: str, **keys: str) -> list[tuple[Dataset, Dataset | None]]:
+    """(status, identifier) of each response to a SERIES level C-MOVE of `keys`."""
+    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        for keyword, value in keys.items():
+            setattr(identifier, keyword, value)
+        return list(assoc.send_c_move(identifier, destination, STUDY_ROOT_MOVE))
+    finally:
+        assoc.release()
+
+
+def test_a_moved_instance_is_its_stored_data_set(node: Node,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    monkeypatch.setattr(StoredFile, "read", lambda self: reads.append(self.path))
+    series = _store(node, 3)
+    SINK_BYTES.clear()
+    SINK_RECEIVED.clear()
+    responses = _move(node, "SINK", SeriesInstanceUID=series[0].SeriesInstanceUID)
+    assert [int(s.Status) for s, _ in responses] == [0xFF00] * 3 + [0x0000]
+    for data, (received, _syntax) in zip(SINK_BYTES, SINK_RECEIVED, strict=True):
+        stored = dcmread(node.stored_file(received.SOPInstanceUID))
+        assert received.PixelData == stored.PixelData
+        if node.path == "fast":  # sent as stored: the file's bytes after its meta information
+            _meta, offset = split_dataset(node.stored_file(received.SOPInstanceUID))
+            assert data == node.stored_file(received.SOPInstanceUID).read_bytes()[offset:]
+    assert reads == []  # never decoded: on the fast path sent as bytes, else no StoredFile
+
+
+def test_find_responses_go_in_runs_on_the_fast_path(node: Node,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+    flush = Run.flush
+    monkeypatch.setattr(Run, "flush", lambda self: runs.append(len(self._pieces)) or flush(self))
+    series = _store(node, 2)
+    responses = _find(node, _study_identifier(PatientID=""))
+    assert [s for s, _ in responses] == [0xFF00, 0x0000]
+    assert responses[0][1] is not None
+    assert responses[0][1].StudyInstanceUID == series[0].StudyInstanceUID
+    assert (sum(runs) > 0) == (node.path == "fast")
+
+
+def test_a_destination_that_takes_another_syntax_gets_the_instance_converted(
+        node: Node) -> None:
+    series = ct_series(2)
+    ae = AE("SCU")
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
+    try:
+        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in series)
+    finally:
+        assoc.release()
+    SINK_RECEIVED.clear()
+    responses = _move(node, "EXPLICIT", SeriesInstanceUID=series[0].SeriesInstanceUID)
+    assert [int(s.Status) for s, _ in responses][-1] == 0x0000
+    assert [syntax for _, syntax in SINK_RECEIVED] == [ExplicitVRLittleEndian] * 2
+    assert [d.PixelData for d, _ in SINK_RECEIVED] == [d.PixelData for d in series]
+
+
+def test_an_instance_that_cannot_be_read_fails_alone(node: Node) -> None:
+    series = _store(node, 3)
+    node.stored_file(series[1].SOPInstanceUID).unlink()
+    SINK_RECEIVED.clear()
+    final, failed = _move(node, "SINK", SeriesInstanceUID=series[0].SeriesInstanceUID)[-1]
+    assert int(final.Status) == 0xB000  # warning: one or more sub-operations failed
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert failed is not None and failed.FailedSOPInstanceUIDList == series[1].SOPInstanceUID
+    assert sorted(d.SOPInstanceUID for d, _ in SINK_RECEIVED) == sorted(
+        d.SOPInstanceUID for d in (series[0], series[2]))
+    assert [s for s, _ in _find(node, _study_identifier())][-1] == 0x0000  # still serving
+
+
+def test_with_pynetdicom_log_handlers_the_general_way_answers_alike(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's per-message handlers (bound when its logger debugs) see every message:
+    the fast path then leaves finds and sub-operations to pynetdicom's general code."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
+    runs: list[int] = []
+    flush = Run.flush
+    monkeypatch.setattr(Run, "flush", lambda self: runs.append(len(self._pieces)) or flush(self))
+    series = _store(node, 2)
+    responses = _find(node, _study_identifier(PatientID=""))
+    assert [s for s, _ in responses] == [0xFF00, 0x0000]
+    assert responses[0][1] is not None
+    assert responses[0][1].StudyInstanceUID == series[0].StudyInstanceUID
+    SINK_RECEIVED.clear()
+    moved = _move(node, "SINK", SeriesInstanceUID=series[0].SeriesInstanceUID)
+    assert [int(s.Status) for s, _ in moved] == [0xFF00, 0xFF00, 0x0000]
+    assert [d.PixelData for d, _ in SINK_RECEIVED] == [d.PixelData for d in series]
+    assert runs == []
+
+
+def test_a_small_peer_pdu_gets_responses_in_fragments(node: Node) -> None:
+    series = _store(node, 1, patient_name="Doe^Jane", patient_id="PID-7")
+    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE, max_pdu=64)
+    try:
+        responses = [(int(s.Status), ds) for s, ds in assoc.send_c_find(
+            _study_identifier(PatientName="", PatientID="", StudyDescription=""),
+            STUDY_ROOT_FIND)]
+    finally:
+        assoc.release()
+    assert [s for s, _ in responses] == [0xFF00, 0x0000]
+    found = responses[0][1]
+    assert found is not None and found.StudyInstanceUID == series[0].StudyInstanceUID
+    assert (str(found.PatientName), found.PatientID) == ("Doe^Jane", "PID-7")
+
+
 def test_move_contexts_offer_the_stored_syntax_alone_then_a_fallback() -> None:
     from node.dicom.qr_scp import _move_contexts
 
@@ -420,9 +555,6 @@ def test_move_contexts_offer_the_stored_syntax_alone_then_a_fallback() -> None:
                                (CTImageStorage, jpeg), (CTImageStorage, jpeg)])
     assert [list(map(str, cx.transfer_syntax)) for cx in contexts] == [
         [ImplicitVRLittleEndian], [ExplicitVRLittleEndian, ImplicitVRLittleEndian], [jpeg]]
-
-
-STUDIES = 20_000
 
 
 def test_find_and_cancel_on_both_databases(engine: Engine, tmp_path: Path) -> None:

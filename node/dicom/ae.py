@@ -22,6 +22,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts
 
 from node.config import Settings
+from node.dicom import fastpath
 
 VERIFICATION = "1.2.840.10008.1.1"
 # Query/Retrieve information models (PS3.4 C.6.1, C.6.2), SOP Class UIDs from PS3.4 C.6.1.1
@@ -58,8 +59,9 @@ def build_ae(settings: Settings) -> AE:
     it is sent: scouts, dose reports, SRs) and Patient and Study Root C-FIND, C-MOVE and
     C-GET, with the node's limits and timeouts. A storage context proposed with SCP/SCU role
     selection (PS3.7 D.3.3.4) is accepted in the roles proposed: a C-GET caller is the storage
-    SCP of its sub-operations."""
-    ae = AE(ae_title=settings.ae_title)
+    SCP of its sub-operations. On the fast receive path its own associations (C-MOVE
+    sub-operations) are the node's (`node.dicom.fastpath.ae`)."""
+    ae = fastpath.application_entity(settings.receive_path)(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     # The supervisor rejects past max_associations (node-wide and per host) and logs why;
     # pynetdicom's own per-process count is only a backstop.

@@ -125,3 +125,19 @@ def encode_file_meta(*, sop_class_uid: str, sop_uid: str, transfer_syntax_uid: s
     ])
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
     return b"\0" * 128 + b"DICM" + group_length + body
+
+
+_GROUP_LENGTH = struct.pack("<HH2sH", 0x0002, 0x0000, b"UL", 4)
+
+
+def data_set_offset(content: bytes | memoryview) -> int | None:
+    """Where the data set starts in a DICOM file's `content` (PS3.10 7.1): after the
+    preamble, 'DICM' and the File Meta Information its (0002,0000) group length covers, as
+    the node writes every file (`encode_file_meta`). None when the file does not start so,
+    or what follows the group is still group 0002 (then read the meta with pydicom)."""
+    if bytes(content[128:132]) != b"DICM" or bytes(content[132:140]) != _GROUP_LENGTH:
+        return None
+    offset = 144 + int.from_bytes(content[140:144], "little")
+    if offset > len(content) or bytes(content[offset:offset + 2]) == b"\x02\x00":
+        return None
+    return offset

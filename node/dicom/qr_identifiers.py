@@ -4,7 +4,9 @@ A response is made of pydicom RawDataElements (values already encoded, PS3.5 7.1
 Dataset whose original encoding is the negotiated one, so pydicom writes each value as it is
 instead of converting every element of every response: a 10,000-study answer spent more time
 building and encoding Datasets (about 1 ms a response) than reading the index (20 us).
-tests/test_qr_scp.py reads the responses back with pydicom.
+tests/test_qr_scp.py reads the responses back with pydicom. On the fast receive path the
+response goes out as `ResponseTemplate.encoded`, its bytes made directly from the row (what
+pydicom would write for the Dataset; tests/test_fastpath_pdu.py compares them).
 
 The node's triage keys are in private group 0011, creator "ICHTRIAGE 1.0" (see
 docs/query-retrieve.md): (0011,xx01) TriagePriority CS, (0011,xx02) TriageProbability DS,
@@ -122,27 +124,58 @@ class ResponseTemplate:
     def response(self, row: dict[str, Any], *, implicit: bool) -> Dataset:
         """A response to send in the negotiated encoding (little endian, `implicit` VR or
         explicit), with `row`'s values; keys the row lacks are empty (PS3.4 C.2.2.1.3)."""
-        elements: dict[BaseTag, DataElement | RawDataElement] = {}
+        elements: dict[BaseTag, DataElement | RawDataElement] = {
+            BaseTag(tag): RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, True)
+            for tag, vr, value in self._values(row)}
+        dataset = Dataset(elements)
+        dataset.set_original_encoding(implicit, True, dataset._character_set)
+        return dataset
 
-        def put(tag: BaseTag, vr: str, value: bytes) -> None:
-            elements[tag] = RawDataElement(tag, vr, len(value), value, 0, implicit, True)
+    def encoded(self, row: dict[str, Any], *, implicit: bool) -> bytes:
+        """The bytes pydicom writes for `response(row, implicit=implicit)`, made directly
+        (tests/test_fastpath_pdu.py compares them): what the fast path sends.
 
-        put(_QUERY_RETRIEVE_LEVEL, "CS", self.level)
-        put(_RETRIEVE_AE_TITLE, "AE", self.retrieve_ae_title)
+        Raises ValueError for a value too long for its VR's length field in explicit VR."""
+        return b"".join(element_header(tag, vr, len(value), implicit=implicit) + value
+                        for tag, vr, value in sorted(self._values(row)))
+
+    def _values(self, row: dict[str, Any]) -> list[tuple[int, str, bytes]]:
+        """(tag, VR, encoded value) of each element of the response to `row`."""
+        values = [(int(_QUERY_RETRIEVE_LEVEL), "CS", self.level),
+                  (int(_RETRIEVE_AE_TITLE), "AE", self.retrieve_ae_title)]
         utf8 = False
         for key in self.keys:
             if key.tag.element == TRIAGE_BLOCK and key.tag.group == TRIAGE_GROUP:
-                put(key.tag, "LO", _pad(PRIVATE_CREATOR.encode(), b" "))
+                values.append((int(key.tag), "LO", _pad(PRIVATE_CREATOR.encode(), b" ")))
                 continue
             value = row.get(key.keyword) if key.keyword is not None else None
             encoded = encode_value(value, key.vr)
             utf8 |= not encoded.isascii()
-            put(key.tag, key.vr, encoded)
+            values.append((int(key.tag), key.vr, encoded))
         if utf8:
-            put(_SPECIFIC_CHARACTER_SET, "CS", _pad(UTF8.encode(), b" "))
-        dataset = Dataset(elements)
-        dataset.set_original_encoding(implicit, True, dataset._character_set)
-        return dataset
+            values.append((int(_SPECIFIC_CHARACTER_SET), "CS", _pad(UTF8.encode(), b" ")))
+        return values
+
+
+# VRs with a 4-byte length in explicit VR (PS3.5 7.1.2)
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
+                      "UV"})
+_IMPLICIT = struct.Struct("<HHI")
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_EXPLICIT_LONG = struct.Struct("<HH2s2xI")
+
+
+def element_header(tag: int, vr: str, length: int, *, implicit: bool) -> bytes:
+    """The tag and length (and in explicit VR, the VR) of a little endian data element
+    (PS3.5 7.1). Raises ValueError for a length its explicit VR cannot hold."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return _IMPLICIT.pack(group, element, length)
+    if vr in LONG_VRS:
+        return _EXPLICIT_LONG.pack(group, element, vr.encode(), length)
+    if length > 0xFFFF:
+        raise ValueError(f"a {vr} value of {length} bytes cannot be written in explicit VR")
+    return _EXPLICIT_SHORT.pack(group, element, vr.encode(), length)
 
 
 @cache

@@ -7,7 +7,9 @@ builds the final status with its counts and failed-UID list.
 
 The generator contract (pynetdicom's QR service class): C-FIND yields (status, identifier)
 per match; C-GET yields the number of sub-operations first; C-MOVE yields the destination's
-(address, port, {"contexts": ...}) first, then the number. C-CANCEL is checked before each
+(address, port, {"contexts": ...}) first, then the number. On the fast receive path
+(`node.dicom.fastpath`) a C-FIND identifier is yielded as its encoded bytes, and a retrieved
+instance as a `StoredFile` (sent as stored, never decoded); on the stock path as Datasets. C-CANCEL is checked before each
 row. Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): a key of the wrong level or an unknown
 level 0xA900, a value its VR cannot match 0xC000, a database failure 0xC320, an unknown move
 destination 0xA801 (pynetdicom answers it when the destination yielded is (None, None)).
@@ -36,8 +38,9 @@ from pynetdicom.presentation import PresentationContext
 from sqlalchemy import Engine
 
 from node.config import AllowedPeer, Destination
-from node.dicom import status
+from node.dicom import fastpath, status
 from node.dicom.ae import PATIENT_ROOT, STUDY_ROOT
+from node.dicom.fastpath.association import StoredFile
 from node.dicom.qr_identifiers import ResponseTemplate, identifier_keys, text
 from node.dicom.store_scp import MALFORMED_DATA_SET
 from storage.errors import DatabaseError
@@ -95,18 +98,21 @@ class QueryHandlers:
                     assoc.requestor.address)
 
     # -- C-FIND -----------------------------------------------------------------------------
-    def on_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
+    def on_find(self, event: Event) -> Iterator[tuple[Any, Dataset | bytes | None]]:
         """Pending responses, one per matching row, as the rows are read (PS3.4 C.4.1)."""
         try:
             identifier, query = self._query(event)
             template = ResponseTemplate.of(identifier, [a.keyword for a in query.return_keys()],
                                            str(query.level), self.ae_title)
             implicit = str(event.context.transfer_syntax) == ImplicitVRLittleEndian
+            # on the fast path, the identifier's bytes (no pydicom Dataset made and encoded)
+            respond = (template.encoded if fastpath.takes_encoded_identifiers(event.assoc)
+                       else template.response)
             for row in _guarded(find(self.engine, query)):
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
-                yield status.PENDING, template.response(row, implicit=implicit)
+                yield status.PENDING, respond(row, implicit=implicit)
         except QueryFailure as failure:
             yield failure.answer(), None
             return
@@ -134,7 +140,9 @@ class QueryHandlers:
             yield failure.answer(), None
             return
         yield destination.host, destination.port, {"contexts": contexts}
-        yield from self._send(event, query, total)
+        # the sub-operations go over an association the node's AE requests
+        yield from self._send(event, query, total,
+                              as_stored=fastpath.sends_stored_files(event.assoc.ae))
 
     def on_get(self, event: Event) -> Iterator[Any]:
         """Count, then one pending (status, data set) per instance (PS3.4 C.4.3)."""
@@ -145,15 +153,27 @@ class QueryHandlers:
             yield 1
             yield failure.answer(), None
             return
-        yield from self._send(event, query, total)
+        # the sub-operations go over the caller's association
+        yield from self._send(event, query, total,
+                              as_stored=fastpath.sends_stored_files(event.assoc))
 
-    def _send(self, event: Event, query: Query, total: int) -> Iterator[Any]:
+    def _send(self, event: Event, query: Query, total: int, *, as_stored: bool
+              ) -> Iterator[Any]:
+        """The count, then each instance: a `StoredFile` where the association sending it
+        sends files as stored (the fast path; a file that cannot be read then fails as its
+        sub-operation), else the data set read with pydicom."""
         yield total
         try:
             for stored in _guarded(instances(self.engine, query)):
                 if event.is_cancelled:
                     yield status.CANCEL, None
                     return
+                if as_stored:
+                    yield status.PENDING, StoredFile(
+                        self.files.path_of(stored.file_path), sop_class_uid=stored.sop_class_uid,
+                        sop_instance_uid=stored.sop_uid,
+                        transfer_syntax_uid=stored.transfer_syntax_uid)
+                    continue
                 try:
                     dataset = dcmread(self.files.path_of(stored.file_path))
                 except (OSError, InvalidDicomError, *MALFORMED_DATA_SET) as exc:

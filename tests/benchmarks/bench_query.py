@@ -171,18 +171,29 @@ def run(args: argparse.Namespace) -> None:
                             f"{count / total:7.0f}/s")
             node_t = statistics.median(totals[("node", name)])
             orthanc_t = statistics.median(totals[("orthanc", name)])
-            line.append(f"node/orthanc time {node_t / orthanc_t:.2f}")
+            per_round = statistics.median(
+                n / o for n, o in zip(totals[("node", name)], totals[("orthanc", name)],
+                                      strict=True))
+            line.append(f"node/orthanc time {node_t / orthanc_t:.2f} (per round "
+                        f"{per_round:.2f})")
             print(" | ".join(line), flush=True)
         study_uid, series_uid = _uids(series[0])
         print(f"\nC-MOVE of a {args.slices}-slice series to storescp (slices/s)")
+        rates: dict[str, list[float]] = {}
         for _round in range(args.repeats):
             for peer in peers:
                 for f in sink_dir.iterdir():
                     f.unlink()
                 seconds = movescu(peer, sink_aet, study_uid, series_uid)
                 moved = len(list(sink_dir.iterdir()))
+                rates.setdefault(peer.name, []).append(moved / seconds)
                 print(f"{peer.name:8s} {moved} slices in {seconds:6.2f} s: "
                       f"{moved / seconds:6.0f}/s", flush=True)
+        ratios = [n / o for n, o in zip(rates["node"], rates["orthanc"], strict=True)]
+        print(f"median: node {statistics.median(rates['node']):.0f}/s, orthanc "
+              f"{statistics.median(rates['orthanc']):.0f}/s; node/orthanc rate "
+              f"{statistics.median(rates['node']) / statistics.median(rates['orthanc']):.2f} "
+              f"(per round {statistics.median(ratios):.2f})", flush=True)
 
 
 def _uids(path: Path) -> tuple[str, str]:

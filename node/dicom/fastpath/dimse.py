@@ -1,4 +1,5 @@
-"""C-STORE messages read and written, and C-FIND responses written, without pydicom Datasets.
+"""DIMSE messages read and written without pydicom Datasets: C-STORE requests and responses
+(both ways), C-FIND, C-MOVE and C-GET responses.
 
 pynetdicom turns every DIMSE command set into a pydicom Dataset and back: it decodes each
 C-STORE request's command into a Dataset and copies its elements onto the primitive one by
@@ -20,10 +21,12 @@ from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import (
     C_CANCEL,
     C_FIND,
+    C_GET,
+    C_MOVE,
     C_STORE,
     N_EVENT_REPORT,
     DimsePrimitiveType,
@@ -32,11 +35,14 @@ from pynetdicom.dimse_primitives import (
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
+from node.dicom.fastpath.pdu import single_pdu
 from node.dicom.meta import uid_bytes
 
 logger = logging.getLogger(__name__)
 
 _US = struct.Struct("<H")
+# with any of these handlers bound, PDUs go through pynetdicom's state machine, which emits them
+_PDU_SENT_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 _UL = struct.Struct("<I")
 _TAG_LENGTH = struct.Struct("<HHI")
 
@@ -61,7 +67,10 @@ class StoreDIMSE(DIMSEServiceProvider):
             return
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
         context_id = cast(int, message.context_id)
-        request = store_request(message) if isinstance(message, C_STORE_RQ) else None
+        if isinstance(message, C_STORE_RQ):
+            request = store_request(message)
+        else:  # the response to a C-MOVE or C-GET sub-operation
+            request = store_response(message) if isinstance(message, C_STORE_RSP) else None
         if request is not None:
             received: DimsePrimitiveType = request
         else:
@@ -86,7 +95,7 @@ class StoreDIMSE(DIMSEServiceProvider):
         self.message = None
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
-        command = encode_store_response(primitive)
+        command = encode_store_response(primitive) or encode_retrieve_response(primitive)
         data = None
         if command is None:
             command, data = encode_find_response(primitive) or (None, None)
@@ -96,6 +105,12 @@ class StoreDIMSE(DIMSEServiceProvider):
         if (command is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
                 or (limit and length > limit)):
             super().send_msg(primitive, context_id)
+            return
+        send_encoded = getattr(self.dul, "send_encoded", None)
+        if not isinstance(primitive, C_STORE) and send_encoded is not None and not any(
+                self.assoc.get_handlers(event) for event in _PDU_SENT_EVENTS):
+            # a Query/Retrieve response: written by this thread where it can (WakingDUL)
+            send_encoded(single_pdu(context_id, command, data))
             return
         pdata = P_DATA()
         # Message control header 0x03: a command, and its last fragment; 0x02: the last
@@ -135,6 +150,34 @@ def store_request(message: C_STORE_RQ) -> C_STORE | None:
     primitive._context_id = message.context_id
     primitive._dataset_path = message._data_set_path
     primitive._dataset_file = message._data_set_file
+    return primitive
+
+
+# C-STORE-RSP (PS3.7 table 9.3-2) without an error comment or offending element
+_RESPONSE = {0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}
+
+
+def store_response(message: C_STORE_RSP) -> C_STORE | None:
+    """The C-STORE primitive of a complete, plain C-STORE-RSP, read from its raw command
+    set; None when it holds anything else (pynetdicom then reads it)."""
+    elements = _command_elements(message.encoded_command_set.getvalue())
+    if elements is None or not _RESPONSE <= elements.keys() <= _RESPONSE | {0x0000}:
+        return None
+    if any(len(elements[tag]) != 2 for tag in (0x0100, 0x0120, 0x0800, 0x0900)):
+        return None
+    if _US.unpack(elements[0x0100])[0] != 0x8001:
+        return None
+    try:
+        sop_class = _text(elements[0x0002])
+        sop_instance = _text(elements[0x1000])
+    except UnicodeDecodeError:
+        return None
+    primitive = C_STORE()
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.MessageIDBeingRespondedTo = _US.unpack(elements[0x0120])[0]
+    primitive.Status = _US.unpack(elements[0x0900])[0]
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive._context_id = message.context_id
     return primitive
 
 
@@ -192,14 +235,85 @@ def encode_find_response(primitive: object) -> tuple[bytes, bytes | None] | None
         return None  # an error comment, offending element...: pynetdicom writes those
     identifier = primitive.Identifier
     data = identifier.getvalue() if identifier is not None else None
+    return find_response_command(primitive.AffectedSOPClassUID,
+                                 primitive.MessageIDBeingRespondedTo, int(primitive.Status),
+                                 has_identifier=data is not None), data
+
+
+def find_response_command(sop_class_uid: str, message_id: int, status: int, *,
+                          has_identifier: bool) -> bytes:
+    """The command set of a plain C-FIND-RSP (PS3.7 9.3.2.2), implicit VR little endian."""
     body = b"".join([
-        _command_element(0x0002, uid_bytes(primitive.AffectedSOPClassUID)),
+        _command_element(0x0002, uid_bytes(sop_class_uid)),
         _command_element(0x0100, _US.pack(0x8020)),  # C-FIND-RSP
-        _command_element(0x0120, _US.pack(primitive.MessageIDBeingRespondedTo)),
-        _command_element(0x0800, _US.pack(0x0101 if data is None else 0x0001)),
-        _command_element(0x0900, _US.pack(int(primitive.Status))),
+        _command_element(0x0120, _US.pack(message_id)),
+        _command_element(0x0800, _US.pack(0x0001 if has_identifier else 0x0101)),
+        _command_element(0x0900, _US.pack(status)),
     ])
-    return _command_element(0x0000, _UL.pack(len(body))) + body, data
+    return _command_element(0x0000, _UL.pack(len(body))) + body
+
+
+_RETRIEVE_RESPONSE: dict[type, int] = {C_MOVE: 0x8021, C_GET: 0x8010}  # CommandField (PS3.7 E.1)
+# Number of Remaining, Completed, Failed and Warning Sub-operations (PS3.7 9.3.3.2, 9.3.4.2)
+_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"),
+           (0x1021, "NumberOfCompletedSuboperations"),
+           (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
+
+
+def encode_retrieve_response(primitive: object) -> bytes | None:
+    """The command set of a C-MOVE-RSP or C-GET-RSP with its sub-operation counts and no
+    identifier (a pending response, or a final one without failures; PS3.7 9.3.3.2,
+    9.3.4.2), implicit VR little endian; None for anything else. A retrieve sends one per
+    instance."""
+    field = _RETRIEVE_RESPONSE.get(type(primitive))
+    if field is None:
+        return None
+    rsp = cast(C_MOVE, primitive)
+    if (rsp.MessageIDBeingRespondedTo is None or rsp.Status is None
+            or not rsp.AffectedSOPClassUID or rsp.Identifier is not None
+            or rsp.ErrorComment or rsp.OffendingElement):
+        return None
+    elements = [
+        _command_element(0x0002, uid_bytes(rsp.AffectedSOPClassUID)),
+        _command_element(0x0100, _US.pack(field)),
+        _command_element(0x0120, _US.pack(rsp.MessageIDBeingRespondedTo)),
+        _command_element(0x0800, _US.pack(0x0101)),  # no data set follows
+        _command_element(0x0900, _US.pack(int(rsp.Status))),
+    ]
+    for element, name in _COUNTS:
+        count = getattr(rsp, name)
+        if count is not None:
+            elements.append(_command_element(element, _US.pack(count)))
+    body = b"".join(elements)
+    return _command_element(0x0000, _UL.pack(len(body))) + body
+
+
+def encode_store_request(primitive: C_STORE) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), implicit VR little
+    endian, from `primitive`'s MessageID, AffectedSOPClassUID, AffectedSOPInstanceUID,
+    Priority and the Move Originator's AE title and message ID when set.
+
+    Raises ValueError when a required field is missing."""
+    if (primitive.MessageID is None or not primitive.AffectedSOPClassUID
+            or not primitive.AffectedSOPInstanceUID or primitive.Priority is None):
+        raise ValueError("a C-STORE request needs its message ID, SOP class and instance "
+                         "UIDs and priority")
+    elements = [
+        _command_element(0x0002, uid_bytes(primitive.AffectedSOPClassUID)),
+        _command_element(0x0100, _US.pack(0x0001)),  # C-STORE-RQ
+        _command_element(0x0110, _US.pack(primitive.MessageID)),
+        _command_element(0x0700, _US.pack(primitive.Priority)),
+        _command_element(0x0800, _US.pack(0x0001)),  # a data set follows
+        _command_element(0x1000, uid_bytes(primitive.AffectedSOPInstanceUID)),
+    ]
+    originator = primitive.MoveOriginatorApplicationEntityTitle
+    if originator:
+        value = originator.encode("ascii")
+        elements.append(_command_element(0x1030, value + b" " * (len(value) % 2)))
+    if primitive.MoveOriginatorMessageID is not None:
+        elements.append(_command_element(0x1031, _US.pack(primitive.MoveOriginatorMessageID)))
+    body = b"".join(elements)
+    return _command_element(0x0000, _UL.pack(len(body))) + body
 
 
 def _command_element(element: int, value: bytes) -> bytes:

@@ -34,6 +34,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from node.dicom.fastpath.pdu import EncodedData
 from node.dicom.guard import PeerLimitError
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class WakingDUL(DULServiceProvider):
         self.to_provider_queue = _WakingQueue(self.wake)
         # Association primitives (release, abort) are for the association's reactor.
         self.to_user_queue = _WakingQueue(lambda: wake_reactor(assoc))
+        # held while this thread runs the state machine (any action may send) or writes
+        # encoded data, and while another thread writes directly (send_encoded)
+        self._sending = threading.Lock()
 
     def wake(self) -> None:
         if threading.get_ident() == self.ident:
@@ -145,7 +149,8 @@ class WakingDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Until the peer sends, something is queued, or a timer tick passes."""
         sock = self.socket.socket if self.socket is not None else None
-        if sock is None or sock.fileno() < 0:
+        if sock is None or sock.fileno() < 0 or not cast(Any, self.socket)._is_connected:
+            # a requestor's socket before it connects reads as ready: wait on the pipe
             select.select([self._wake_r], [], [], TIMER_TICK)
         elif isinstance(sock, ssl.SSLSocket) and sock.pending():
             return  # decrypted bytes already buffered: select() cannot see them
@@ -156,6 +161,49 @@ class WakingDUL(DULServiceProvider):
                 pass
         except (BlockingIOError, OSError):
             pass
+
+    def _process_recv_primitive(self) -> bool:
+        # Encoded P-DATA-TF PDUs (node.dicom.fastpath.pdu.EncodedData) are written as they
+        # are, where pynetdicom's action DT-1 (Sta6) or AR-7 (Sta8) would send a P-DATA-TF,
+        # and dropped in any other state, where pynetdicom would not send it either. Any other
+        # primitive takes pynetdicom's way.
+        try:
+            primitive = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if not isinstance(primitive, EncodedData):
+            return bool(super()._process_recv_primitive())
+        if self.event_queue.qsize():
+            return False  # the state machine's earlier events first
+        with self._sending:
+            self.to_provider_queue.get(False)
+            if self.state_machine.current_state in ("Sta6", "Sta8"):
+                cast(AssociationSocket, self.socket).send(primitive.encoded)
+            else:
+                logger.warning("%d bytes of P-DATA not sent: the association is in %s",
+                               len(primitive.encoded), self.state_machine.current_state)
+        return True
+
+    def send_encoded(self, encoded: bytes) -> None:
+        """Send whole P-DATA-TF PDUs (`encoded`): written at once by the calling thread when
+        the association is established, nothing waits to be sent before them and the
+        connection is plain TCP; else queued as `EncodedData`, in order behind the rest.
+
+        Written directly, a C-MOVE sub-operation or a run of C-FIND responses skips a
+        hand-over to this thread and back (each a wake-up and a turn of the interpreter
+        lock, which on a busy host costs more than the writing). Safe because this thread
+        sends only under `_sending`, and pops what it sends under it too: a queued
+        primitive is still counted by the queues until its write is under way.
+        TLS sockets are written by this thread alone (an SSL object is not shared between
+        a reading and a writing thread)."""
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is not None and not isinstance(sock, ssl.SSLSocket):
+            with self._sending:
+                if (self.state_machine.current_state == "Sta6" and not self._kill_thread
+                        and not self.to_provider_queue.qsize() and not self.event_queue.qsize()):
+                    cast(AssociationSocket, self.socket).send(encoded)
+                    return
+        self.send_pdu(EncodedData(encoded))
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         # pynetdicom 3.0.4 DULServiceProvider._decode_pdu, remembering A-ASSOCIATE-RQs
@@ -266,7 +314,8 @@ class WakingDUL(DULServiceProvider):
                 abort_pdu = A_ABORT_RQ()
                 abort_pdu.source = 0x02
                 abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
+                with self._sending:
+                    self.socket.send(abort_pdu.encode())
                 self.assoc.is_aborted = True
                 self.assoc.is_established = False
                 self.assoc._kill = True
@@ -275,7 +324,8 @@ class WakingDUL(DULServiceProvider):
             try:
                 event = self.event_queue.get(block=False)
             except queue.Empty:
-                idle = True
+                idle = not self.to_provider_queue.qsize()  # EncodedData queues no event
                 continue
-            self.state_machine.do_action(event)
+            with self._sending:
+                self.state_machine.do_action(event)
             idle = False
