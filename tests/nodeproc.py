@@ -27,6 +27,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str =
 
 
 @dataclass
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM, as systemd stops a unit; SIGKILL (and re-raise) if it outlasts `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc.returncode
+
+
 class NodeProcess:
     proc: subprocess.Popen[bytes]
     port: int
@@ -55,15 +68,7 @@ class NodeProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
+        return stop(self.proc, timeout)
 
 
 @contextmanager
@@ -123,15 +128,7 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
+        return stop(self.proc, timeout)
 
 
 def start_worker(log: Path, *, data_dir: Path, db_url: str, threads: int = 1,

@@ -137,9 +137,13 @@ def _scu(aet: str = "SCU") -> AE:
     return ae
 
 
-def _store(node: Node, n: int, **kwargs: Any) -> list[Dataset]:
+def _store(node: Node, n: int, *, syntax: str = ExplicitVRLittleEndian,
+           **kwargs: Any) -> list[Dataset]:
+    """Store a series of n CT instances over one association offering `syntax` alone."""
     series = ct_series(n, **kwargs)
-    assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
+    ae = AE("SCU")
+    ae.add_requested_context(CTImageStorage, syntax)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
     assert assoc.is_established
     try:
         for ds in series:
@@ -416,14 +420,7 @@ def test_move_destinations_come_from_flags_environment_and_toml(tmp_path: Path) 
 
 
 def test_a_move_sends_each_file_in_its_own_transfer_syntax(node: Node) -> None:
-    series = ct_series(2)
-    ae = AE("SCU")
-    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
-    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
-    try:
-        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in series)
-    finally:
-        assoc.release()
+    series = _store(node, 2, syntax=ImplicitVRLittleEndian)
     SINK_RECEIVED.clear()
     assoc = _scu().associate(LOOPBACK, node.port, ae_title=NODE)
     try:
@@ -484,14 +481,7 @@ def test_find_responses_go_in_runs_on_the_fast_path(node: Node,
 
 def test_a_destination_that_takes_another_syntax_gets_the_instance_converted(
         node: Node) -> None:
-    series = ct_series(2)
-    ae = AE("SCU")
-    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
-    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE)
-    try:
-        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in series)
-    finally:
-        assoc.release()
+    series = _store(node, 2, syntax=ImplicitVRLittleEndian)
     SINK_RECEIVED.clear()
     responses = _move(node, "EXPLICIT", SeriesInstanceUID=series[0].SeriesInstanceUID)
     assert [int(s.Status) for s, _ in responses][-1] == 0x0000
