@@ -26,7 +26,6 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, what: str =
         time.sleep(0.05)
 
 
-@dataclass
 def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
     """SIGTERM, as systemd stops a unit; SIGKILL (and re-raise) if it outlasts `timeout`."""
     if proc.poll() is None:
@@ -40,6 +39,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
     return proc.returncode
 
 
+@dataclass
 class NodeProcess:
     proc: subprocess.Popen[bytes]
     port: int
