@@ -466,16 +466,28 @@ def test_a_moved_instance_is_its_stored_data_set(node: Node,
     assert reads == []  # never decoded: on the fast path sent as bytes, else no StoredFile
 
 
-def test_find_responses_go_in_runs_on_the_fast_path(node: Node,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _counted_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the runs of pending responses the fast path flushes, as they go."""
     runs: list[int] = []
     flush = Run.flush
     monkeypatch.setattr(Run, "flush", lambda self: runs.append(len(self._pieces)) or flush(self))
+    return runs
+
+
+def _store_and_find_all(node: Node) -> list[Dataset]:
+    """Store a 2-instance series, find every study: the one pending answer is that study."""
     series = _store(node, 2)
     responses = _find(node, _study_identifier(PatientID=""))
     assert [s for s, _ in responses] == [0xFF00, 0x0000]
     assert responses[0][1] is not None
     assert responses[0][1].StudyInstanceUID == series[0].StudyInstanceUID
+    return series
+
+
+def test_find_responses_go_in_runs_on_the_fast_path(node: Node,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _counted_runs(monkeypatch)
+    _store_and_find_all(node)
     assert (sum(runs) > 0) == (node.path == "fast")
 
 
@@ -507,14 +519,8 @@ def test_with_pynetdicom_log_handlers_the_general_way_answers_alike(
     """pynetdicom's per-message handlers (bound when its logger debugs) see every message:
     the fast path then leaves finds and sub-operations to pynetdicom's general code."""
     monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
-    runs: list[int] = []
-    flush = Run.flush
-    monkeypatch.setattr(Run, "flush", lambda self: runs.append(len(self._pieces)) or flush(self))
-    series = _store(node, 2)
-    responses = _find(node, _study_identifier(PatientID=""))
-    assert [s for s, _ in responses] == [0xFF00, 0x0000]
-    assert responses[0][1] is not None
-    assert responses[0][1].StudyInstanceUID == series[0].StudyInstanceUID
+    runs = _counted_runs(monkeypatch)
+    series = _store_and_find_all(node)
     SINK_RECEIVED.clear()
     moved = _move(node, "SINK", SeriesInstanceUID=series[0].SeriesInstanceUID)
     assert [int(s.Status) for s, _ in moved] == [0xFF00, 0xFF00, 0x0000]
