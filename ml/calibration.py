@@ -6,8 +6,10 @@ stay), only how far the probabilities are from 0 and 1.
 
 Operating points are chosen at the level the node calls: a series is called positive for a
 label when its highest slice probability reaches the threshold. `any` gets the highest
-threshold that keeps the series sensitivity at the target; subtypes the Youden point. Each is
-then moved to the middle, in logits, of the gap below it that holds no negative series.
+threshold that keeps the series sensitivity at the target; subtypes the Youden point, raised
+to the lowest threshold that keeps the series specificity at their floor (a subtype the report
+names should be right; `any` carries the sensitivity). Each is then moved to the middle, in
+logits, of the gap below it that holds no negative series.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class OperatingPoint:
 
     thresholds: dict[str, float]
     target: dict[str, float]  # minimum series sensitivity per label (others: Youden)
+    floor: dict[str, float]  # minimum series specificity per label (raises its Youden point)
     image: Metrics  # at the thresholds, every slice
     series: Metrics  # at the thresholds, max per series
 
@@ -106,6 +109,7 @@ class OperatingPoint:
         return {
             "level": "series (maximum over slices, as the node calls)",
             "target_sensitivity": dict(self.target),
+            "minimum_specificity": dict(self.floor),
             "achieved": {name: {"sensitivity": _safe(m.sensitivity), "specificity": _safe(m.specificity),
                                 "tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
                          for name, m in self.series.per_label.items()},
@@ -118,12 +122,17 @@ def _safe(value: float) -> float | None:
 
 def series_operating_point(
     series_ids: Sequence[str], y: np.ndarray, prob: np.ndarray, *,
-    target: Mapping[str, float], labels: Sequence[str] = LABELS,
+    target: Mapping[str, float], floor: Mapping[str, float] | None = None,
+    labels: Sequence[str] = LABELS,
 ) -> OperatingPoint:  # fmt: skip
-    """Thresholds for series calls from per-slice truths and (calibrated) probabilities."""
+    """Thresholds for series calls from per-slice truths and (calibrated) probabilities.
+
+    `target`: minimum series sensitivity by label; `floor`: minimum series specificity by
+    label for the others (see `ml.metrics.choose_thresholds`)."""
     _, y_series, p_series = series_level(series_ids, y, prob)
-    chosen = choose_thresholds(y_series, p_series, min_sensitivity=target, labels=labels)
+    chosen = choose_thresholds(y_series, p_series, min_sensitivity=target,
+                               min_specificity=floor, labels=labels)
     thresholds = {name: centred(y_series[:, j] > 0.5, p_series[:, j], chosen[name])
                   for j, name in enumerate(labels)}  # fmt: skip
-    return OperatingPoint(thresholds, dict(target), evaluate(y, prob, thresholds, labels),
+    return OperatingPoint(thresholds, dict(target), dict(floor or {}), evaluate(y, prob, thresholds, labels),
                           evaluate(y_series, p_series, thresholds, labels))  # fmt: skip

@@ -19,7 +19,8 @@ EPS = 1e-7  # probability clip of the RSNA 2019 scorer
 
 # Triage operating point: a missed bleed costs more than a false alarm, so "any" (the flag
 # that reorders the worklist) is set for >= 95% sensitivity on validation; subtypes, which
-# only describe the flag, take the Youden point (max sensitivity + specificity - 1).
+# only describe the flag, take the Youden point (max sensitivity + specificity - 1), raised
+# where a specificity floor asks (`min_specificity`): a subtype named in a report should be right.
 DEFAULT_MIN_SENSITIVITY: Mapping[str, float] = {"any": 0.95}
 
 Thresholds = Mapping[str, float] | Sequence[float] | float
@@ -163,23 +164,41 @@ def _youden_threshold(truth: np.ndarray, score: np.ndarray) -> float:
     return float(thresholds[best])
 
 
+def _specificity_threshold(truth: np.ndarray, score: np.ndarray, target: float) -> float:
+    """The lowest observed score that, as a threshold, keeps specificity >= target."""
+    negatives = np.sort(score[~truth])[::-1]
+    allowed = math.floor((1 - target) * negatives.size + 1e-9)  # false positives within target
+    if allowed >= negatives.size:
+        return float(score.min())
+    above = score[score > negatives[allowed]]  # calls at most `allowed` negatives
+    return float(above.min()) if above.size else float(np.nextafter(negatives[0], np.inf))
+
+
 def choose_thresholds(
     y_true: np.ndarray,
     prob: np.ndarray,
     *,
     min_sensitivity: Mapping[str, float] = DEFAULT_MIN_SENSITIVITY,
+    min_specificity: Mapping[str, float] | None = None,
     labels: Sequence[str] = LABELS,
     fallback: float = 0.5,
 ) -> dict[str, float]:
     """Per-label thresholds for triage (see DEFAULT_MIN_SENSITIVITY).
 
     Labels named in `min_sensitivity` get the highest threshold reaching that sensitivity;
-    the others the Youden point. A label without both classes keeps `fallback`.
+    the others the Youden point, raised where needed to the lowest threshold whose
+    specificity reaches `min_specificity[label]`. A label without both classes keeps
+    `fallback`. ValueError for a label not in `labels` or a target outside (0, 1].
     """
     y, p = _as_2d(y_true, prob)
-    unknown = set(min_sensitivity) - set(labels)
-    if unknown:
-        raise ValueError(f"min_sensitivity: unknown labels {sorted(unknown)}")
+    floors = dict(min_specificity or {})
+    for what, targets in (("min_sensitivity", min_sensitivity), ("min_specificity", floors)):
+        unknown = set(targets) - set(labels)
+        if unknown:
+            raise ValueError(f"{what}: unknown labels {sorted(unknown)}")
+        outside = {k: v for k, v in targets.items() if not 0 < v <= 1}
+        if outside:
+            raise ValueError(f"{what}: targets must lie in (0, 1], got {outside}")
     chosen = {}
     for j, name in enumerate(labels):
         truth = y[:, j] > 0.5
@@ -189,6 +208,9 @@ def choose_thresholds(
             chosen[name] = _sensitivity_threshold(truth, p[:, j], min_sensitivity[name])
         else:
             chosen[name] = _youden_threshold(truth, p[:, j])
+            if name in floors:
+                chosen[name] = max(chosen[name],
+                                   _specificity_threshold(truth, p[:, j], floors[name]))
     return chosen
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
     resume: bool = False
     pos_weight: tuple[float, ...] | None = None  # per label, for BCE's positive term
     min_sensitivity_any: float = 0.95  # operating point of "any" (see ml.metrics)
+    min_specificity_subtypes: float = 0.95  # floor under the subtypes' Youden points
     training_data: str = "unspecified"  # card text: what the data was, how many, which seed
 
     def __post_init__(self) -> None:
@@ -94,8 +95,9 @@ class TrainConfig:
             raise ValueError(f"input_size: {self.architecture} needs >= {spec.min_input_size}")
         if self.pos_weight is not None and len(self.pos_weight) != len(LABELS):
             raise ValueError(f"pos_weight: need {len(LABELS)} values, got {len(self.pos_weight)}")
-        if not 0 < self.min_sensitivity_any <= 1:
-            raise ValueError(f"min_sensitivity_any: must lie in (0, 1], got {self.min_sensitivity_any}")
+        for name in ("min_sensitivity_any", "min_specificity_subtypes"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must lie in (0, 1], got {getattr(self, name)}")
 
     def card(self) -> ModelCard:
         """The card this run's checkpoints start from (thresholds 0.5, no metrics)."""
@@ -390,6 +392,7 @@ def _finish(config: TrainConfig, paths: dict[str, Path], state: TrainState,
     temperature = fit_temperatures(y, logits)
     p = apply_temperatures(logits, temperature)
     target = {"any": config.min_sensitivity_any}
+    floor = {name: config.min_specificity_subtypes for name in card.labels if name != "any"}
     calibration = {
         "method": "temperature scaling per label, fitted on the validation slices",
         "nll_before": float(binary_cross_entropy(y, sigmoid(logits)).mean()),
@@ -399,13 +402,14 @@ def _finish(config: TrainConfig, paths: dict[str, Path], state: TrainState,
     if ddp is not None:  # how the ranks trained it, and that they agreed
         extra["distributed"] = ddp
     if series_ids is not None and len(series_ids) == len(y):
-        point = series_operating_point(series_ids, y, p, target=target)
+        point = series_operating_point(series_ids, y, p, target=target, floor=floor)
         thresholds, metrics = point.thresholds, point.image
         extra |= {"validation_series": point.series.to_dict(), "operating_point": point.summary()}
     else:
-        thresholds = choose_thresholds(y, p, min_sensitivity=target)
+        thresholds = choose_thresholds(y, p, min_sensitivity=target, min_specificity=floor)
         metrics = evaluate(y, p, thresholds)
-        extra["operating_point"] = {"level": "image (series unknown)", "target_sensitivity": target}
+        extra["operating_point"] = {"level": "image (series unknown)", "target_sensitivity": target,
+                                    "minimum_specificity": floor}
     card = dataclasses.replace(
         card, thresholds=thresholds, temperature=temperature, sha256="", created_at="",
         metrics={"epoch": state.best_epoch, "epochs": state.epoch, "validation": metrics.to_dict(),

@@ -18,6 +18,7 @@ from node.config import Settings
 from node.logs import configure_logging
 
 if TYPE_CHECKING:
+    from ml.demo import DemoRecipe
     from ml.train import TrainConfig, TrainResult
 
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
@@ -186,15 +187,17 @@ def _demo_parser(commands: Any) -> None:
     add("--seed", type=int, default=1, help="phantoms, split and training" + D)
     add("--studies", type=int, default=400, help="phantom studies" + D)
     add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
-    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+    add("--style", choices=("classic", "randomized", "polar"), default="randomized",
         help="phantoms to train on; randomized and polar also take more negatives, a larger "
-             "validation split and ml.augment (polar: only to measure transfer)" + D)
+             "validation split and ml.augment (polar: only to measure transfer); the options "
+             "below default to the style's recipe (randomized: the shipped model's)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
-    add("--epochs", type=int, default=12, help="epochs of the slice stage, ichnet" + D)
-    add("--series-epochs", type=int, default=4, help="epochs of the series stage, ichnet_seq" + D)
-    add("--classic-studies", type=int, default=0, metavar="N",
+    add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized 10, else 12)")
+    add("--series-epochs", type=int,
+        help="epochs of the series stage, ichnet_seq (randomized 3, else 4)")
+    add("--classic-studies", type=int, metavar="N",
         help="with another style: N classic studies besides, so the node's own phantoms stay "
-             "in what the model has seen" + D)
+             "in what the model has seen (randomized 100, else 0)")
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
@@ -422,15 +425,23 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def demo_recipe(args: argparse.Namespace) -> DemoRecipe:
+    """The recipe `admin demo-model` trains: the style's, changed by the options given."""
+    from ml.demo import DemoRecipe
+
+    given = {"slice_epochs": args.epochs, "series_epochs": args.series_epochs,
+             "classic_studies": args.classic_studies}  # fmt: skip
+    return DemoRecipe.for_style(
+        args.style, seed=args.seed, studies=args.studies, slices=args.slices,
+        input_size=args.input_size, **{k: v for k, v in given.items() if v is not None})
+
+
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
-    from ml.demo import DemoRecipe, train_demo_model
+    from ml.demo import train_demo_model
     from ml.evaluate import model_summary
     from ml.shipped import shipped_checkpoint
 
-    recipe = DemoRecipe.for_style(args.style, seed=args.seed, studies=args.studies,
-                                  slices=args.slices, input_size=args.input_size,
-                                  slice_epochs=args.epochs, series_epochs=args.series_epochs,
-                                  classic_studies=args.classic_studies)  # fmt: skip
+    recipe = demo_recipe(args)
     out = args.out or shipped_checkpoint()
     print(f"training the demo model: {recipe.command()}", flush=True)
     result = train_demo_model(

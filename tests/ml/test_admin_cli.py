@@ -137,8 +137,8 @@ def test_demo_model_command_writes_a_synthetic_card(tmp_path: Path) -> None:
     card, _ = read_checkpoint(out)
     assert card.architecture == "ichnet_seq" and card.input_size == INPUT
     assert "synthetic" in card.training_data and "seed 5" in card.training_data
-    assert ("ichtriage admin demo-model --seed 5 --style randomized --studies 4"
-            in card.training_data and "--classic-studies 2" in card.training_data)
+    assert ("ichtriage admin demo-model --seed 5 --studies 4" in card.training_data
+            and "--classic-studies 2" in card.training_data)  # randomized: the default style
     assert "and 2 classic studies of 4 slices, phantom seed 5005" in card.training_data
     # both styles' slices were trained on: 4 randomized studies of 3-6 slices, 2 classic of 4
     recipe = card.metrics["recipe"]

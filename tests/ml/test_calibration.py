@@ -93,6 +93,17 @@ def test_series_operating_point_meets_the_target_with_the_best_specificity() -> 
     assert point.series.n == 60 and point.image.n == 360
 
 
+def test_series_operating_point_keeps_the_subtype_specificity_floor() -> None:
+    ids, y, p = _series_case(3)
+    floor = {name: 0.95 for name in LABELS if name != "any"}
+    plain = series_operating_point(ids, y, p, target={"any": 0.95})
+    point = series_operating_point(ids, y, p, target={"any": 0.95}, floor=floor)
+    assert point.series.per_label["subdural"].specificity >= 0.95
+    assert point.thresholds["subdural"] >= plain.thresholds["subdural"]
+    assert point.thresholds["any"] == plain.thresholds["any"]
+    assert point.summary()["minimum_specificity"]["subdural"] == 0.95
+
+
 def test_centring_stays_in_the_gap_without_negatives() -> None:
     truth = np.array([False, False, True, True])
     score = np.array([0.2, 0.4, 0.9, 0.99])

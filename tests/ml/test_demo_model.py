@@ -37,7 +37,7 @@ def test_shipped_file_is_intact_and_small() -> None:
 
 def test_card_says_synthetic_and_not_for_clinical_use() -> None:
     card, _ = read_checkpoint(shipped_checkpoint())
-    recipe = DemoRecipe()
+    recipe = DemoRecipe.shipped()
     assert card.architecture == "ichnet_seq" and card.labels == LABELS
     assert card.windows == recipe.windows and card.input_size == recipe.input_size
     assert card.context == recipe.context
@@ -46,23 +46,28 @@ def test_card_says_synthetic_and_not_for_clinical_use() -> None:
     assert recipe.command() in card.training_data
     assert "NOT FOR CLINICAL USE" in card.intended_use
     assert card.metrics["recipe"] == recipe.to_dict()  # the shipped file is the default recipe's
+    assert recipe.command() == "ichtriage admin demo-model --seed 1"
     assert 0 < card.thresholds["any"] < 1
 
 
 def test_each_style_has_its_recipe_and_command() -> None:
-    classic, robust = DemoRecipe(), DemoRecipe.for_style("randomized", slice_epochs=10)
-    assert classic.style == "classic" and not classic.augment
+    classic, shipped = DemoRecipe(), DemoRecipe.shipped()
+    assert classic == DemoRecipe.for_style("classic") and not classic.augment
     assert "style" not in classic.to_dict()  # cards written before styles still match
-    assert (robust.style, robust.augment, robust.positive_fraction, robust.val_fraction) == (
-        "randomized", True, 0.6, 0.2)  # fmt: skip
-    assert robust.to_dict()["style"] == "randomized" and "shift" not in robust.to_dict()
-    assert robust.command() == "ichtriage admin demo-model --seed 1 --style randomized --epochs 10"
-    assert "randomized studies" in robust.training_data()
-    mixed = DemoRecipe.for_style("randomized", classic_studies=100)
-    assert mixed.command() == ("ichtriage admin demo-model --seed 1 --style randomized "
-                               "--classic-studies 100")
-    assert mixed.to_dict()["classic_studies"] == 100 and "classic_studies" not in robust.to_dict()
-    assert "and 100 classic studies of 24 slices, phantom seed 5001" in mixed.training_data()
+    assert classic.command() == "ichtriage admin demo-model --seed 1 --style classic"
+    assert (shipped.style, shipped.augment, shipped.positive_fraction, shipped.val_fraction,
+            shipped.slice_epochs, shipped.series_epochs, shipped.classic_studies) == (
+        "randomized", True, 0.6, 0.2, 10, 3, 100)  # fmt: skip
+    assert shipped.to_dict()["style"] == "randomized" and "shift" not in shipped.to_dict()
+    assert "randomized studies" in shipped.training_data()
+    assert "and 100 classic studies of 24 slices, phantom seed 5001" in shipped.training_data()
+    alone = DemoRecipe.for_style("randomized", classic_studies=0, slice_epochs=12)
+    assert alone.command() == ("ichtriage admin demo-model --seed 1 --epochs 12 "
+                               "--classic-studies 0")
+    assert "classic_studies" not in alone.to_dict()
+    polar = DemoRecipe.for_style("polar")
+    assert polar.command() == "ichtriage admin demo-model --seed 1 --style polar"
+    assert polar.classic_studies == 0 and polar.augment
     with pytest.raises(ValueError, match="classic_studies"):
         DemoRecipe(classic_studies=10)  # classic beside classic
 
@@ -92,11 +97,15 @@ def test_leaves_a_normal_head_below_threshold(classifier: Classifier) -> None:
 
 
 def test_command_defaults_are_the_recipe() -> None:
+    from node.cli.admin import demo_recipe
     from node.cli.main import build_parser
 
-    args = build_parser().parse_args(["admin", "demo-model"])
-    recipe = DemoRecipe()
-    assert (args.seed, args.studies, args.slices, args.input_size, args.epochs,
-            args.series_epochs) == (recipe.seed, recipe.studies, recipe.slices, recipe.input_size,
-                                    recipe.slice_epochs, recipe.series_epochs)  # fmt: skip
-    assert recipe.command() == "ichtriage admin demo-model --seed 1"
+    def recipe_of(*options: str) -> DemoRecipe:
+        return demo_recipe(build_parser().parse_args(["admin", "demo-model", *options]))
+
+    assert recipe_of() == DemoRecipe.shipped()
+    assert recipe_of("--style", "classic") == DemoRecipe()
+    for recipe in (DemoRecipe.shipped(), DemoRecipe(), DemoRecipe.for_style("polar", seed=3),
+                   DemoRecipe.for_style("randomized", slice_epochs=2, classic_studies=0)):
+        options = recipe.command().split()[3:]  # the printed command rebuilds its recipe
+        assert recipe_of(*options) == recipe

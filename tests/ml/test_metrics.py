@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from ml.labels import LABELS
 from ml.metrics import (
@@ -107,6 +108,29 @@ def test_choose_thresholds_any_reaches_its_sensitivity() -> None:
     assert chosen["epidural"] == 0.5  # no positives: the fallback
     assert counts["intraparenchymal"].sensitivity == 1.0  # separable: Youden finds the gap
     assert counts["intraparenchymal"].specificity == 1.0
+
+
+def test_a_specificity_floor_raises_a_subtypes_youden_point_only_where_needed() -> None:
+    rng = np.random.default_rng(1)
+    y = np.zeros((300, 6))
+    y[:60, 4] = y[:60, 5] = 1
+    p = rng.uniform(0, 1, (300, 6))
+    p[:60, 4] = rng.uniform(0.3, 1.0, 60)  # subarachnoid: overlapping, Youden calls many negatives
+    p[:60, 5] = rng.uniform(0.8, 1.0, 60)
+    p[60:, 5] = rng.uniform(0.0, 0.7, 240)  # subdural: separable, Youden is already specific
+    youden = choose_thresholds(y, p)
+    floored = choose_thresholds(y, p, min_specificity={"subarachnoid": 0.95, "subdural": 0.95})
+    plain, raised = confusion(y, p, youden), confusion(y, p, floored)
+    assert plain["subarachnoid"].specificity < 0.95 <= raised["subarachnoid"].specificity
+    assert floored["subdural"] == youden["subdural"] and raised["subdural"].specificity == 1.0
+    assert floored["any"] == youden["any"]  # a label with a sensitivity target keeps it
+    # the lowest such threshold: scikit-learn's ROC, the most sensitive point at fpr <= 0.05
+    fpr, tpr, _ = sklearn_roc_curve(y[:, 4], p[:, 4])
+    assert raised["subarachnoid"].sensitivity == pytest.approx(tpr[fpr <= 0.05].max())
+    with pytest.raises(ValueError, match="unknown labels"):
+        choose_thresholds(y, p, min_specificity={"subdurall": 0.9})
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        choose_thresholds(y, p, min_specificity={"subdural": 1.5})
 
 
 def test_evaluate_reports_the_study_figures() -> None:
