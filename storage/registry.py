@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -355,19 +356,25 @@ class ModelRegistry:
         target = (self.root / f"{sha256}.pt").resolve()
         if target.is_file() and file_sha256(target) == sha256:
             return target  # a copy left by an import that did not commit: the same bytes
-        tmp = self.root / f".{sha256}.tmp"
-        digest = hashlib.sha256()
-        with source.open("rb") as src, tmp.open("wb") as dst:
-            while chunk := src.read(_CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if digest.hexdigest() != sha256:
-            tmp.unlink()
-            raise RegistryError(f"{source} changed while it was imported (sha256 differs from "
-                                "the file verified): try again")
-        os.replace(tmp, target)
+        # A temporary name of this call's own: the processes of a node starting together
+        # each copy the shipped model in, and a shared name let one truncate or move
+        # another's copy.
+        fd, name = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=self.root)
+        tmp = Path(name)
+        try:
+            digest = hashlib.sha256()
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if digest.hexdigest() != sha256:
+                raise RegistryError(f"{source} changed while it was imported (sha256 differs "
+                                    "from the file verified): try again")
+            os.replace(tmp, target)  # the same bytes whoever renames last
+        finally:
+            tmp.unlink(missing_ok=True)
         return target
 
 

@@ -29,6 +29,7 @@ from storage.registry import (
     ModelRegistry,
     ModelStateError,
     UnknownModelError,
+    file_sha256,
 )
 
 WINDOWS = ("brain", "subdural", "bone")
@@ -244,6 +245,37 @@ def test_first_start_registers_the_demo_and_model_setting_seeds_the_registry(
         {DEMO_NAME: "retired", seeded.name: "active"}.items())
     with pytest.raises(ModelUnavailableError, match="no such file"):
         ensure_active_model(registry, str(checkpoints[0].with_name("gone.pt")))
+
+
+def test_processes_starting_together_each_copy_the_model_in_safely(
+        registry: ModelRegistry, checkpoints: list[Path]) -> None:
+    """The workers of a node started at once all copy the shipped model into an empty
+    registry: every copy ends in the one content-addressed file, none fails (a shared
+    temporary name once let one worker move another's copy away: ENOENT at its rename)."""
+    import threading
+
+    source = checkpoints[0]
+    sha = file_sha256(source)
+    barrier = threading.Barrier(8)
+    results: list[Path | BaseException] = []
+
+    def copy_in() -> None:
+        barrier.wait()
+        try:
+            for _ in range(5):
+                results.append(registry._copy_in(source, sha))
+        except BaseException as exc:  # any failure is the finding
+            results.append(exc)
+
+    threads = [threading.Thread(target=copy_in) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    target = registry.root.resolve() / f"{sha}.pt"
+    assert results == [target] * 40
+    assert file_sha256(target) == sha
+    assert sorted(p.name for p in registry.root.iterdir()) == [target.name]  # no temporary left
 
 
 def test_no_active_model_is_a_clear_error(registry: ModelRegistry,
