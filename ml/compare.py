@@ -22,7 +22,8 @@ import torch
 from ml.augment import BatchAugment
 from ml.cache import SliceCache, build_cache
 from ml.distributed import Distributed, build_cache_together
-from ml.inference import FIT_SIZE
+from ml.evaluate import evaluate_classifier
+from ml.inference import FIT_SIZE, Classifier
 from ml.labels import LABELS
 from ml.metrics import Metrics
 from ml.models import architecture, build_model
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TABLE_MD = "compare.md"
 TABLE_CSV = "compare.csv"
+TEST_CSV = "compare-test.csv"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class Comparison:
     train_seconds: float  # sum of the epochs (training + validation), cache building excluded
     checkpoint: Path
     metrics: Metrics
+    test: Metrics | None = None  # on the test set, when one was given (image level)
 
 
 def count_parameters(name: str, *, in_channels: int, input_size: int) -> int:
@@ -155,8 +158,13 @@ def compare(
     architectures: Sequence[str], split: Split, base: TrainConfig, out_dir: Path, *,
     workers: int = 0, progress: bool = True, augment: bool = False,
     log: Callable[[str, dict[str, Any]], None] | None = None,
+    test: Sequence[ImageRecord] = (), test_name: str = "",
 ) -> list[Comparison]:  # fmt: skip
     """Train each architecture on `split` with `base`'s settings; write the table; return rows.
+
+    `test`: labelled slices none of the training saw (e.g. another phantom style, to measure
+    transfer); each best checkpoint is also scored on them, series by series as the node
+    does (`ml.evaluate.evaluate_classifier`), into a second table named by `test_name`.
 
     Each architecture runs at base.input_size raised to its smallest usable side (AlexNet's
     'valid' layers need 195), or at its own size when base.input_size is None. A sequence
@@ -189,14 +197,19 @@ def compare(
         )  # fmt: skip
         if name == "ichnet":
             slice_models[(size, card.context)] = result.best_checkpoint
+        tested = None
+        if test:
+            classifier = Classifier.load(result.best_checkpoint, device=base.device)
+            tested = evaluate_classifier(classifier, test).image
         rows.append(Comparison(
             architecture=name, input_size=size, context=card.context,
             parameters=count_parameters(name, in_channels=card.in_channels, input_size=size),
             epochs=len(result.history),
             train_seconds=round(sum(h["seconds"] for h in result.history), 1),
-            checkpoint=result.best_checkpoint, metrics=result.metrics,
+            checkpoint=result.best_checkpoint, metrics=result.metrics, test=tested,
         ))  # fmt: skip
-        write_table(rows, out_dir, note=split.describe())  # a partial table survives a crash
+        write_table(rows, out_dir, note=split.describe(),  # a partial table survives a crash
+                    test_name=test_name or "the test set")
     return rows
 
 
@@ -207,8 +220,7 @@ _CSV_COLUMNS = ("architecture", "input_size", "slices", "parameters", "epochs", 
                 *(f"auc_{label}" for label in LABELS))  # fmt: skip
 
 
-def _cells(row: Comparison) -> list[str]:
-    m = row.metrics
+def _cells(row: Comparison, m: Metrics) -> list[str]:
     per_label = [_num(m.per_label[label].auc) for label in LABELS]
     input_text = f"{row.input_size}" + (f" x{2 * row.context + 1}" if row.context else "")
     return [row.architecture, input_text, f"{row.parameters / 1e6:.2f} M", str(row.epochs),
@@ -216,8 +228,7 @@ def _cells(row: Comparison) -> list[str]:
             str(m.fp), str(m.fn), _num(m.auc), _num(m.weighted_log_loss), *per_label]  # fmt: skip
 
 
-def _csv_cells(row: Comparison) -> list[object]:
-    m = row.metrics
+def _csv_cells(row: Comparison, m: Metrics) -> list[object]:
     return [row.architecture, row.input_size, 2 * row.context + 1, row.parameters, row.epochs,
             row.train_seconds, *map(_raw, (m.loss, m.accuracy)), m.tp, m.tn, m.fp, m.fn,
             *map(_raw, (m.auc, m.weighted_log_loss)),
@@ -232,20 +243,42 @@ def _raw(value: float) -> str:
     return "" if value != value else f"{value:.6g}"
 
 
-def write_table(rows: Sequence[Comparison], out_dir: Path, *, note: str = "") -> tuple[Path, Path]:
-    """compare.md (a markdown table with a legend) and compare.csv (plain numbers) in out_dir."""
+def write_table(rows: Sequence[Comparison], out_dir: Path, *, note: str = "",
+                test_name: str = "the test set") -> tuple[Path, Path]:
+    """compare.md (markdown tables with a legend) and compare.csv (plain numbers) in out_dir;
+    with test figures also a second table in compare.md and compare-test.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + " --- |" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    tested = [row for row in rows if row.test is not None]
     legend = ("Validation figures of each model's best epoch. Loss: mean binary cross-entropy; "
               "accuracy, TP, TN, FP, FN: all label decisions at probability 0.5; AUC: micro "
               "(all labels pooled); input: side in pixels (x N: N adjacent slices as channels); "
               "train s: seconds over all epochs.")  # fmt: skip
-    text = "\n".join([*lines, "", legend, *([note] if note else [])]) + "\n"
+    parts = [*_markdown(rows, lambda row: row.metrics), "", legend, *([note] if note else [])]
+    if tested:
+        parts += ["", f"The same models on {test_name} (image level, the same columns):", "",
+                  *_markdown(tested, _test_metrics)]
     md, table = out_dir / TABLE_MD, out_dir / TABLE_CSV
-    md.write_text(text, encoding="utf-8")
-    with table.open("w", newline="", encoding="utf-8") as f:
+    md.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    _write_csv(table, rows, lambda row: row.metrics)
+    if tested:
+        _write_csv(out_dir / TEST_CSV, tested, _test_metrics)
+    return md, table
+
+
+def _test_metrics(row: Comparison) -> Metrics:
+    if row.test is None:
+        raise ValueError(f"{row.architecture}: no test figures")
+    return row.test
+
+
+def _markdown(rows: Sequence[Comparison], metrics: Callable[[Comparison], Metrics]) -> list[str]:
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + " --- |" * len(_COLUMNS)]
+    return lines + ["| " + " | ".join(_cells(row, metrics(row))) + " |" for row in rows]
+
+
+def _write_csv(path: Path, rows: Sequence[Comparison],
+               metrics: Callable[[Comparison], Metrics]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(_CSV_COLUMNS)
-        writer.writerows(_csv_cells(row) for row in rows)
-    return md, table
+        writer.writerows(_csv_cells(row, metrics(row)) for row in rows)

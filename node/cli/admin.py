@@ -89,6 +89,11 @@ def add_admin_parser(sub: Any) -> None:
     compare.add_argument("--archs", type=_names, required=True, metavar="A,B,...",
                          help="architectures, e.g. vanilla,alexnet,resnet18,ichnet,ichnet_seq")
     _data(compare)
+    compare.add_argument("--test-dicom-dir", type=Path, metavar="DIR",
+                         help="also score each model on these slices, which no training saw "
+                              "(e.g. another phantom style); needs --test-labels")
+    compare.add_argument("--test-labels", type=Path, metavar="CSV",
+                         help="labels of --test-dicom-dir, in the RSNA format")
     _training(compare, epochs=3)
     _common(compare)
     _demo_parser(commands)
@@ -412,13 +417,23 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _compare(args: argparse.Namespace, settings: Settings) -> int:
     from ml.compare import TABLE_CSV, TABLE_MD, compare, load_split
+    from ml.rsna import index_images, read_labels
 
+    if (args.test_dicom_dir is None) != (args.test_labels is None):
+        raise ValueError("--test-dicom-dir and --test-labels: give both or neither")
+    test = []
+    if args.test_dicom_dir is not None:
+        test = index_images(args.test_dicom_dir, read_labels(args.test_labels))
+        if not test:
+            raise ValueError(f"--test-dicom-dir: no .dcm file under {args.test_dicom_dir} has "
+                             f"labels in {args.test_labels}")
     split = load_split(args.dicom_dir, args.labels, val_fraction=args.val_fraction, seed=args.seed)
     print(split.describe(), flush=True)
     compare(
         args.archs, split, _config(args, settings, args.archs[0], args.out), args.out,
         workers=args.loader_workers, augment=args.augment,
         log=lambda name, entry: print(f"{name} {_epoch_line(entry)}", flush=True),
+        test=test, test_name=f"{args.test_dicom_dir} ({len(test)} slices)",
     )  # fmt: skip
     print((args.out / TABLE_MD).read_text(encoding="utf-8"))
     print(f"table: {args.out / TABLE_MD}, {args.out / TABLE_CSV}")

@@ -110,13 +110,28 @@ def test_evaluate_demo_names_the_shipped_model(phantoms: Path) -> None:
 
 def test_compare_tabulates_one_row_per_architecture(phantoms: Path) -> None:
     out = phantoms.parent / "compare"
+    other = phantoms.parent / "polar"  # another phantom style, none of it trained on
+    admin("phantoms", "--out", other, "--studies", 2, "--seed", 8, "--slices", SLICES,
+          "--size", SIZE, "--style", "polar")  # fmt: skip
     stdout = admin("compare", "--archs", "vanilla,ichnet", "--dicom-dir", phantoms,
                    "--labels", phantoms / "labels.csv", "--out", out, "--epochs", 1,
-                   "--input-size", INPUT, "--val-fraction", 0.25, "--seed", 3)  # fmt: skip
+                   "--input-size", INPUT, "--val-fraction", 0.25, "--seed", 3,
+                   "--test-dicom-dir", other, "--test-labels", other / "labels.csv")  # fmt: skip
     lines = (out / "compare.md").read_text().splitlines()
     assert lines[0].startswith("| model | input |") and "weighted log loss" in lines[0]
     assert [line.split("|")[1].strip() for line in lines[2:4]] == ["vanilla", "ichnet"]
     assert not lines[4].startswith("|")
+    # the second table: the same models scored on the other style
+    n_other = len(list(other.rglob("*.dcm")))
+    heading = lines.index(f"The same models on {other} ({n_other} slices) (image level, the "
+                          "same columns):")
+    assert [line.split("|")[1].strip() for line in lines[heading + 4:heading + 6]] == [
+        "vanilla", "ichnet"]  # fmt: skip
+    with (out / "compare-test.csv").open() as f:
+        tested = list(csv.DictReader(f))
+    assert [r["architecture"] for r in tested] == ["vanilla", "ichnet"]
+    for row in tested:  # every decision of every slice of the other style, at 0.5
+        assert sum(int(row[k]) for k in ("tp", "tn", "fp", "fn")) == n_other * len(LABELS)
     with (out / "compare.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["architecture"] for r in rows] == ["vanilla", "ichnet"]
