@@ -134,5 +134,6 @@ def series_operating_point(
                                min_specificity=floor, labels=labels)
     thresholds = {name: centred(y_series[:, j] > 0.5, p_series[:, j], chosen[name])
                   for j, name in enumerate(labels)}  # fmt: skip
-    return OperatingPoint(thresholds, dict(target), dict(floor or {}), evaluate(y, prob, thresholds, labels),
+    return OperatingPoint(thresholds, dict(target), dict(floor or {}),
+                          evaluate(y, prob, thresholds, labels),
                           evaluate(y_series, p_series, thresholds, labels))  # fmt: skip
