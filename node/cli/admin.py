@@ -18,7 +18,6 @@ from node.config import Settings
 from node.logs import configure_logging
 
 if TYPE_CHECKING:
-    from ml.demo import DemoRecipe
     from ml.train import TrainConfig, TrainResult
 
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
@@ -96,7 +95,9 @@ def add_admin_parser(sub: Any) -> None:
                          help="labels of --test-dicom-dir, in the RSNA format")
     _training(compare, epochs=3)
     _common(compare)
-    _demo_parser(commands)
+    from node.cli.demo import add_demo_parser
+
+    add_demo_parser(commands)
     conformance = commands.add_parser(
         "conformance", help="print the DICOM Conformance Statement (PS3.2) as Markdown")
     conformance.add_argument("--defaults", action="store_true",
@@ -184,33 +185,6 @@ def _evaluate_parser(commands: Any) -> None:
     _common(evaluate)
 
 
-def _demo_parser(commands: Any) -> None:
-    demo = commands.add_parser("demo-model",
-                               help="generate phantoms and train the shipped demo model")  # fmt: skip
-    add = demo.add_argument
-    add("--out", type=Path, help="checkpoint to write (default: ichnet_demo.pt in the ml package)")
-    add("--seed", type=int, default=1, help="phantoms, split and training" + D)
-    add("--studies", type=int, default=400, help="phantom studies" + D)
-    add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
-    add("--style", choices=("classic", "randomized", "polar"), default="randomized",
-        help="phantoms to train on; randomized and polar also take more negatives, a larger "
-             "validation split and ml.augment (polar: only to measure transfer); the options "
-             "below default to the style's recipe (randomized: the shipped model's)" + D)
-    add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
-    add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized 10, else 12)")
-    add("--series-epochs", type=int,
-        help="epochs of the series stage, ichnet_seq (randomized 3, else 4)")
-    add("--classic-studies", type=int, metavar="N",
-        help="with another style: N classic studies besides, so the node's own phantoms stay "
-             "in what the model has seen (randomized 100, else 0)")
-    add("--work-dir", type=Path,
-        help="keep phantoms, caches and stages here (default: a temporary folder)")
-    add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
-        help="processes decoding DICOM and loading batches, 0: this one" + D)
-    _device(demo)
-    _common(demo)
-
-
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from ml.errors import MLError
     from storage.errors import StorageError
@@ -240,6 +214,12 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     except (MLError, StorageError, ValueError, OSError) as exc:  # bad input: say so, no traceback
         print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli.demo import run_demo_model
+
+    return run_demo_model(args, settings)
 
 
 def _conformance(args: argparse.Namespace, settings: Settings) -> int:
@@ -437,40 +417,4 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
     )  # fmt: skip
     print((args.out / TABLE_MD).read_text(encoding="utf-8"))
     print(f"table: {args.out / TABLE_MD}, {args.out / TABLE_CSV}")
-    return 0
-
-
-def demo_recipe(args: argparse.Namespace) -> DemoRecipe:
-    """The recipe `admin demo-model` trains: the style's, changed by the options given."""
-    from ml.demo import DemoRecipe
-
-    given = {"slice_epochs": args.epochs, "series_epochs": args.series_epochs,
-             "classic_studies": args.classic_studies}  # fmt: skip
-    return DemoRecipe.for_style(
-        args.style, seed=args.seed, studies=args.studies, slices=args.slices,
-        input_size=args.input_size, **{k: v for k, v in given.items() if v is not None})
-
-
-def _demo_model(args: argparse.Namespace, settings: Settings) -> int:
-    from ml.demo import train_demo_model
-    from ml.evaluate import model_summary
-    from ml.shipped import shipped_checkpoint
-
-    recipe = demo_recipe(args)
-    out = args.out or shipped_checkpoint()
-    print(f"training the demo model: {recipe.command()}", flush=True)
-    result = train_demo_model(
-        out, recipe=recipe, work_dir=args.work_dir, workers=args.loader_workers,
-        device=settings.device,
-        log=lambda name, entry: print(f"{name} {_epoch_line(entry)}", flush=True),
-    )  # fmt: skip
-    validation = result.card.metrics["validation"]
-    aucs = ", ".join(f"{name} {m['auc']:.4f}" for name, m in validation["per_label"].items()
-                     if m["auc"] is not None)  # fmt: skip
-    print(result.split)
-    print(f"validation (image level): weighted log loss {validation['weighted_log_loss']:.4f}; "
-          f"AUC {aucs}")
-    print(f"seconds: {json.dumps(result.seconds)}")
-    print(json.dumps(model_summary(result.card), indent=2))
-    print(f"checkpoint: {result.checkpoint} (card: {result.checkpoint}.json)")
     return 0

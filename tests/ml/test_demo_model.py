@@ -97,7 +97,7 @@ def test_leaves_a_normal_head_below_threshold(classifier: Classifier) -> None:
 
 
 def test_command_defaults_are_the_recipe() -> None:
-    from node.cli.admin import demo_recipe
+    from node.cli.demo import demo_recipe
     from node.cli.main import build_parser
 
     def recipe_of(*options: str) -> DemoRecipe:
