@@ -158,7 +158,7 @@ def compare(
     architectures: Sequence[str], split: Split, base: TrainConfig, out_dir: Path, *,
     workers: int = 0, progress: bool = True, augment: bool = False,
     log: Callable[[str, dict[str, Any]], None] | None = None,
-    test: Sequence[ImageRecord] = (), test_name: str = "",
+    test: Sequence[ImageRecord] = (), test_name: str = "the test set",
 ) -> list[Comparison]:  # fmt: skip
     """Train each architecture on `split` with `base`'s settings; write the table; return rows.
 
@@ -209,7 +209,7 @@ def compare(
             checkpoint=result.best_checkpoint, metrics=result.metrics, test=tested,
         ))  # fmt: skip
         write_table(rows, out_dir, note=split.describe(),  # a partial table survives a crash
-                    test_name=test_name or "the test set")
+                    test_name=test_name)
     return rows
 
 

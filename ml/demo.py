@@ -82,12 +82,11 @@ class DemoRecipe:
     classic_studies: int = 0
 
     @classmethod
-    def for_style(cls, style: str = "", **changes: Any) -> DemoRecipe:
-        """The recipe for training on `style` (default SHIPPED_STYLE, which made the shipped
-        file): the classic one, or for the other styles more negative studies (they carry the
-        mimics), a larger validation split (enough negative series to place the operating
-        point) and `ml.augment` on every batch; randomized also adds classic studies."""
-        style = style or SHIPPED_STYLE
+    def for_style(cls, style: str, **changes: Any) -> DemoRecipe:
+        """The recipe for training on `style`: the classic one, or for the other styles more
+        negative studies (they carry the mimics), a larger validation split (enough negative
+        series to place the operating point) and `ml.augment` on every batch; randomized, the
+        shipped style (SHIPPED_STYLE), also adds classic studies."""
         preset = _PRESETS.get(style, _ROBUST)
         return dataclasses.replace(cls(style=style, **preset), **changes)
 
