@@ -4,7 +4,7 @@ A response is made of pydicom RawDataElements (values already encoded, PS3.5 7.1
 Dataset whose original encoding is the negotiated one, so pydicom writes each value as it is
 instead of converting every element of every response: a 10,000-study answer spent more time
 building and encoding Datasets (about 1 ms a response) than reading the index (20 us).
-tests/test_qr_scp.py reads the responses back with pydicom. On the fast receive path the
+tests/qr/test_find.py reads the responses back with pydicom. On the fast receive path the
 response goes out as `ResponseTemplate.encoded`, its bytes made directly from the row (what
 pydicom would write for the Dataset; tests/test_fastpath_pdu.py compares them).
 
