@@ -177,28 +177,32 @@ class DemoResult:
 
 def train_demo_model(
     out: Path, *, recipe: DemoRecipe | None = None, work_dir: Path | None = None,
-    workers: int = 0, device: str = "auto", progress: bool = True,
+    workers: int = 0, prepare_workers: int = 0, device: str = "auto", progress: bool = True,
     log: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> DemoResult:  # fmt: skip
     """Generate the phantoms, train both stages and write the carded checkpoint to `out`.
 
     `work_dir` keeps the phantoms (about 0.5 MB per slice), caches and stage checkpoints;
-    without it they go to a temporary folder that is removed at the end.
+    without it they go to a temporary folder that is removed at the end. `workers`: the
+    DataLoader's processes; `prepare_workers`: processes writing the phantoms and decoding them
+    into the caches (the same bytes whatever the number; 0 or 1: this process).
     """
     recipe = recipe or DemoRecipe()
     if work_dir is not None:
-        return _train(out, recipe, Path(work_dir), workers, device, progress, log)
+        return _train(out, recipe, Path(work_dir), (workers, prepare_workers), device, progress,
+                      log)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="ichtriage-demo-") as tmp:
-        return _train(out, recipe, Path(tmp), workers, device, progress, log)
+        return _train(out, recipe, Path(tmp), (workers, prepare_workers), device, progress, log)
 
 
 def _train(
-    out: Path, recipe: DemoRecipe, work: Path, workers: int, device: str, progress: bool,
-    log: Callable[[str, dict[str, Any]], None] | None,
+    out: Path, recipe: DemoRecipe, work: Path, processes: tuple[int, int], device: str,
+    progress: bool, log: Callable[[str, dict[str, Any]], None] | None,
 ) -> DemoResult:  # fmt: skip
     started = time.monotonic()
+    workers, prepare_workers = processes
     seconds: dict[str, float] = {}
-    parts = [(work / folder, _phantoms(work / folder, phantoms))
+    parts = [(work / folder, _phantoms(work / folder, phantoms, prepare_workers))
              for folder, phantoms in recipe.phantom_sets().items()]
     seconds["phantoms"] = round(time.monotonic() - started, 1)
     split = load_split(*parts[0], val_fraction=recipe.val_fraction, seed=recipe.seed,
@@ -212,14 +216,14 @@ def _train(
         min_sensitivity_any=recipe.min_sensitivity_any,
         min_specificity_subtypes=recipe.min_specificity_subtypes,
     )  # fmt: skip
-    slices = _stage(first, split, work, recipe, workers, progress, log)
+    slices = _stage(first, split, work, recipe, prepare_workers, progress, log)
     seconds["slice_stage"] = round(time.monotonic() - started - sum(seconds.values()), 1)
     second = dataclasses.replace(
         first, checkpoint_dir=work / "ichnet_seq", architecture="ichnet_seq",
         epochs=recipe.series_epochs, batch_size=recipe.series_batch_size,
         pretrained=slices.best_checkpoint, freeze_backbone=True,
     )  # fmt: skip
-    series = _stage(second, split, work, recipe, workers, progress, log)
+    series = _stage(second, split, work, recipe, prepare_workers, progress, log)
     seconds["series_stage"] = round(time.monotonic() - started - sum(seconds.values()), 1)
     model, card = load_checkpoint(series.best_checkpoint)  # calibrated, thresholds chosen
     seconds["total"] = round(time.monotonic() - started, 1)
@@ -243,7 +247,7 @@ def _train(
     return DemoResult(out, final, seconds, split.describe())
 
 
-def _phantoms(folder: Path, phantoms: PhantomSet) -> Path:
+def _phantoms(folder: Path, phantoms: PhantomSet, workers: int) -> Path:
     """Write the phantoms into folder, or reuse those a kept work_dir already holds."""
     stamp = json.dumps(dataclasses.asdict(phantoms))
     labels, written = folder / "labels.csv", folder / "recipe.json"
@@ -255,7 +259,7 @@ def _phantoms(folder: Path, phantoms: PhantomSet) -> Path:
     logger.info("writing %d phantom studies to %s", phantoms.studies, folder)
     write_dataset(folder, studies=phantoms.studies, seed=phantoms.seed, slices=phantoms.slices,
                   size=phantoms.phantom_size, positive_fraction=phantoms.positive_fraction,
-                  style=phantoms.style)  # fmt: skip
+                  style=phantoms.style, workers=workers)  # fmt: skip
     written.write_text(stamp)
     return labels
 
@@ -273,12 +277,12 @@ SHIPPED_STYLE = "randomized"
 
 
 def _stage(
-    config: TrainConfig, split: Split, work: Path, recipe: DemoRecipe, workers: int,
+    config: TrainConfig, split: Split, work: Path, recipe: DemoRecipe, cache_workers: int,
     progress: bool, log: Callable[[str, dict[str, Any]], None] | None,
 ) -> TrainResult:  # fmt: skip
     name = config.architecture
     return train_on_split(
-        config, split, cache_root=work / "cache", workers=workers, progress=progress,
+        config, split, cache_root=work / "cache", workers=cache_workers, progress=progress,
         log=None if log is None else (lambda entry: log(name, entry)),
         augment=None if recipe.augment else (lambda data: Augmented(data, shift=recipe.shift)),
         batch_augment=BatchAugment(recipe.windows) if recipe.augment else None,

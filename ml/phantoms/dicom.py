@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,12 +237,14 @@ def write_dataset(
     size: int = 256,
     positive_fraction: float = 0.6,
     style: str = "classic",
+    workers: int = 0,
 ) -> Path:
     """Write `studies` phantom studies as out_dir/<StudyUID>/<SeriesUID>/ID_<hex>.dcm and their
     labels as out_dir/labels.csv in the RSNA 2019 stage_2_train.csv format; return the CSV path.
 
     Styles other than "classic" also vary the number of slices per study, from 3/4 to 3/2 of
-    `slices`.
+    `slices`. `workers` > 1 writes the studies in that many processes; each study has its own
+    seed, so the files and the CSV are byte-identical whatever `workers` is.
     """
     if studies < 1:
         raise ValueError(f"studies must be >= 1, got {studies}")
@@ -248,18 +252,10 @@ def write_dataset(
         raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1C4]))
+    jobs = [_StudyJob(out_dir, seed, i, subtypes, slices, size, style)
+            for i, subtypes in enumerate(_study_plan(rng, studies, positive_fraction))]
     rows: list[tuple[str, int]] = []
-    for i, subtypes in enumerate(_study_plan(rng, studies, positive_fraction)):
-        study_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        study_uid = _uid(seed, "dataset-study", i)
-        series_dir = out_dir / study_uid / _uid(study_seed, "series", study_uid)
-        count = slices
-        if style != "classic":
-            count = int(np.random.default_rng([seed, i, 7]).integers(slices * 3 // 4, slices * 3 // 2 + 1))
-        series = write_series(
-            series_dir, seed=study_seed, slices=max(count, 1), size=size, subtypes=subtypes,
-            study_uid=study_uid, patient_id=f"PH-{seed}-{i:05d}"[:64], image_ids=True, style=style,
-        )  # fmt: skip
+    for series in _run_jobs(jobs, workers):
         for path, labels in zip(series.paths, series.labels, strict=True):
             for name in (*SUBTYPES, "any"):  # the challenge lists "any" last
                 rows.append((f"{path.stem}_{name}", int(labels[LABELS.index(name)])))
@@ -269,3 +265,45 @@ def write_dataset(
         writer.writerow(["ID", "Label"])
         writer.writerows(rows)
     return csv_path
+
+
+@dataclass(frozen=True)
+class _StudyJob:
+    """Study `index` of a `write_dataset` call: everything needed to write it in any process."""
+
+    out_dir: Path
+    seed: int
+    index: int
+    subtypes: tuple[str, ...]
+    slices: int
+    size: int
+    style: str
+
+    def __call__(self) -> PhantomSeries:
+        seed, i = self.seed, self.index
+        study_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        study_uid = _uid(seed, "dataset-study", i)
+        series_dir = self.out_dir / study_uid / _uid(study_seed, "series", study_uid)
+        count = self.slices
+        if self.style != "classic":
+            count = int(np.random.default_rng([seed, i, 7]).integers(
+                self.slices * 3 // 4, self.slices * 3 // 2 + 1))
+        return write_series(
+            series_dir, seed=study_seed, slices=max(count, 1), size=self.size,
+            subtypes=self.subtypes, study_uid=study_uid, patient_id=f"PH-{seed}-{i:05d}"[:64],
+            image_ids=True, style=self.style,
+        )  # fmt: skip
+
+
+def _write_study(job: _StudyJob) -> PhantomSeries:
+    return job()
+
+
+def _run_jobs(jobs: list[_StudyJob], workers: int) -> Iterator[PhantomSeries]:
+    """The jobs' series in the jobs' order, written here or in `workers` processes."""
+    if workers <= 1 or len(jobs) < 2:
+        yield from (job() for job in jobs)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        yield from pool.map(_write_study, jobs)

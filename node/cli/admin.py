@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,9 @@ def _phantoms_parser(commands: Any) -> None:
     add("--style", choices=("classic", "randomized", "polar"), default="classic",
         help="classic: the fixed look; randomized: domain randomization with mimics (train); "
              "polar: the second style, written apart (validate only)" + D)
+    add("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="processes writing studies (the same files whatever N; default: one per CPU, "
+             "%(default)s here)")
     _common(phantoms)
 
 
@@ -234,7 +238,7 @@ def _phantoms(args: argparse.Namespace, settings: Settings) -> int:
 
     csv_path = write_dataset(args.out, studies=args.studies, seed=args.seed, slices=args.slices,
                              size=args.size, positive_fraction=args.positive_fraction,
-                             style=args.style)  # fmt: skip
+                             style=args.style, workers=args.workers)  # fmt: skip
     print(f"wrote {args.studies} {args.style} studies of about {args.slices} slices ({args.size} px)"
           f" under {args.out}")
     print(f"labels: {csv_path}")

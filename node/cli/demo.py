@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,10 @@ def add_demo_parser(commands: Any) -> None:
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
-        help="processes decoding DICOM and loading batches, 0: this one" + D)
+        help="processes loading training batches, 0: this one" + D)
+    add("--prepare-workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="processes writing the phantoms and decoding them into the caches (the same files "
+             "whatever N; default: one per CPU, %(default)s here)")
     _device(demo)
     _common(demo)
 
@@ -65,7 +69,7 @@ def run_demo_model(args: argparse.Namespace, settings: Settings) -> int:
     print(f"training the demo model: {recipe.command()}", flush=True)
     result = train_demo_model(
         out, recipe=recipe, work_dir=args.work_dir, workers=args.loader_workers,
-        device=settings.device,
+        prepare_workers=args.prepare_workers, device=settings.device,
         log=lambda name, entry: print(f"{name} {_epoch_line(entry)}", flush=True),
     )  # fmt: skip
     validation = result.card.metrics["validation"]

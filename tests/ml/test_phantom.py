@@ -217,3 +217,16 @@ def test_dataset_layout_and_labels_csv(tmp_path: Path) -> None:
     assert 3 <= len(positive_studies) <= 5
     other = write_dataset(tmp_path / "other", studies=2, seed=4, slices=2, size=64)
     assert not set(read_labels(other)) & set(labels)  # another seed is held-out data
+
+
+def test_writing_in_several_processes_gives_the_same_files(tmp_path: Path) -> None:
+    def contents(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    kwargs = dict(studies=5, seed=21, slices=6, size=48, style="randomized")
+    serial = write_dataset(tmp_path / "serial", **kwargs)  # type: ignore[arg-type]
+    parallel = write_dataset(tmp_path / "parallel", workers=3, **kwargs)  # type: ignore[arg-type]
+    serial_files, parallel_files = contents(serial.parent), contents(parallel.parent)
+    assert len(serial_files) > 5 * 4  # labels.csv and at least 3/4 of 6 slices per study
+    assert serial_files == parallel_files
