@@ -54,11 +54,33 @@ def stack_context(volume: torch.Tensor, indices: Sequence[int], context: int) ->
 class SeriesPrediction:
     per_slice: np.ndarray  # (N, L) probabilities, slices in the order given
     series: np.ndarray  # (L,) max over slices per label
-    calls: dict[str, bool]  # per label: series[label] >= the card's threshold
+    calls: dict[str, bool]  # per label: at or above the card's threshold, see `hierarchical_calls`
     key_slices: dict[str, int]  # per label: index of the slice with the highest probability
     # Seconds the model took: windowed tensors in, probabilities out (decoding the slices and
     # windowing them not counted).
     model_seconds: float = 0.0
+    # Subtypes at or above their thresholds that are not called because `any` is below its own
+    # (see `hierarchical_calls`); the node says so in the result's notes.
+    held_back: tuple[str, ...] = ()
+
+
+def hierarchical_calls(series: dict[str, float],
+                       thresholds: dict[str, float]) -> tuple[dict[str, bool], tuple[str, ...]]:
+    """The calls of one series, and the subtypes held back.
+
+    In the RSNA labels `any` is present exactly when some subtype is, so a report must never
+    say "no hemorrhage" and "subdural hemorrhage" at once. `any`'s threshold is the triage
+    operating point (chosen for sensitivity); each subtype's was chosen for specificity among
+    series, on its own. A subtype is therefore called only when `any` is: one at or above its
+    threshold while `any` is below its own is held back (returned, so it can be said), and
+    `any` alone decides whether the series is positive. Labels without `any` are called each
+    on its own threshold. Probabilities in [0, 1]; thresholds per label, as in the card.
+    """
+    raw = {name: bool(p >= thresholds[name]) for name, p in series.items()}
+    if "any" not in raw or raw["any"]:
+        return raw, ()
+    held = tuple(name for name, called in raw.items() if called and name != "any")
+    return {name: False for name in raw}, held
 
 
 class Classifier:
@@ -114,12 +136,15 @@ class Classifier:
         model_seconds = time.perf_counter() - started  # .cpu() waited for the device
         series = per_slice.max(axis=0)
         labels = self.card.labels
+        calls, held_back = hierarchical_calls(
+            {name: float(series[j]) for j, name in enumerate(labels)}, self.card.thresholds)
         return SeriesPrediction(
             per_slice=per_slice,
             series=series,
-            calls={name: bool(series[j] >= self.card.thresholds[name]) for j, name in enumerate(labels)},
+            calls=calls,
             key_slices={name: int(per_slice[:, j].argmax()) for j, name in enumerate(labels)},
             model_seconds=model_seconds,
+            held_back=held_back,
         )
 
     def _logits(self, volume: torch.Tensor, batch_size: int) -> torch.Tensor:

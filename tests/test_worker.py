@@ -45,16 +45,20 @@ from storage.worklist import worklist
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_model(folder: Path, thresholds: dict[str, float]) -> Path:
     torch.manual_seed(0)
-    thresholds = {name: (0.0 if name == "any" else 1.0) for name in LABELS}
     card = ModelCard.new("ichnet_seq", windows=("brain", "subdural", "bone"), input_size=32,
                          thresholds=thresholds, training_data="random weights; unit test")
     model = build_model("ichnet_seq", in_channels=card.in_channels, input_size=32)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    path = folder / "tiny.pt"
     save_checkpoint(path, model, card)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_model(tmp_path_factory.mktemp("model"),
+                       {name: (0.0 if name == "any" else 1.0) for name in LABELS})
 
 
 class Node:
@@ -316,3 +320,26 @@ def test_a_database_outage_mid_job_queues_the_job_again_uncounted(node: Node, tm
     assert not node.queue.release(job, "twice")  # no longer this worker's
     assert node.worker.run_once()
     assert node.rows(Job, Job.status, Job.attempts) == [("done", 1)]
+
+
+def test_a_subtype_without_any_is_held_back_and_said(engine: Engine, tmp_path: Path) -> None:
+    # `any` can never reach its threshold, every subtype always reaches its own: the report
+    # must not say "no hemorrhage" and "subdural hemorrhage" together.
+    model = _tiny_model(tmp_path, {name: (1.0 if name == "any" else 0.0) for name in LABELS})
+    node = Node(engine, tmp_path, model)
+    series = write_series(tmp_path / "in", seed=3, slices=8, size=64, subtypes=("subdural",))
+    node.receive(series.paths)
+    node.monitor.run_once()
+    assert node.worker.run_once()
+    ((calls, notes, positive, sr_uid),) = node.rows(
+        TriageResult, TriageResult.calls, TriageResult.notes, TriageResult.positive,
+        TriageResult.sr_sop_uid)
+    assert json.loads(str(calls)) == {name: False for name in LABELS}
+    assert positive is False
+    assert "not called, as any hemorrhage is below its threshold" in str(notes)
+    assert all(f"{name} " in str(notes) for name in LABELS[1:])  # each held-back subtype named
+    ((path,),) = [(r[1],) for r in node.rows(Instance, Instance.sop_uid, Instance.file_path)
+                  if r[0] == sr_uid]
+    read = read_triage_sr(dcmread(node.files.path_of(str(path))))
+    assert not any(present for _, present in read.values())
+    assert [e.priority for e in worklist(node.engine)] == ["routine"]

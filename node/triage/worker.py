@@ -215,7 +215,8 @@ class TriageWorker:
                 volume: Volume, active: ActiveModel, prediction: SeriesPrediction) -> None:
         entry = active.entry
         results = _label_results(active.classifier, prediction, volume)
-        sr, notes = self._build_sr(series, headers, volume, active, results)
+        sr, notes = self._build_sr(series, headers, volume, active, results,
+                                   held_back=prediction.held_back)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae=self.ae_title)
         latency = (utcnow() - series.last_received_at).total_seconds()
@@ -279,16 +280,18 @@ class TriageWorker:
                            if volume.slices else "?", type(exc).__name__, exc)
 
     def _build_sr(self, series: SeriesForTriage, headers: SeriesHeaders, volume: Volume,
-                  active: ActiveModel, results: list[LabelResult]) -> tuple[Dataset, list[str]]:
+                  active: ActiveModel, results: list[LabelResult], *,
+                  held_back: tuple[str, ...] = ()) -> tuple[Dataset, list[str]]:
         """The SR of the result, and the notes kept with it (what the volume left out, what
-        it supersedes). The algorithm is named as the registry names the model."""
+        it supersedes, subtypes held back by `ml.inference.hierarchical_calls`). The
+        algorithm is named as the registry names the model."""
         card = active.classifier.card
         algorithm = AlgorithmInfo(
             name=active.entry.name, version=active.entry.version,
             parameters={"architecture": card.architecture,
                         "weights_sha256": card.sha256[:12], "windows": ",".join(card.windows),
                         "input_size": str(card.input_size), "context": str(card.context)})
-        notes = volume.notes()
+        notes = volume.notes() + _held_back_notes(results, held_back)
         earlier = self.results.earlier_report(series.pk)
         if earlier is not None:  # the series grew, or was read again: say what this replaces
             notes.append(f"supersedes the earlier report {earlier.SOPInstanceUID}")
@@ -350,6 +353,18 @@ def _label_results(classifier: Classifier, prediction: SeriesPrediction,
             key_frame=key.frame_number if present and key.sop_instance_uid in frames
             else None))
     return results
+
+
+def _held_back_notes(results: list[LabelResult], held_back: tuple[str, ...]) -> list[str]:
+    """One note naming the subtypes above their thresholds that were not called."""
+    if not held_back:
+        return []
+    by_label = {r.label: r for r in results}
+    named = ", ".join(f"{label} {by_label[label].probability:.2f} (threshold "
+                      f"{by_label[label].threshold:.2f})" for label in held_back)
+    any_result = by_label["any"]
+    return [f"not called, as any hemorrhage is below its threshold ({any_result.probability:.2f} "
+            f"< {any_result.threshold:.2f}): {named}"]
 
 
 def _encode(ds: Dataset) -> bytes:

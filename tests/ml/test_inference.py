@@ -11,7 +11,7 @@ import torch
 
 from ml.checkpoint import ModelCard, save_checkpoint
 from ml.errors import SliceError
-from ml.inference import Classifier, SeriesPrediction, stack_context
+from ml.inference import Classifier, SeriesPrediction, hierarchical_calls, stack_context
 from ml.labels import LABELS
 from ml.models import build_model
 from ml.windowing import preprocess, windows_by_name
@@ -94,3 +94,20 @@ def test_bad_slices_raise_slice_error(tmp_path: Path) -> None:
     bad[1][3, 3] = np.nan
     with pytest.raises(SliceError, match="slice 1"):
         classifier.predict_series(bad)
+
+
+def test_a_subtype_is_called_only_with_any() -> None:
+    thresholds = {"any": 0.8, "epidural": 0.5, "subdural": 0.3}
+    # `any` called: every subtype on its own threshold
+    calls, held = hierarchical_calls({"any": 0.9, "epidural": 0.4, "subdural": 0.6}, thresholds)
+    assert calls == {"any": True, "epidural": False, "subdural": True} and held == ()
+    # `any` below its threshold: nothing called, the subtypes above theirs held back, named
+    calls, held = hierarchical_calls({"any": 0.5, "epidural": 0.7, "subdural": 0.3}, thresholds)
+    assert calls == {"any": False, "epidural": False, "subdural": False}
+    assert held == ("epidural", "subdural")  # at the threshold counts, as for `any`
+    # nothing above: nothing held
+    assert hierarchical_calls({"any": 0.1, "epidural": 0.1, "subdural": 0.1}, thresholds)[1] == ()
+    # a model without `any`: each label alone
+    calls, held = hierarchical_calls({"epidural": 0.7, "subdural": 0.1},
+                                     {"epidural": 0.5, "subdural": 0.3})
+    assert calls == {"epidural": True, "subdural": False} and held == ()
