@@ -122,3 +122,19 @@ def test_query_retrieve_services_would_be_grouped_and_described() -> None:
     assert "any stored SOP class" in storage_scu_scope([qr], initiator_)
     assert "any stored SOP class" in storage_scu_scope(accepted_services(Settings()), initiator_)
     assert storage_scu_scope([], initiator_) == "Comprehensive 3D SR Storage only"
+
+
+def test_web_services_are_the_qido_rs_the_http_server_answers() -> None:
+    from node.http.dicomweb import ALIASES, KNOWN
+
+    text = render(Settings(http_bind="10.1.2.3", http_port=8443))
+    web = text[text.index("## Web Services"):text.index("## Media Interchange")]
+    assert "`GET http://10.1.2.3:8443/dicom-web/studies` | Yes |" in web
+    for keyword in ALIASES.values():  # every matching key the code accepts is listed
+        assert f"{keyword} (" in web
+    assert set(ALIASES.values()) | set(ALIASES) | {"limit", "offset", "includefield",
+                                                    "fuzzymatching"} == KNOWN
+    assert "NumberOfStudyRelatedInstances (0020,1208)" in web
+    assert "PatientName" not in web and "PatientID" not in web
+    off = render(Settings(http_port=0))
+    assert "## Web Services\n\nNone: the HTTP server is off" in off

@@ -14,6 +14,7 @@ from pydicom.uid import UID
 from node.config import Settings
 from node.conformance import facts, network, objects
 from node.conformance.sr_tree import sample_report
+from node.conformance.web import web_services
 
 GENERATED_BY = "ichtriage admin conformance --defaults > docs/conformance.md"
 
@@ -38,6 +39,7 @@ def render(settings: Settings) -> str:
         *network.acceptance_policy(settings, services),
         *network.network_interfaces(settings),
         *objects.configuration(settings),
+        *web_services(settings),
         "## Media Interchange", "", "Not supported.", "",
         *objects.character_sets(settings),
         *objects.security(settings),
