@@ -68,7 +68,9 @@ def test_dockerfile_copies_what_exists_with_the_project_pins(dockerfile: Path) -
         for source in line.split():
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
             assert f"!{source}" in ignore or f"!{source}/" in ignore, f"{source} is ignored"
-    assert f"EXPOSE {Settings().port}" in text
+    assert f"EXPOSE {Settings().port} {Settings().http_port}" in text
+    # both ports listen on the container's interfaces (the settings' defaults are loopback)
+    assert "ICHTRIAGE_BIND=0.0.0.0" in text and "ICHTRIAGE_HTTP_BIND=0.0.0.0" in text
     assert re.search(r"^USER \d+:\d+$", text, flags=re.M), "runs as a numeric non-root user"
     assert f"ICHTRIAGE_DATA_DIR={DATA}" in text and f'VOLUME ["{DATA}"]' in text
 
@@ -97,6 +99,10 @@ def test_compose_is_valid_and_shares_one_store_and_database() -> None:
     for name in ours:
         build = services[name]["build"]
         assert (Path(build["context"]) / build["dockerfile"]).is_file(), name
+    node = services["node"]
+    http = [p for p in node["ports"] if str(p).endswith(f":{Settings().http_port}/tcp")]
+    assert http == [f"127.0.0.1:{Settings().http_port}:{Settings().http_port}/tcp"]  # host loopback
+    assert f"127.0.0.1:{Settings().http_port}/healthz" in " ".join(node["healthcheck"]["test"])
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
 
