@@ -13,7 +13,9 @@ that, for a `StoredFile` its destination takes as stored:
   stores this one (`Prepared`): the handler is asked for it before the response comes;
 - the sub-association's reactor is paused once for the whole move, not per instance;
 - the response is read as its status code (`StoreDIMSE` reads a plain C-STORE-RSP without
-  pydicom), and each pending C-MOVE-RSP is written as its PDU (`retrieve_response_command`).
+  pydicom), and pending C-MOVE-RSPs are written as their PDU (`retrieve_response_command`):
+  the first after the first sub-operation, then at most one each PENDING_INTERVAL, each
+  with the counts of that moment. The final response is pynetdicom's, counts and all.
 
 A C-CANCEL that comes while a response is awaited stops the move before the next instance
 (read ahead, not sent) goes: the counts are those of pynetdicom's loop, which would have
@@ -24,6 +26,7 @@ a destination that needs the file converted) goes through `send_c_store` as in p
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator
 from io import BytesIO
@@ -53,6 +56,9 @@ logger = logging.getLogger(__name__)
 C_MOVE_RSP = 0x8021  # Command Field (PS3.7 E.1)
 CANCEL = 0xFE00  # Cancel: sub-operations terminated (PS3.4 C.4.2.1.5)
 _UNKNOWN = (STATUS_FAILURE, "Unknown")
+# Pending responses are optional (PS3.4 C.4.2.3.1): one per sub-operation cost the node and
+# the requestor a message each, on the move's critical path; this is ample for progress.
+PENDING_INTERVAL = 0.05  # s between pending C-MOVE-RSPs after the first
 _END, _DONE = object(), object()  # _step's outcomes: leave the loop; the move has ended
 
 
@@ -109,6 +115,7 @@ class MoveSCP:
         self.rsp.MessageIDBeingRespondedTo = req.MessageID
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self._plain = True  # the handler's status was a code, not a Dataset
+        self._pending_at: float | None = None  # when the last pending response went
 
     def run(self) -> None:
         """pynetdicom 3.0.4 `_move_scp` up to the association with the destination (the
@@ -313,8 +320,13 @@ class MoveSCP:
 
     def _pending(self, status: int, counts: Counts) -> None:
         """The pending C-MOVE-RSP after a sub-operation, with its counts (PS3.4 C.4.2.3.1),
-        written as its PDU; a status that came as a Dataset goes pynetdicom's way."""
+        written as its PDU (a status that came as a Dataset goes pynetdicom's way): after
+        the first sub-operation, then at most one each PENDING_INTERVAL."""
         counts.sent_any = True
+        now = time.monotonic()
+        if self._pending_at is not None and now - self._pending_at < PENDING_INTERVAL:
+            return
+        self._pending_at = now
         send_encoded = getattr(self.assoc.dul, "send_encoded", None)
         if not self._plain or send_encoded is None:
             self._set_counts(counts)
