@@ -29,62 +29,28 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator
-from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom._globals import (
-    STATUS_CANCEL,
-    STATUS_FAILURE,
-    STATUS_PENDING,
-    STATUS_SUCCESS,
-    STATUS_WARNING,
-)
+from pynetdicom._globals import STATUS_PENDING
 from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass, attempt
-from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from node.dicom.fastpath.association import StoredFile, WakingAssociation
 from node.dicom.fastpath.dimse import retrieve_response_command
 from node.dicom.fastpath.pdu import message_pdus
+from node.dicom.fastpath.suboperations import Counts, final_response, last_response
 
 logger = logging.getLogger(__name__)
 
 C_MOVE_RSP = 0x8021  # Command Field (PS3.7 E.1)
 CANCEL = 0xFE00  # Cancel: sub-operations terminated (PS3.4 C.4.2.1.5)
-_UNKNOWN = (STATUS_FAILURE, "Unknown")
 # Pending responses are optional (PS3.4 C.4.2.3.1): one per sub-operation cost the node and
 # the requestor a message each, on the move's critical path; this is ample for progress.
 PENDING_INTERVAL = 0.05  # s between pending C-MOVE-RSPs after the first
 _END, _DONE = object(), object()  # _step's outcomes: leave the loop; the move has ended
-
-
-class Counts:
-    """Sub-operations remaining, failed, warning and completed (PS3.4 C.4.2.1.4), and the
-    SOP Instance UIDs of those that failed."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.remaining, self.failed, self.warning, self.completed = total, 0, 0, 0
-        self.failed_uids: list[str] = []
-        self.sent_any = False  # a pending response set the primitive's Remaining
-
-    def add(self, store_status: int | None, uid: str | None) -> None:
-        """Count one sub-operation by its C-STORE status (None: no valid response)."""
-        kind = (STORAGE_SERVICE_CLASS_STATUS.get(store_status, _UNKNOWN)
-                if store_status is not None else _UNKNOWN)[0]
-        if kind == STATUS_FAILURE:
-            self.failed += 1
-            if uid is not None:
-                self.failed_uids.append(uid)  # PS3.4 C.4.2.1.4.2
-        elif kind == STATUS_WARNING:
-            self.warning += 1
-        elif kind == STATUS_SUCCESS:
-            self.completed += 1
-        self.remaining -= 1
 
 
 class Prepared:
@@ -240,7 +206,7 @@ class MoveSCP:
         status = self.service.statuses.get(cast(int, rsp.Status))
         if status is None:  # an unknown status: sent as it is, the last response
             store_assoc.release()
-            self._set_counts(counts)
+            counts.set_on(self.rsp)
             self.service.dimse.send_msg(rsp, self.cx_id)
             return _DONE
         if status[0] != STATUS_PENDING:
@@ -329,7 +295,7 @@ class MoveSCP:
         self._pending_at = now
         send_encoded = getattr(self.assoc.dul, "send_encoded", None)
         if not self._plain or send_encoded is None:
-            self._set_counts(counts)
+            counts.set_on(self.rsp)
             self.service.dimse.send_msg(self.rsp, self.cx_id)
             return
         command = retrieve_response_command(
@@ -339,71 +305,22 @@ class MoveSCP:
         send_encoded(b"".join(message_pdus(self.cx_id, command, None,
                                            self.service.dimse.maximum_pdu_size)))
 
-    def _set_counts(self, counts: Counts) -> None:
-        """The four counts on the response primitive, as pynetdicom's loop leaves them
-        after its last pending response (a final response keeps its Remaining)."""
-        if counts.sent_any:
-            rsp = self.rsp
-            rsp.NumberOfRemainingSuboperations = counts.remaining
-            rsp.NumberOfFailedSuboperations = counts.failed
-            rsp.NumberOfWarningSuboperations = counts.warning
-            rsp.NumberOfCompletedSuboperations = counts.completed
-
     def _final(self, kind: str, dataset: Any, counts: Counts) -> None:
-        """The last response for a cancel, failure, warning or success the handler yielded
-        (pynetdicom's branches for each)."""
-        rsp = self.rsp
-        self._set_counts(counts)
-        if kind in (STATUS_CANCEL, STATUS_FAILURE, STATUS_WARNING):
-            if not isinstance(dataset, Dataset) or "FailedSOPInstanceUIDList" not in dataset:
-                dataset = self._failed_list(counts)
-            rsp.Identifier = BytesIO(self._encoded(dataset))
-            if kind == STATUS_CANCEL:
-                rsp.NumberOfRemainingSuboperations = counts.remaining
-                rsp.NumberOfFailedSuboperations = counts.failed
-            else:
-                rsp.NumberOfFailedSuboperations = counts.failed + counts.remaining
-        elif counts.failed or counts.warning:  # success yielded, with failures: a warning
-            rsp.Identifier = BytesIO(self._encoded(self._failed_list(counts)))
-            rsp.Status = 0xB000
-        else:
-            rsp.Identifier = None
-        if kind != STATUS_CANCEL and kind not in (STATUS_FAILURE, STATUS_WARNING):
-            rsp.NumberOfFailedSuboperations = counts.failed
-        rsp.NumberOfWarningSuboperations = counts.warning
-        rsp.NumberOfCompletedSuboperations = counts.completed
-        logger.info("C-MOVE response 0x%04X: %d completed, %d failed, %d warning, %d left",
-                    int(cast(int, rsp.Status)), counts.completed, counts.failed,
-                    counts.warning, counts.remaining)
-        self.service.dimse.send_msg(rsp, self.cx_id)
+        """The last response for a cancel, failure, warning or success the handler yielded.
+        """
+        final_response(self.rsp, kind, dataset, counts, self.syntax)
+        self._send_final(counts)
 
     def _final_after_loop(self, counts: Counts) -> None:
-        """The last response once the handler has no more: success, or warning (some
-        sub-operations failed) or failure (all did), with the failed list (C.4.2.1.5)."""
-        rsp = self.rsp
-        self._set_counts(counts)
-        if not counts.failed and not counts.warning:
-            rsp.Status = 0x0000
-            rsp.Identifier = None
-        else:
-            rsp.Status = 0xA702 if counts.total == counts.failed else 0xB000
-            rsp.Identifier = BytesIO(self._encoded(self._failed_list(counts)))
-        rsp.NumberOfFailedSuboperations = counts.failed
-        rsp.NumberOfWarningSuboperations = counts.warning
-        rsp.NumberOfCompletedSuboperations = counts.completed
-        logger.info("C-MOVE response 0x%04X: %d completed, %d failed, %d warning",
-                    int(cast(int, rsp.Status)), counts.completed, counts.failed,
-                    counts.warning)
-        self.service.dimse.send_msg(rsp, self.cx_id)
+        """The last response once the handler has no more (PS3.4 C.4.2.1.5)."""
+        last_response(self.rsp, counts, self.syntax)
+        self._send_final(counts)
 
-    def _failed_list(self, counts: Counts) -> Dataset:
-        dataset = Dataset()
-        dataset.FailedSOPInstanceUIDList = counts.failed_uids
-        return dataset
-
-    def _encoded(self, dataset: Dataset) -> bytes:
-        return cast(bytes, encode(dataset, self.syntax.is_implicit_VR,
-                                  self.syntax.is_little_endian, self.syntax.is_deflated))
+    def _send_final(self, counts: Counts) -> None:
+        logger.info("C-MOVE response 0x%04X: %d completed, %d failed, %d warning, %d left",
+                    int(cast(int, self.rsp.Status)), counts.completed, counts.failed,
+                    counts.warning, counts.remaining)
+        self.service.dimse.send_msg(self.rsp, self.cx_id)
 
 
 def _next(items: Iterator[tuple[int, Any]]) -> Prepared | None:
