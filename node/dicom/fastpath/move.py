@@ -256,6 +256,7 @@ class MoveSCP:
             # a cancel came while the response was awaited: the instance read ahead is not
             # sent, and the move ends as the handler would end it had it been asked now
             self.service.is_cancelled(cast(int, self.req.MessageID))
+            logger.info("C-MOVE cancelled: %d sub-operations not sent", counts.remaining)
             return Prepared(ahead.index, ((CANCEL, None), None))
         return ahead
 
