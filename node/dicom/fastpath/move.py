@@ -4,9 +4,10 @@ and counted without pydicom.
 pynetdicom 3.0.4 `QueryRetrieveServiceClass._move_scp` sends each instance the handler
 yields with `send_c_store`, reads the C-STORE response into a status Dataset, validates
 the handler's status and builds a C-MOVE-RSP primitive per sub-operation. `MoveSCP` follows
-it step by step (the same event, statuses, messages, counts and Failed SOP Instance UID
-List, in the same order; tests/qr/test_move_loop.py runs both on the same moves), except
-that, for a `StoredFile` its destination takes as stored:
+it step by step (the same event, statuses, sub-operations in the same order, final responses
+with the same counts and Failed SOP Instance UID List; tests/qr/test_move_loop.py and
+test_move_statuses.py run both on the same moves), except that, for a `StoredFile` its
+destination takes as stored:
 
 - the C-STORE-RQ is the file's bytes written straight into P-DATA-TF PDUs
   (`WakingAssociation.stored_message`), and the next instance is read while the peer
@@ -18,8 +19,9 @@ that, for a `StoredFile` its destination takes as stored:
   with the counts of that moment. The final response is pynetdicom's, counts and all.
 
 A C-CANCEL that comes while a response is awaited stops the move before the next instance
-(read ahead, not sent) goes: the counts are those of pynetdicom's loop, which would have
-asked the handler, seen the cancel and sent nothing more. Anything else (another data set,
+(read ahead, not sent) goes, with 0xFE00 as the node's handler answers a cancel: the counts
+are those of pynetdicom's loop, which would have asked the handler, seen the cancel and
+sent nothing more. Anything else (another data set,
 a destination that needs the file converted) goes through `send_c_store` as in pynetdicom.
 """
 
@@ -239,6 +241,10 @@ class MoveSCP:
                     originator_id=self.req.MessageID)
             if current.error is not None:
                 raise current.error
+            if current.encoded is not None and not store_assoc.is_established:
+                # read ahead before the destination went: fails as send_c_store would
+                raise RuntimeError("Failed to send a C-STORE request: the association with "
+                                   "the move destination has ended")
             if current.encoded is not None:
                 store_assoc.send_message(current.encoded)
                 ahead = self._read_ahead(items, store_assoc)
