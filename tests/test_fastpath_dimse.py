@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 from io import BytesIO
+from types import SimpleNamespace
 
 import pytest
 from pydicom.uid import CTImageStorage
-from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_messages import (
+    C_CANCEL_RQ,
+    C_FIND_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
+from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from node.dicom.fastpath.dimse import (
+    StoreDIMSE,
     encode_find_response,
     encode_store_response,
     store_request,
@@ -163,3 +171,39 @@ def test_a_response_with_an_error_comment_is_left_to_pynetdicom() -> None:
                                          ErrorComment="cannot understand"))
     assert store_response(message) is None
     assert message.message_to_primitive().ErrorComment == "cannot understand"
+
+
+def _whole_response(rsp: C_STORE, *, watched: bool = False) -> C_STORE | None:
+    """What StoreDIMSE takes straight from a P-DATA holding `rsp` whole, without a
+    DIMSEMessage (on an association with EVT_DIMSE_RECV handlers bound if `watched`)."""
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = list(message.encode_msg(3, 16384))
+    handlers = [object()] if watched else []
+    provider = SimpleNamespace(assoc=SimpleNamespace(get_handlers=lambda _event: handlers))
+    return StoreDIMSE._store_response(provider, pdata)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xB007])
+def test_a_whole_store_response_is_read_as_pynetdicom_reads_it(status: int) -> None:
+    rsp = c_store(MessageIDBeingRespondedTo=9, Status=status, AffectedSOPInstanceUID="1.2.3.4")
+    ours = _whole_response(rsp)
+    assert ours is not None
+    theirs = received_response(rsp).message_to_primitive()
+    assert response_fields(ours)[:-1] == response_fields(theirs)[:-1]
+    assert ours._context_id == 3
+
+
+def test_other_messages_and_watched_associations_take_the_general_way() -> None:
+    rsp = c_store(MessageIDBeingRespondedTo=9, Status=0xC000, AffectedSOPInstanceUID="1.2.3",
+                  ErrorComment="cannot understand")
+    assert _whole_response(rsp) is None
+    plain = c_store(MessageIDBeingRespondedTo=9, Status=0, AffectedSOPInstanceUID="1.2.3")
+    assert _whole_response(plain, watched=True) is None
+    cancel = C_CANCEL()
+    cancel.MessageIDBeingRespondedTo = 1
+    message = C_CANCEL_RQ()
+    message.primitive_to_message(cancel)
+    (pdata,) = list(message.encode_msg(1, 16384))
+    provider = SimpleNamespace(assoc=SimpleNamespace(get_handlers=lambda _event: []))
+    assert StoreDIMSE._store_response(provider, pdata) is None  # type: ignore[arg-type]

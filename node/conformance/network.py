@@ -16,6 +16,7 @@ from node.conformance.facts import (
     storage_scu_scope,
 )
 from node.dicom import status
+from node.dicom.fastpath.move import PENDING_INTERVAL
 
 
 def _yes(flag: bool) -> str:
@@ -231,7 +232,13 @@ def _store_scp_conformance(settings: Settings, services: Sequence[Service]) -> l
                  "After accepting " + ", ".join(s.name for s in sent_by_node) + ", the AE "
                  "itself sends the matching instances as Storage SCU (C-MOVE: on a new "
                  "association to the move destination; C-GET: on the same association), "
-                 "proposing each instance's SOP class in the transfer syntax it is stored in.",
+                 "proposing each instance's SOP class in the transfer syntax it is stored in. "
+                 "Pending C-MOVE responses (optional, PS3.4 C.4.2.3.1) carry the counts of "
+                 "their moment: on the fast receive path (`receive_path`), one after the first "
+                 "sub-operation, then at most one each "
+                 f"{PENDING_INTERVAL * 1000:.0f} ms; on the stock path, and for C-GET, one "
+                 "per sub-operation. The final response always has the exact counts and, "
+                 "after failures, the Failed SOP Instance UID List.",
                  ""]
     return rows
 

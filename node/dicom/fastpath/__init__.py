@@ -6,8 +6,9 @@ written as they are), `association` (Association: the reactor waits on its messa
 Query/Retrieve requests to `service_class`; stored files sent as stored), `dimse`
 (DIMSEServiceProvider: C-STORE, C-FIND, C-MOVE and C-GET messages without pydicom Datasets),
 `pdu` (P-DATA-TF PDUs written directly), `service_class` (QueryRetrieveServiceClass: C-FIND
-responses in runs), `ae` (ApplicationEntity: its requested associations are the node's),
-`transport` (RequestHandler).
+responses in runs; C-MOVE by `move`, the node's sub-operation loop, with `suboperations`, its
+counts and final responses), `ae` (ApplicationEntity: its requested associations are the
+node's), `transport` (RequestHandler).
 Methods copied from pynetdicom are listed with a digest of the upstream source in
 `upstream.COPIED`; a test fails when an upgrade changes one, so an upgrade is a deliberate act.
 

@@ -61,6 +61,10 @@ class StoreDIMSE(DIMSEServiceProvider):
         # pynetdicom 3.0.4 DIMSEServiceProvider.receive_primitive, reading a C-STORE
         # request with store_request() rather than message_to_primitive().
         if self.message is None:
+            response = self._store_response(primitive)
+            if response is not None:  # a sub-operation's response, complete in one fragment
+                self.msg_queue.put((cast(int, response._context_id), response))
+                return
             self.message = DIMSEMessage()
         message = self.message
         if not message.decode_msg(primitive, self.assoc):
@@ -93,6 +97,19 @@ class StoreDIMSE(DIMSEServiceProvider):
         message._data_set_file = None
         message._data_set_path = None
         self.message = None
+
+    def _store_response(self, primitive: P_DATA) -> C_STORE | None:
+        """The C-STORE primitive of a plain C-STORE-RSP that `primitive` holds whole (one
+        PDV item, the command's last fragment), read without a DIMSEMessage or a pydicom
+        Dataset (one per sub-operation of a C-MOVE or C-GET); None for anything else, or
+        while EVT_DIMSE_RECV handlers want the message."""
+        items = primitive.presentation_data_value_list
+        if len(items) != 1 or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+            return None
+        context_id, data = items[0]
+        if data[:1] != b"\x03":  # a command, its last fragment (PS3.8 E.2)
+            return None
+        return response_primitive(data[1:], context_id)
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
         command = encode_store_response(primitive) or encode_retrieve_response(primitive)
@@ -160,7 +177,15 @@ _RESPONSE = {0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}
 def store_response(message: C_STORE_RSP) -> C_STORE | None:
     """The C-STORE primitive of a complete, plain C-STORE-RSP, read from its raw command
     set; None when it holds anything else (pynetdicom then reads it)."""
-    elements = _command_elements(message.encoded_command_set.getvalue())
+    return response_primitive(message.encoded_command_set.getvalue(),
+                              cast(int, message.context_id))
+
+
+def response_primitive(command: bytes, context_id: int) -> C_STORE | None:
+    """The C-STORE primitive of a plain C-STORE-RSP command set (`command`, implicit VR
+    little endian, PS3.7 9.3.1.2), received on presentation context `context_id`; None
+    when it is anything else."""
+    elements = _command_elements(command)
     if elements is None or not _RESPONSE <= elements.keys() <= _RESPONSE | {0x0000}:
         return None
     if any(len(elements[tag]) != 2 for tag in (0x0100, 0x0120, 0x0800, 0x0900)):
@@ -177,7 +202,7 @@ def store_response(message: C_STORE_RSP) -> C_STORE | None:
     primitive.MessageIDBeingRespondedTo = _US.unpack(elements[0x0120])[0]
     primitive.Status = _US.unpack(elements[0x0900])[0]
     primitive.AffectedSOPInstanceUID = sop_instance
-    primitive._context_id = message.context_id
+    primitive._context_id = context_id
     return primitive
 
 
@@ -273,15 +298,24 @@ def encode_retrieve_response(primitive: object) -> bytes | None:
             or not rsp.AffectedSOPClassUID or rsp.Identifier is not None
             or rsp.ErrorComment or rsp.OffendingElement):
         return None
+    return retrieve_response_command(
+        field, rsp.AffectedSOPClassUID, rsp.MessageIDBeingRespondedTo, int(rsp.Status),
+        [getattr(rsp, name) for _element, name in _COUNTS])
+
+
+def retrieve_response_command(field: int, sop_class_uid: str, message_id: int, status: int,
+                              counts: list[int | None]) -> bytes:
+    """The command set of a C-MOVE-RSP (`field` 0x8021) or C-GET-RSP (0x8010) without an
+    identifier, implicit VR little endian; `counts`: the Number of Remaining, Completed,
+    Failed and Warning Sub-operations, None where absent (PS3.7 9.3.3.2, 9.3.4.2)."""
     elements = [
-        _command_element(0x0002, uid_bytes(rsp.AffectedSOPClassUID)),
+        _command_element(0x0002, uid_bytes(sop_class_uid)),
         _command_element(0x0100, _US.pack(field)),
-        _command_element(0x0120, _US.pack(rsp.MessageIDBeingRespondedTo)),
+        _command_element(0x0120, _US.pack(message_id)),
         _command_element(0x0800, _US.pack(0x0101)),  # no data set follows
-        _command_element(0x0900, _US.pack(int(rsp.Status))),
+        _command_element(0x0900, _US.pack(status)),
     ]
-    for element, name in _COUNTS:
-        count = getattr(rsp, name)
+    for (element, _name), count in zip(_COUNTS, counts, strict=True):
         if count is not None:
             elements.append(_command_element(element, _US.pack(count)))
     body = b"".join(elements)
@@ -298,20 +332,31 @@ def encode_store_request(primitive: C_STORE) -> bytes:
             or not primitive.AffectedSOPInstanceUID or primitive.Priority is None):
         raise ValueError("a C-STORE request needs its message ID, SOP class and instance "
                          "UIDs and priority")
+    return store_request_command(
+        primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID, primitive.MessageID,
+        primitive.Priority, primitive.MoveOriginatorApplicationEntityTitle,
+        primitive.MoveOriginatorMessageID)
+
+
+def store_request_command(sop_class_uid: str, sop_instance_uid: str, message_id: int,
+                          priority: int, originator_aet: str | None = None,
+                          originator_id: int | None = None) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), implicit VR little
+    endian; the Move Originator's AE title and message ID where given (not None, not
+    empty). The values are written as given: the caller has them from the index."""
     elements = [
-        _command_element(0x0002, uid_bytes(primitive.AffectedSOPClassUID)),
+        _command_element(0x0002, uid_bytes(sop_class_uid)),
         _command_element(0x0100, _US.pack(0x0001)),  # C-STORE-RQ
-        _command_element(0x0110, _US.pack(primitive.MessageID)),
-        _command_element(0x0700, _US.pack(primitive.Priority)),
+        _command_element(0x0110, _US.pack(message_id)),
+        _command_element(0x0700, _US.pack(priority)),
         _command_element(0x0800, _US.pack(0x0001)),  # a data set follows
-        _command_element(0x1000, uid_bytes(primitive.AffectedSOPInstanceUID)),
+        _command_element(0x1000, uid_bytes(sop_instance_uid)),
     ]
-    originator = primitive.MoveOriginatorApplicationEntityTitle
-    if originator:
-        value = originator.encode("ascii")
+    if originator_aet:
+        value = originator_aet.encode("ascii")
         elements.append(_command_element(0x1030, value + b" " * (len(value) % 2)))
-    if primitive.MoveOriginatorMessageID is not None:
-        elements.append(_command_element(0x1031, _US.pack(primitive.MoveOriginatorMessageID)))
+    if originator_id is not None:
+        elements.append(_command_element(0x1031, _US.pack(originator_id)))
     body = b"".join(elements)
     return _command_element(0x0000, _UL.pack(len(body))) + body
 

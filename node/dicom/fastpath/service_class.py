@@ -13,8 +13,9 @@ Orthanc spent answering. Here (`QueryRetrieveService._c_find_scp`, following pyn
 - pending responses are written as P-DATA-TF PDUs and handed to the upper layer in runs
   (`Run`): the first at once (the time to the first response stays short), then every
   RUN_BYTES or RUN_SECONDS, and before any other response.
-C-MOVE and C-GET keep pynetdicom's code; their sub-operations are what the fast path speeds
-(`node.dicom.fastpath.association`).
+C-MOVE goes through the node's loop (`node.dicom.fastpath.move`) unless pynetdicom logs or
+handlers watch each message; C-GET keeps pynetdicom's code, its sub-operations sped by
+`node.dicom.fastpath.association`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import _config, evt
 from pynetdicom._globals import STATUS_PENDING, STATUS_WARNING
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import QueryRetrieveServiceClass, attempt
@@ -57,7 +58,16 @@ def answers_in_runs(assoc: Any) -> bool:
 
 
 class QueryRetrieveService(QueryRetrieveServiceClass):
-    """pynetdicom's Query/Retrieve service class, its C-FIND writing responses in runs."""
+    """pynetdicom's Query/Retrieve service class, its C-FIND writing responses in runs and
+    its C-MOVE sub-operations sent by `node.dicom.fastpath.move.MoveSCP`."""
+
+    def _move_scp(self, req: C_MOVE, context: PresentationContext) -> None:
+        if not answers_in_runs(self.assoc):  # pynetdicom logs or handlers see each message
+            super()._move_scp(req, context)
+            return
+        from node.dicom.fastpath.move import MoveSCP  # it imports association, which imports us
+
+        MoveSCP(self, req, context).run()
 
     def _c_find_scp(self, req: C_FIND, context: PresentationContext) -> None:
         if not answers_in_runs(self.assoc):

@@ -42,6 +42,9 @@ COPIED = {
         "4c0ebbb3e646e35e8e5bbc27ee2f1e6b2c82bbf619232f47639a6cbae092ed39",
     "pynetdicom.dimse_messages:DIMSEMessage.encode_msg":
         "73000c902c52832dab302ddb3bc274ea93d205a810a197225dd87d4c1212ba57",
+    # node.dicom.fastpath.move.MoveSCP follows it step by step
+    "pynetdicom.service_class:QueryRetrieveServiceClass._move_scp":
+        "5c14d1be3d737befcc148893bcd529a03695e82f8f943f19b640ff4f32382742",
     # relied on: the attributes and calls the subclasses use
     "pynetdicom.dul:DULServiceProvider.__init__":
         "c82dafa9438ddf70685917cb15d2bfbc814aa0ad5233ffb0ae650faedc7570f0",
@@ -61,8 +64,6 @@ COPIED = {
         "6f3d62518395c3a8272f401da36d2136053cda76b6cafd6b12e045b8850634fd",
     "pynetdicom.service_class:ServiceClass._wrap_handler":
         "4322159402f181cdde6565467ae7dd8fe98aeaf89cba5227c75258205ea3f441",
-    "pynetdicom.service_class:QueryRetrieveServiceClass._move_scp":
-        "5c14d1be3d737befcc148893bcd529a03695e82f8f943f19b640ff4f32382742",
     "pynetdicom.service_class:QueryRetrieveServiceClass._get_scp":
         "8ca1538e3e56c4f7317f3d8bd0d0e009d596e9f3c57027db3128ec7e728e46a6",
     "pynetdicom.fsm:DT_1":
@@ -71,6 +72,14 @@ COPIED = {
         "377ac781c097b81f92e08b5c78e18efbc85a94c7f43c4dfdd30dd39fa1028b05",
     "pynetdicom.ae:ApplicationEntity._create_socket":
         "f56bca8888e1ce9f3d64f30608db5d89f003b0b1b31106d3178a550871a4030f",
+    "pynetdicom.service_class:ServiceClass.validate_status":
+        "4c92e97ae31a8f1f2c779c04f9fd331327d2620f6b14574e5196bd86faf93cb0",
+    "pynetdicom.service_class:attempt":
+        "84f10d07058a614c270ce734e8c17f9939c0e4a7904ba58da35cb3399cb6b5e3",
+    "pynetdicom.service_class:QueryRetrieveServiceClass.is_cancelled":
+        "fb9acf44b9bd05fe24ce6e191ae246f9353cbb10a14a09bad7312714c30f50d4",
+    "pynetdicom.dimse:DIMSEServiceProvider.get_msg":
+        "890e3e04283f5aeb756236f1a4dd35d3a10bbdd52f3efa3f3950c01f47bd2b34",
 }
 
 
