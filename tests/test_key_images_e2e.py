@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from ml.phantom import write_series
+from node.triage.registry import DEMO_NAME
 from tests import peers
 from tests.nodeproc import running_node, wait_for
 
@@ -45,6 +46,7 @@ def test_a_bleed_gets_a_key_image_beside_its_sr(tmp_path: Path) -> None:
     assert sc.StudyInstanceUID == bleed.study_uid != normal.study_uid
     assert sc.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSIS" in sc.ImageComments
     assert "subdural" in sc.ImageComments
+    assert f"model {DEMO_NAME} " in sc.ImageComments  # as the SR names it: registry name, version
     pixels = sc.pixel_array
     assert pixels.shape == (512, 512, 3)
     warm = (pixels[..., 0].astype(int) - pixels[..., 2]) > 60

@@ -89,10 +89,13 @@ def build_key_image(ref: Dataset, hu: np.ndarray, heat: np.ndarray, *, label: st
 
 
 def key_images(classifier: Classifier, slices: Sequence[np.ndarray], sources: Sequence[Dataset],
-               prediction: SeriesPrediction, *, manufacturer: str) -> list[SCImage]:
+               prediction: SeriesPrediction, *, manufacturer: str,
+               model: str | None = None) -> list[SCImage]:
     """One key image per finding called present (each subtype; "any" alone when no subtype
     is called), its slice the one the model found most probable. `slices` are the volume's HU
-    slices in its order and `sources` the header of each slice's instance."""
+    slices in its order and `sources` the header of each slice's instance. `model` names the
+    model in the burnt-in text and ImageComments as the SR does (the registry's name and
+    version); without it, the first 12 hex digits of its weights' sha256."""
     from ml.saliency import heat_on_slice
 
     if len(slices) != len(sources):
@@ -107,7 +110,7 @@ def key_images(classifier: Classifier, slices: Sequence[np.ndarray], sources: Se
         j = list(classifier.card.labels).index(label)
         images.append(build_key_image(
             sources[index], np.asarray(slices[index]), heat, label=label,
-            probability=float(prediction.series[j]), model=classifier.card.sha256[:12],
+            probability=float(prediction.series[j]), model=model or classifier.card.sha256[:12],
             series_uid=series_uid, sop_uid=generate_uid(), instance_number=n,
             manufacturer=manufacturer))
     return images

@@ -252,9 +252,9 @@ class TriageWorker:
                     ", ".join(positives) or "no hemorrhage",
                     "" if volume.complete else " (incomplete series)")
         if self.key_images and positives:
-            self._send_key_images(headers, volume, active.classifier, prediction)
+            self._send_key_images(headers, volume, active, prediction)
 
-    def _send_key_images(self, headers: SeriesHeaders, volume: Volume, classifier: Classifier,
+    def _send_key_images(self, headers: SeriesHeaders, volume: Volume, active: ActiveModel,
                          prediction: SeriesPrediction) -> None:
         """After the SR went out: the key image of each finding (node.triage.key_image),
         stored, kept out of triage and queued. A failure here is logged; the result stands."""
@@ -266,8 +266,9 @@ class TriageWorker:
             if read.skipped:
                 raise TriageError(f"{len(read.skipped)} slices unreadable on the second read")
             sources = [headers.headers[p.sop_instance_uid] for p in volume.slices]
-            for sc in key_images(classifier, slices, sources, prediction,
-                                 manufacturer="ichtriage"):
+            for sc in key_images(active.classifier, slices, sources, prediction,
+                                 manufacturer="ichtriage",
+                                 model=f"{active.entry.name} {active.entry.version}"):
                 stored = self.store.store(meta_from_dataset(sc, sc.file_meta.TransferSyntaxUID),
                                           [_encode(sc)], calling_ae=self.ae_title)
                 with self.results.engine.begin() as conn:
