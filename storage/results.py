@@ -91,6 +91,15 @@ class Results:
                 .order_by(TriageResult.id.desc()).limit(1)).first()
         return EarlierReport(*row) if row is not None else None
 
+    def read_before(self, series_pk: int, revision: int) -> bool:
+        """Whether the series already has a result of this revision (its instances unchanged
+        since): a requeue reads it again, and its time since the last slice is no latency."""
+        with reader(self.engine).connect() as conn:
+            return conn.execute(
+                select(TriageResult.id).where(TriageResult.series_pk == series_pk,
+                                              TriageResult.series_revision == revision)
+                .limit(1)).first() is not None
+
     def series_for_triage(self, series_pk: int) -> SeriesForTriage:
         with reader(self.engine).connect() as conn:
             head = conn.execute(

@@ -150,6 +150,15 @@ def test_a_study_failed_for_want_of_a_model_is_triaged_after_the_fix_and_requeue
     assert statuses(engine)[uid] == "done"
     with engine.connect() as conn:
         assert conn.execute(select(TriageResult.model_name)).scalars().all() == ["fixed"]
+    # read again unchanged: a result without a latency, which the first read had (its wait
+    # since the last slice would count in stats and metrics as the node's speed)
+    assert [r[2] for r in run(engine, Selection(study_uid=study_of(engine, uid)))] == [True]
+    assert worker.run_once()
+    with engine.connect() as conn:
+        latencies = conn.execute(select(TriageResult.latency_seconds)
+                                 .order_by(TriageResult.id)).scalars().all()
+    assert len(latencies) == 2 and latencies[0] is not None and latencies[0] >= 0
+    assert latencies[1] is None
 
 
 def test_requeue_from_the_command_line(engine: Engine, four: dict[str, str],

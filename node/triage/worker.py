@@ -219,7 +219,10 @@ class TriageWorker:
                                    held_back=prediction.held_back)
         stored = self.store.store(meta_from_dataset(sr, sr.file_meta.TransferSyntaxUID),
                                   [_encode(sr)], calling_ae=self.ae_title)
-        latency = (utcnow() - series.last_received_at).total_seconds()
+        # Last slice to result; none for a series read again unchanged (a requeue), whose
+        # wait since its last slice says nothing of the node's speed (stats, metrics).
+        latency = (None if self.results.read_before(series.pk, job.series_revision)
+                   else (utcnow() - series.last_received_at).total_seconds())
         pks = {uid: instance.pk for uid, instance in headers.instances.items()}
         new = NewResult(
             series_pk=series.pk, job_pk=job.id, series_revision=job.series_revision,
@@ -247,8 +250,10 @@ class TriageWorker:
                 self._not_taken_back.append(stored)  # tried again when the database is back
             raise
         positives = [r.label for r in results if r.present]
-        logger.info("series %s triaged by %s %s in %.2fs after its last slice: %s%s",
-                    series.series_uid, entry.name, entry.version, latency,
+        logger.info("series %s triaged by %s %s %s: %s%s",
+                    series.series_uid, entry.name, entry.version,
+                    "again (unchanged since its last result)" if latency is None
+                    else f"in {latency:.2f}s after its last slice",
                     ", ".join(positives) or "no hemorrhage",
                     "" if volume.complete else " (incomplete series)")
         if self.key_images and positives:
