@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 
+from node.http.bounds import INT64_MAX
 from node.http.deps import Context, Reader, client_of
 from storage.study_search import StudyMatch, StudyQuery, search_studies
 
@@ -55,8 +56,8 @@ def parse_query(params: dict[str, str]) -> StudyQuery:
         limit, offset = int(p.get("limit", "100")), int(p.get("offset", "0"))
     except ValueError:
         raise _bad("limit and offset are whole numbers") from None
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise _bad("limit: 1-1000; offset: >= 0")
+    if not 1 <= limit <= 1000 or not 0 <= offset <= INT64_MAX:
+        raise _bad(f"limit: 1-1000; offset: 0-{INT64_MAX}")
     accession = p.get("AccessionNumber") or None
     modality = p.get("ModalitiesInStudy") or None
     if (accession and len(accession) > 16) or (modality and len(modality) > 16):

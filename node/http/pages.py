@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ml.labels import LABELS
+from node.http.bounds import row_id
 from node.http.deps import Context, PageRadiologist, PageReader, check_csrf, client_of
 from node.http.plot import curve_svg
 from node.http.studies import StudyUID
@@ -77,7 +78,9 @@ async def feedback_form(request: Request, ctx: Context, who: PageRadiologist,
             return Response("label values are present or absent", status_code=422)
     if not labels:
         return Response("say present or absent for at least one label", status_code=422)
-    result = int(result_id) if result_id.isdigit() else None
+    result = row_id(result_id)
+    if result_id and result is None:
+        return Response("result_id is a row id", status_code=422)
     await run_in_threadpool(give_feedback, ctx, who, request, study_uid, labels, result)
     return RedirectResponse(f"/studies/{study_uid}#feedback",
                             status_code=status.HTTP_303_SEE_OTHER)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from node.http.bounds import INT64_MAX, row_id
 from node.http.context import WebContext
 from node.http.deps import Admin, Context, PageAdmin, Principal, check_csrf, client_of
 from node.http.pages import render
@@ -72,7 +73,7 @@ def complete_series(request: Request, ctx: Context, who: Admin, series_uid: Seri
 
 @router.post("/api/queue/deliveries/{delivery_id}/retry")
 def retry_delivery(request: Request, ctx: Context, who: Admin,
-                   delivery_id: Annotated[int, Path(ge=1)]) -> dict[str, str]:
+                   delivery_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> dict[str, str]:
     check_csrf(request, who, None)
     return {"outcome": _act(ctx, who, request, "retry_delivery", str(delivery_id))}
 
@@ -91,7 +92,8 @@ def queue_form(request: Request, ctx: Context, who: PageAdmin,
                                                    "retry_delivery)$")],
                target: Annotated[str, Form(pattern=r"^[0-9.]{1,64}$")]) -> Response:
     check_csrf(request, who, csrf_token)
-    if action == "retry_delivery" and not target.isdigit():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a delivery id is a number")
+    if action == "retry_delivery" and row_id(target) is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"a delivery id is a number 1-{INT64_MAX}")
     _act(ctx, who, request, action, target)
     return RedirectResponse("/queue", status_code=status.HTTP_303_SEE_OTHER)

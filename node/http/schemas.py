@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from ml.labels import LABELS
+from node.http.bounds import RowId
 from storage.feedback import FeedbackEntry
 from storage.studies import ResultDetail, SeriesDetail, StudyDetail
 from storage.worklist import WorklistEntry
@@ -198,8 +199,8 @@ class StudyOut(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    result_id: int | None = Field(default=None, description="the result judged (see "
-                                                             "feedback_result_id)")
+    result_id: RowId | None = Field(default=None, description="the result judged (see "
+                                                               "feedback_result_id)")
     labels: dict[str, bool] = Field(description="label -> the finding is present",
                                     min_length=1, max_length=len(LABELS))
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from ml.labels import LABELS
+from node.http.bounds import cursor_in_range
 from node.http.deps import Context, Reader, client_of
 from node.http.schemas import WorklistItem, WorklistPage
 from storage.worklist_pages import PRIORITIES, STATUSES, CursorError, Filters, page
@@ -30,6 +31,8 @@ def get_worklist(
 ) -> WorklistPage:
     """Priority order: positive calls first (most probable first), then negatives on an
     incomplete volume, then the rest oldest first. Arrival order: newest first."""
+    if cursor is not None and not cursor_in_range(cursor):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor is not one this API gave")
     try:
         filters = Filters(status=status_, priority=priority, finding=finding,
                           study_date_from=study_date_from, study_date_to=study_date_to)
