@@ -33,7 +33,7 @@ def _routes(study_uid: str) -> list[tuple[str, str]]:
 
 def _check_down_and_back(client: TestClient, token: str, study_uid: str,
                          caplog: pytest.LogCaptureFixture, stop: Callable[[], None],
-                         start: Callable[[], None]                         ) -> None:
+                         start: Callable[[], None]) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     for method, url in _routes(study_uid):
         assert client.request(method, url, headers=headers).status_code != 503, url
