@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from node.http.access_log import redact
 from node.http.app import create_app
 from node.http.bounds import INT64_MAX
 from node.http.context import WebContext
@@ -125,3 +126,11 @@ def _max(s: dict[str, Any]) -> float | None:
     if "maximum" in s:
         return float(s["maximum"])
     return next((float(a["maximum"]) for a in s.get("anyOf", []) if "maximum" in a), None)
+
+
+def test_access_log_paths_keep_query_keys_not_values() -> None:
+    assert redact("/dicom-web/studies?PatientName=PHANTOM%5E9833&limit=5") == \
+        "/dicom-web/studies?PatientName=-&limit=-"
+    assert redact("/api/worklist") == "/api/worklist"
+    assert redact("/x?PHANTOM%5E9833=1&a") == "/x??=-&a=-"  # a key that is not a name
+    assert "PHANTOM" not in redact("/x?PHANTOM%5E9833=1") and "9833" not in redact("/x?a=9833")
