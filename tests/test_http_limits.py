@@ -1,11 +1,13 @@
 """The API's answers at the edges of its input: integers past what SQL holds, forged
 cursors, loose JSON types, malformed dates and long values; each gets its documented 4xx,
-never a 500, and the node keeps serving."""
+never a 500, and the node keeps serving. And what the OpenAPI schema and the JSON promise:
+security schemes, typed queue answers, one form of timestamp."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     study = add_study(engine, files, 1, p_any=0.81, findings=("subdural",),
                       arrived=hours_ago(2))
     add_study(engine, files, 2, p_any=0.05, arrived=hours_ago(1))
+    add_study(engine, files, 3, arrived=hours_ago(0.5))  # still receiving
     store = TokenStore(engine)
     tokens = {role: store.create(name=f"{role}-1", role=role)[1]
               for role in ("reader", "radiologist", "admin")}
@@ -134,3 +137,64 @@ def test_access_log_paths_keep_query_keys_not_values() -> None:
     assert redact("/api/worklist") == "/api/worklist"
     assert redact("/x?PHANTOM%5E9833=1&a") == "/x??=-&a=-"  # a key that is not a name
     assert "PHANTOM" not in redact("/x?PHANTOM%5E9833=1") and "9833" not in redact("/x?a=9833")
+
+
+def test_the_schema_declares_the_token_and_the_session(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"] | {"description": ""} == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "icht_...", "description": ""}
+    assert (schemes["session"]["type"], schemes["session"]["in"],
+            schemes["session"]["name"]) == ("apiKey", "cookie", "ichtriage_session")
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            names = {name for requirement in op.get("security", []) for name in requirement}
+            if path in ("/healthz", "/metrics"):
+                assert names == set(), path
+            else:
+                assert names == {"bearer", "session"}, (method, path)
+
+
+def test_the_queue_answers_are_typed(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+
+    def answer(path: str, method: str) -> str:
+        ok = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+        return str(ok["schema"]["$ref"]).rsplit("/", 1)[-1]
+
+    assert answer("/api/queue", "get") == "QueueOut"
+    queue = schema["components"]["schemas"]["QueueOut"]["properties"]
+    assert set(queue) == {"jobs", "deliveries", "receiving"}
+    assert queue["receiving"]["items"]["$ref"].endswith("/ReceivingOut")
+    for path in ("/api/queue/series/{series_uid}/retry", "/api/queue/series/{series_uid}/complete",
+                 "/api/queue/deliveries/{delivery_id}/retry"):
+        assert answer(path, "post") == "Outcome"
+    r = api.client.get("/api/queue", headers=api.auth("admin"))
+    assert r.status_code == 200 and len(r.json()["receiving"]) == 1
+
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _times(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _times(v, k)]
+    if isinstance(value, list):
+        return [t for v in value for t in _times(v, key)]
+    return [value] if key.endswith("_at") and isinstance(value, str) and value else []
+
+
+def test_every_timestamp_has_one_form(api: Api) -> None:
+    c, reader = api.client, api.auth("reader")
+    r = c.post(f"/api/studies/{api.study.study_uid}/feedback", headers=api.auth("radiologist"),
+               json={"labels": {"subdural": True}})
+    assert r.status_code == 201
+    answers = [c.get("/api/worklist", headers=reader).json(),
+               c.get(f"/api/studies/{api.study.study_uid}", headers=reader).json(),
+               c.get("/api/queue", headers=api.auth("admin")).json(), r.json()]
+    times = [t for a in answers for t in _times(a)]
+    keys = json.dumps(answers)
+    for key in ("last_slice_at", "result_at", "first_received_at", "last_received_at",
+                "created_at"):
+        assert f'"{key}"' in keys, key
+    assert len(times) >= 8 and [t for t in times if not ISO.fullmatch(t)] == []

@@ -30,8 +30,10 @@ class RedactQueryValues(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) > PATH_ARG and isinstance(args[PATH_ARG], str):
-            record.args = (*args[:PATH_ARG], redact(args[PATH_ARG]), *args[PATH_ARG + 1:])
+        if isinstance(args, tuple) and len(args) > PATH_ARG:
+            path = args[PATH_ARG]
+            if isinstance(path, str):
+                record.args = (*args[:PATH_ARG], redact(path), *args[PATH_ARG + 1:])
         return True
 
 

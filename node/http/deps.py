@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from node.http.context import WebContext
 from node.http.sessions import Session
@@ -16,6 +17,17 @@ from storage.tokens import Role, TokenInfo
 
 SESSION_COOKIE = "ichtriage_session"
 CSRF_HEADER = "X-CSRF-Token"
+
+# The two ways in, declared to OpenAPI (components.securitySchemes and each route's
+# `security`); auto_error off: find_principal decides, and answers 401 itself.
+BEARER = HTTPBearer(scheme_name="bearer", bearerFormat="icht_...", auto_error=False,
+                    description="an API token from `ichtriage admin tokens create`")
+SESSION = APIKeyCookie(name=SESSION_COOKIE, scheme_name="session", auto_error=False,
+                       description="the page's session (POST /login with a token); a write "
+                                   "also needs the X-CSRF-Token header and a same-origin "
+                                   "Origin")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+SessionId = Annotated[str | None, Depends(SESSION)]
 
 
 def get_context(request: Request) -> WebContext:
@@ -71,7 +83,8 @@ def find_principal(request: Request, ctx: WebContext) -> Principal | None:
     return None
 
 
-def current_principal(request: Request, ctx: Context) -> Principal:
+def current_principal(request: Request, ctx: Context, _bearer: Credentials,
+                      _session: SessionId) -> Principal:
     principal = find_principal(request, ctx)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API token is needed",

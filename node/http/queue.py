@@ -9,15 +9,56 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
 
 from node.http.bounds import INT64_MAX, row_id
 from node.http.context import WebContext
 from node.http.deps import Admin, Context, PageAdmin, Principal, check_csrf, client_of
 from node.http.pages import render
+from node.http.schemas import UtcTime
 from node.http.studies import UID
 
 router = APIRouter(tags=["queue"])
 SeriesUID = Annotated[str, Path(pattern=UID, max_length=64, description="SeriesInstanceUID")]
+
+
+class JobOut(BaseModel):
+    id: int
+    status: str = Field(description="queued, running or failed")
+    attempts: int
+    series_uid: str
+    study_uid: str
+    worker: str = Field(description="the worker holding it; empty when none")
+    last_error: str
+    created_at: UtcTime
+    started_at: UtcTime | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    sop_uid: str = Field(description="the SR's SOPInstanceUID")
+    destination: str = Field(description="AE@host:port")
+    status: str = Field(description="pending or failed")
+    attempts: int
+    next_attempt_at: UtcTime
+    last_error: str
+
+
+class ReceivingOut(BaseModel):
+    series_uid: str
+    study_uid: str
+    instances: int
+    last_received_at: UtcTime
+
+
+class QueueOut(BaseModel):
+    jobs: list[JobOut] = Field(description="queued, running and failed jobs, at most 200")
+    deliveries: list[DeliveryOut] = Field(description="pending and failed deliveries")
+    receiving: list[ReceivingOut] = Field(description="series still receiving")
+
+
+class Outcome(BaseModel):
+    outcome: str = Field(description="what happened, in words")
 
 
 def _snapshot(ctx: WebContext) -> dict[str, Any]:
@@ -51,31 +92,39 @@ def _act(ctx: WebContext, who: Principal, request: Request, action: str, target:
     return outcome
 
 
-@router.get("/api/queue", tags=["queue"])
-def get_queue(ctx: Context, who: Admin) -> dict[str, Any]:
+@router.get("/api/queue", response_model=QueueOut)
+def get_queue(ctx: Context, who: Admin) -> QueueOut:
     """Queued, running and failed jobs; pending and failed deliveries; receiving series."""
-    return _snapshot(ctx)
+    return QueueOut.model_validate(_snapshot(ctx))
 
 
-@router.post("/api/queue/series/{series_uid}/retry")
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such series or delivery"},
+    409: {"description": "it is not in the state the action applies to"}}
+
+
+@router.post("/api/queue/series/{series_uid}/retry",
+             response_model=Outcome, responses=REFUSALS)
 def retry_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
-                 ) -> dict[str, str]:
+                 ) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "retry_series", series_uid)}
+    return Outcome(outcome=_act(ctx, who, request, "retry_series", series_uid))
 
 
-@router.post("/api/queue/series/{series_uid}/complete")
+@router.post("/api/queue/series/{series_uid}/complete",
+             response_model=Outcome, responses=REFUSALS)
 def complete_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
-                    ) -> dict[str, str]:
+                    ) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "complete_series", series_uid)}
+    return Outcome(outcome=_act(ctx, who, request, "complete_series", series_uid))
 
 
-@router.post("/api/queue/deliveries/{delivery_id}/retry")
+@router.post("/api/queue/deliveries/{delivery_id}/retry",
+             response_model=Outcome, responses=REFUSALS)
 def retry_delivery(request: Request, ctx: Context, who: Admin,
-                   delivery_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> dict[str, str]:
+                   delivery_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "retry_delivery", str(delivery_id))}
+    return Outcome(outcome=_act(ctx, who, request, "retry_delivery", str(delivery_id)))
 
 
 @router.get("/queue", response_class=HTMLResponse, include_in_schema=False)
