@@ -198,3 +198,60 @@ def test_every_timestamp_has_one_form(api: Api) -> None:
                 "created_at"):
         assert f'"{key}"' in keys, key
     assert len(times) >= 8 and [t for t in times if not ISO.fullmatch(t)] == []
+
+
+def test_loose_values_malformed_dates_and_long_inputs(api: Api) -> None:
+    c, reader, uid = api.client, api.auth("reader"), api.study.study_uid
+    for loose in ("yes", 1, "true", None):
+        r = c.post(f"/api/studies/{uid}/feedback", headers=api.auth("radiologist"),
+                   json={"labels": {"subdural": loose}})
+        assert r.status_code == 422, (loose, r.text)
+    with api.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Feedback)).scalar_one() == 0
+    for date in ("20231301", "20230230", "00000000"):
+        for key in ("study_date_from", "study_date_to"):
+            r = c.get("/api/worklist", params={key: date}, headers=reader)
+            assert r.status_code == 422, (key, date, r.text)
+        for value in (date, f"{date}-", f"-{date}", f"20230101-{date}"):
+            r = c.get("/dicom-web/studies", params={"StudyDate": value}, headers=reader)
+            assert r.status_code == 400, (value, r.text)
+    assert c.get("/api/worklist", params={"study_date_from": "20240229"},
+                 headers=reader).status_code == 200
+    assert c.get("/dicom-web/studies", params={"StudyDate": "20240229-"},
+                 headers=reader).status_code in (200, 204)
+    long = "x" * 60_000  # (the test client refuses a URL over 64 KiB)
+    r = c.get("/api/worklist", params={"status": long}, headers=reader)
+    assert r.status_code == 422 and len(r.content) < 1000
+    assert r.json()["detail"][0]["input"].startswith("x" * 64 + "... (60000 characters)")
+    r = c.post(f"/api/studies/{uid}/feedback", headers=api.auth("radiologist"),
+               json={"labels": {f"l{i}": "z" * 200 for i in range(100)}})
+    assert r.status_code == 422 and len(r.content) < 3000
+    assert r.json()["detail"][-1]["msg"] == "90 more errors not shown"
+
+
+def test_qido_answers_406_for_what_it_cannot_give(api: Api) -> None:
+    c, reader = api.client, api.auth("reader")
+    for accept in ("application/dicom+xml", "multipart/related; type=application/dicom+xml",
+                   "text/html"):
+        r = c.get("/dicom-web/studies", headers=reader | {"Accept": accept})
+        assert r.status_code == 406, accept
+    for accept in ("application/dicom+json", "application/json", "*/*",
+                   "application/dicom+xml, application/dicom+json;q=0.5", ""):
+        r = c.get("/dicom-web/studies", headers=reader | {"Accept": accept})
+        assert r.status_code == 200, accept
+        assert r.headers["content-type"] == "application/dicom+json"
+
+
+def test_the_curve_names_its_axes(api: Api) -> None:
+    c = api.client
+    assert c.post("/login", data={"token": api.tokens["reader"]},
+                  headers={"Origin": ORIGIN}).status_code == 200
+    page = c.get(f"/studies/{api.study.study_uid}").text
+    svg = re.search(r'<svg class="curve".*?</svg>', page, re.S)
+    assert svg is not None
+    texts = re.findall(r"<text [^>]*>([^<]+)</text>", svg.group(0))
+    assert {"probability", "slice (in the order the model read the volume)"} <= set(texts)
+    assert {"0", "0.5", "1"} <= set(texts)  # y ticks; x ticks: first, middle, last slice
+    slices = len(c.get(f"/api/studies/{api.study.study_uid}", headers=api.auth("reader")
+                       ).json()["series"][0]["result"]["curve"])
+    assert "1" in texts and str(slices) in texts

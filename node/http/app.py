@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
@@ -26,6 +27,7 @@ from node.http import (
 from node.http.context import MAX_BODY_BYTES, WebContext
 from node.http.deps import NotLoggedIn
 from node.http.outage import database_down
+from node.http.validation import validation_refused
 
 # No inline script or style anywhere: the pages load /static/*.js and *.css only.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -58,6 +60,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     def favicon() -> Response:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+    app.add_exception_handler(RequestValidationError, validation_refused)
     for lost in (DBAPIError, PoolTimeout):
         app.add_exception_handler(lost, database_down)
 

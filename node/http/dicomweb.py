@@ -11,6 +11,7 @@ patient attribute (matching on one is a 400; none is returned). A reader token i
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -52,6 +53,8 @@ def parse_query(params: dict[str, str]) -> StudyQuery:
             raise _bad("StudyDate: YYYYMMDD or YYYYMMDD-YYYYMMDD (either end may be open)")
         date_from = match[1]
         date_to = match[3] if match[2] else match[1]
+        if not all(_calendar_day(d) for d in (date_from, date_to) if d):
+            raise _bad("StudyDate: not a day of the calendar")
     try:
         limit, offset = int(p.get("limit", "100")), int(p.get("offset", "0"))
     except ValueError:
@@ -63,6 +66,24 @@ def parse_query(params: dict[str, str]) -> StudyQuery:
     if (accession and len(accession) > 16) or (modality and len(modality) > 16):
         raise _bad("AccessionNumber and ModalitiesInStudy: at most 16 characters")
     return StudyQuery(uids, date_from, date_to, accession, modality, limit, offset)
+
+
+def _calendar_day(value: str) -> bool:
+    try:
+        datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+ANSWERS = ("application/dicom+json", "application/json", "application/*", "*/*")
+
+
+def acceptable(accept: str) -> bool:
+    """Whether an Accept header (RFC 9110 12.5.1) allows application/dicom+json, the one
+    media type this node answers a search with (PS3.18 8.7.3); a missing Accept does."""
+    ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return not any(ranges) or any(r in ANSWERS for r in ranges)
 
 
 def _element(vr: str, value: Any) -> dict[str, Any]:
@@ -85,9 +106,16 @@ def to_dicom_json(m: StudyMatch) -> dict[str, Any]:
 
 
 @router.get("/studies", responses={200: {"content": {"application/dicom+json": {}}},
-                                   204: {"description": "no study matches"}})
+                                   204: {"description": "no study matches"},
+                                   400: {"description": "a query key or value this node "
+                                                        "does not support (PS3.18 8.3.4)"},
+                                   406: {"description": "an Accept without "
+                                                        "application/dicom+json"}})
 def search(request: Request, ctx: Context, who: Reader) -> Response:
     """QIDO-RS Search for Studies; see this module's description for what is supported."""
+    if not acceptable(request.headers.get("accept", "")):
+        raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE,
+                            "this node answers application/dicom+json only")
     query = parse_query(dict(request.query_params))
     matches = search_studies(ctx.engine, query)
     ctx.audit.record("qido_search", actor=who.actor, token_pk=who.token.pk,

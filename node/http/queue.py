@@ -127,10 +127,21 @@ def retry_delivery(request: Request, ctx: Context, who: Admin,
     return Outcome(outcome=_act(ctx, who, request, "retry_delivery", str(delivery_id)))
 
 
+# What a form action did, for the page: the redirect's ?notice= names one of these.
+NOTICES = {"done": "Done.",
+           "missing": "Nothing done: there is no such series or delivery (any more).",
+           "conflict": "Nothing done: it is no longer in a state this action applies to "
+                       "(another action or the node may have moved it on).",
+           "unavailable": "Nothing done: this node runs no scheduler to complete series."}
+REFUSED_NOTICE = {status.HTTP_404_NOT_FOUND: "missing", status.HTTP_409_CONFLICT: "conflict",
+                  status.HTTP_503_SERVICE_UNAVAILABLE: "unavailable"}
+
+
 @router.get("/queue", response_class=HTMLResponse, include_in_schema=False)
-def queue_page(request: Request, ctx: Context, who: PageAdmin) -> Response:
+def queue_page(request: Request, ctx: Context, who: PageAdmin, notice: str = "") -> Response:
     return render(request, "queue.html", {"who": who, "csrf": who.session.csrf if who.session
                                           else "", "can_complete": ctx.monitor is not None,
+                                          "notice": NOTICES.get(notice, ""),
                                           **_snapshot(ctx)})
 
 
@@ -144,5 +155,11 @@ def queue_form(request: Request, ctx: Context, who: PageAdmin,
     if action == "retry_delivery" and row_id(target) is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"a delivery id is a number 1-{INT64_MAX}")
-    _act(ctx, who, request, action, target)
-    return RedirectResponse("/queue", status_code=status.HTTP_303_SEE_OTHER)
+    try:
+        _act(ctx, who, request, action, target)
+        notice = "done"
+    except HTTPException as exc:  # shown on the page in words, not as the API's JSON
+        if exc.status_code not in REFUSED_NOTICE:
+            raise
+        notice = REFUSED_NOTICE[exc.status_code]
+    return RedirectResponse(f"/queue?notice={notice}", status_code=status.HTTP_303_SEE_OTHER)

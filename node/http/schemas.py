@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field, PlainSerializer, StrictBool
 
 from ml.labels import LABELS
 from node.http.bounds import RowId
@@ -218,7 +218,8 @@ class FeedbackIn(BaseModel):
 
     result_id: RowId | None = Field(default=None, description="the result judged (see "
                                                                "feedback_result_id)")
-    labels: dict[str, bool] = Field(description="label -> the finding is present",
+    labels: dict[str, StrictBool] = Field(description="label -> the finding is present "
+                                                      "(JSON true or false, nothing else)",
                                     min_length=1, max_length=len(LABELS))
 
 
