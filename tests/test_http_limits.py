@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 
 from node.http.access_log import redact
 from node.http.app import create_app
-from node.http.bounds import INT64_MAX
+from node.http.bounds import INT32_MAX, INT64_MAX
 from node.http.context import WebContext
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
@@ -46,6 +46,16 @@ class Api:
 def api(tmp_path: Path) -> Iterator[Api]:
     url = f"sqlite:///{tmp_path / 'index.db'}"
     upgrade(url)
+    yield from _api(url, tmp_path)
+
+
+@pytest.fixture
+def api_both(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    """As `api`, on SQLite and on the suite's PostgreSQL (conftest `db_url`)."""
+    yield from _api(db_url, tmp_path)
+
+
+def _api(url: str, tmp_path: Path) -> Iterator[Api]:
     engine = make_engine(url)
     files = FileStore(tmp_path / "data")
     study = add_study(engine, files, 1, p_any=0.81, findings=("subdural",),
@@ -64,7 +74,8 @@ def _cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def test_integers_past_64_bits_get_a_4xx_on_every_route(api: Api) -> None:
+def test_integers_past_what_sql_holds_get_a_4xx_on_every_route(api_both: Api) -> None:
+    api = api_both
     c, uid = api.client, api.study.study_uid
     gets = [
         ("/dicom-web/studies", {"offset": str(HUGE)}, "reader", 400),
@@ -90,8 +101,21 @@ def test_integers_past_64_bits_get_a_4xx_on_every_route(api: Api) -> None:
     assert r.status_code == 422, r.text
     r = c.post(f"/api/queue/deliveries/{HUGE}/retry", headers=api.auth("admin"))
     assert r.status_code == 422, r.text
-    r = c.post(f"/api/queue/deliveries/{INT64_MAX}/retry", headers=api.auth("admin"))
+    for too_big in (INT64_MAX, INT32_MAX + 1):  # an id column holds 32 bits on PostgreSQL
+        r = c.post(f"/api/queue/deliveries/{too_big}/retry", headers=api.auth("admin"))
+        assert r.status_code == 422, r.text
+        r = c.post(f"/api/studies/{uid}/feedback", headers=api.auth("radiologist"),
+                   json={"result_id": too_big, "labels": {"any": True}})
+        assert r.status_code == 422, r.text
+        r = c.get("/api/worklist", headers=api.auth("reader"), params={
+            "sort": "arrival", "cursor": _cursor(["arrival", "2026-12-01T01:00:26+00:00",
+                                                  too_big])})
+        assert r.status_code == 400, r.text
+    r = c.post(f"/api/queue/deliveries/{INT32_MAX}/retry", headers=api.auth("admin"))
     assert r.status_code == 404, r.text  # the largest id that fits is looked up
+    r = c.post(f"/api/studies/{uid}/feedback", headers=api.auth("radiologist"),
+               json={"result_id": INT32_MAX, "labels": {"any": True}})
+    assert r.status_code == 422 and "not a result of this study" in r.text
     r = c.get("/dicom-web/studies", params={"offset": str(INT64_MAX)}, headers=api.auth("reader"))
     assert r.status_code == 204
     with api.engine.connect() as conn:

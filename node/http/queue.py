@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from node.http.bounds import INT64_MAX, row_id
+from node.http.bounds import INT32_MAX, row_id
 from node.http.context import WebContext
 from node.http.deps import Admin, Context, PageAdmin, Principal, check_csrf, client_of
 from node.http.pages import render
@@ -122,7 +122,7 @@ def complete_series(request: Request, ctx: Context, who: Admin, series_uid: Seri
 @router.post("/api/queue/deliveries/{delivery_id}/retry",
              response_model=Outcome, responses=REFUSALS)
 def retry_delivery(request: Request, ctx: Context, who: Admin,
-                   delivery_id: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> Outcome:
+                   delivery_id: Annotated[int, Path(ge=1, le=INT32_MAX)]) -> Outcome:
     check_csrf(request, who, None)
     return Outcome(outcome=_act(ctx, who, request, "retry_delivery", str(delivery_id)))
 
@@ -154,7 +154,7 @@ def queue_form(request: Request, ctx: Context, who: PageAdmin,
     check_csrf(request, who, csrf_token)
     if action == "retry_delivery" and row_id(target) is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"a delivery id is a number 1-{INT64_MAX}")
+                            f"a delivery id is a number 1-{INT32_MAX}")
     try:
         _act(ctx, who, request, action, target)
         notice = "done"
