@@ -279,3 +279,18 @@ def test_the_curve_names_its_axes(api: Api) -> None:
     slices = len(c.get(f"/api/studies/{api.study.study_uid}", headers=api.auth("reader")
                        ).json()["series"][0]["result"]["curve"])
     assert "1" in texts and str(slices) in texts
+
+
+def test_a_token_or_a_query_value_sql_cannot_hold_is_refused(api_both: Api) -> None:
+    """A well-formed token whose id is past an id column (10 digits) is no valid token (401,
+    a log-in page's 401); a NUL in a QIDO value (PostgreSQL text cannot hold one) is 400."""
+    api, c = api_both, api_both.client
+    forged = f"icht_9999999999_{'A' * 43}"
+    r = c.get("/api/worklist", headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401, r.text
+    r = c.post("/login", data={"token": forged}, headers={"Origin": ORIGIN})
+    assert r.status_code == 401
+    for key in ("AccessionNumber", "ModalitiesInStudy", "StudyInstanceUID"):
+        r = c.get("/dicom-web/studies", params={key: "A\x00B"}, headers=api.auth("reader"))
+        assert r.status_code == 400, (key, r.text)
+    assert c.get("/api/worklist", headers=api.auth("reader")).status_code == 200

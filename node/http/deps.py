@@ -11,9 +11,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from node.http.bounds import INT32_MAX
 from node.http.context import WebContext
 from node.http.sessions import Session
 from storage.tokens import Role, TokenInfo
+from storage.tokens import parse as parse_token
 
 SESSION_COOKIE = "ichtriage_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -61,6 +63,16 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def verify_token(ctx: WebContext, token: str) -> TokenInfo | None:
+    """ctx.tokens.verify, after the token's id is checked to fit the id column (a 10-digit
+    id past 2^31-1 would be an "integer out of range" on PostgreSQL): such a token is no
+    valid token."""
+    parsed = parse_token(token)
+    if parsed is None or parsed[0] > INT32_MAX:
+        return None
+    return ctx.tokens.verify(token)
+
+
 def find_principal(request: Request, ctx: WebContext) -> Principal | None:
     token = _bearer(request)
     if token is not None:
@@ -68,7 +80,7 @@ def find_principal(request: Request, ctx: WebContext) -> Principal | None:
         if pk is not None:
             info = ctx.tokens.get(pk)
             return Principal(info, None) if info is not None and info.active else None
-        info = ctx.tokens.verify(token)
+        info = verify_token(ctx, token)
         if info is None:
             return None
         ctx.bearers.put(token, info.pk)

@@ -24,6 +24,7 @@ from storage.study_search import StudyMatch, StudyQuery, search_studies
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 
 _DATE = re.compile(r"(\d{8})?(-)?(\d{8})?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 KNOWN = {"StudyInstanceUID", "0020000D", "StudyDate", "00080020", "AccessionNumber",
          "00080050", "ModalitiesInStudy", "00080061", "limit", "offset", "includefield",
@@ -41,6 +42,8 @@ def parse_query(params: dict[str, str]) -> StudyQuery:
     if unknown:
         raise _bad(f"unsupported query keys {unknown}: see the OpenAPI description")
     p = {ALIASES.get(k, k): v for k, v in params.items()}
+    if any(_CONTROL.search(v) for v in p.values()):
+        raise _bad("query values hold no control characters (PS3.5 6.2)")
     if p.get("fuzzymatching", "false") != "false":
         raise _bad("fuzzy matching is not supported")
     uids = tuple(u for u in p.get("StudyInstanceUID", "").split(",") if u)
