@@ -23,7 +23,7 @@ from node.http.bounds import INT32_MAX, INT64_MAX
 from node.http.context import WebContext
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
-from storage.models import Feedback
+from storage.models import Feedback, TriageResult
 from storage.tokens import TokenStore
 from tests.webdata import StudyRef, add_study, hours_ago
 
@@ -294,3 +294,31 @@ def test_a_token_or_a_query_value_sql_cannot_hold_is_refused(api_both: Api) -> N
         r = c.get("/dicom-web/studies", params={key: "A\x00B"}, headers=api.auth("reader"))
         assert r.status_code == 400, (key, r.text)
     assert c.get("/api/worklist", headers=api.auth("reader")).status_code == 200
+
+
+def test_the_feedback_form_says_in_words_what_it_did(api: Api) -> None:
+    """A reading on a result that is no longer the study's (the page was stale) and an empty
+    form come back to the study page with a notice, never as the API's JSON."""
+    c, uid = api.client, api.study.study_uid
+    c.post("/login", data={"token": api.tokens["radiologist"]}, headers={"Origin": ORIGIN})
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get(f"/studies/{uid}").text)
+    assert csrf is not None
+    with api.engine.connect() as conn:
+        other = conn.execute(select(TriageResult.id).where(
+            TriageResult.id != api.study.result_pk)).scalars().first()
+    assert other is not None
+    form = {"csrf_token": csrf.group(1), "label_subdural": "present"}
+    cases = [(form | {"result_id": str(other)}, "a newer result"),
+             ({"csrf_token": csrf.group(1)}, "say present or absent"),
+             (form | {"result_id": str(api.study.result_pk)}, "Your reading is saved.")]
+    for data, words in cases:
+        r = c.post(f"/studies/{uid}/feedback", data=data, headers={"Origin": ORIGIN},
+                   follow_redirects=False)
+        assert r.status_code == 303 and "?notice=" in r.headers["location"], r.text
+        page = c.get(r.headers["location"])
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        notice = re.search(r'<p class="notice" id="notice" role="status">([^<]+)</p>',
+                           page.text)
+        assert notice is not None and words in notice.group(1)
+    with api.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Feedback)).scalar_one() == 1
