@@ -3,7 +3,9 @@
 Supported: GET /dicom-web/studies with StudyInstanceUID (comma-separated list), StudyDate
 (YYYYMMDD or a range YYYYMMDD-YYYYMMDD, either end open), AccessionNumber (`*`/`?`
 wildcards), ModalitiesInStudy, limit (1-1000, default 100), offset, includefield (accepted;
-every supported attribute is returned anyway). Answers application/dicom+json (PS3.18 F.2).
+every supported attribute is returned anyway). Answers application/dicom+json (PS3.18 F.2);
+an Accept without it is a 406 (PS3.18 8.7.3). A bad key or value (a date that is no day of
+the calendar, a control character, an offset past 2^63-1) is a 400 (PS3.18 8.3.4).
 Not supported: series and instance levels, WADO-RS retrieval, fuzzy matching, and any
 patient attribute (matching on one is a 400; none is returned). A reader token is needed.
 """
