@@ -123,3 +123,32 @@ def test_the_queue_page_needs_the_csrf_token(
     assert client.post("/queue", data={"action": "drop_table", "target": "1",
                                        "csrf_token": csrf.group(1)},
                        headers={"Origin": ORIGIN}).status_code == 422
+
+
+def test_a_page_action_in_the_wrong_state_comes_back_in_words(
+        setup: tuple[TestClient, Engine, dict[str, str]]) -> None:
+    """Retrying a delivery twice from /queue: the second finds it pending, and the page says
+    so (a redirect back with a notice), never the API's raw JSON."""
+    client, engine, tokens = setup
+    client.post("/login", data={"token": tokens["admin"]}, headers={"Origin": ORIGIN})
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/queue").text)
+    assert csrf is not None
+    form = {"action": "retry_delivery", "target": "1", "csrf_token": csrf.group(1)}
+    notices = []
+    for _ in range(2):
+        r = client.post("/queue", data=form, headers={"Origin": ORIGIN}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/queue?notice=")
+        page = client.get(r.headers["location"])
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        found = re.search(r'<p class="notice" id="notice" role="status">([^<]+)</p>', page.text)
+        assert found is not None
+        notices.append(found.group(1))
+    assert notices[0] == "Done." and "no longer in a state" in notices[1]
+    gone = form | {"target": "999"}
+    r = client.post("/queue", data=gone, headers={"Origin": ORIGIN})
+    assert r.status_code == 200 and "no such series or delivery" in r.text
+    r = client.post("/queue", data=form | {"target": "99999999999999999999"},
+                    headers={"Origin": ORIGIN})
+    assert r.status_code == 422  # not a row id: a bad form, not a state
+    with engine.connect() as conn:
+        assert conn.execute(select(Delivery.status)).scalar_one() == "pending"

@@ -52,6 +52,8 @@ def test_the_node_serves_http_on_loopback_and_stops_with_it(tmp_path: Path) -> N
         status, body = get(node.http_url + "/healthz")
         assert status == 503 and json.loads(body)["database"] is True  # 503: no worker
         assert get(node.http_url + "/api/worklist")[0] == 401
+        for query in ("PatientName=PHANTOM%5E9833", "00100020=PID9833", "PatientID=PID9833"):
+            assert get(f"{node.http_url}/dicom-web/studies?{query}&limit=5")[0] == 401
         assert get(node.http_url + "/metrics")[0] == 404  # the metrics setting is off
         assert listening_addresses(node.http_port) == {LOOPBACK}
         assert node.stop() == 0
@@ -59,6 +61,10 @@ def test_the_node_serves_http_on_loopback_and_stops_with_it(tmp_path: Path) -> N
         socket.create_connection((LOOPBACK, node.http_port), timeout=2).close()
     access = [line for line in node.log_text().splitlines() if "uvicorn.access" in line]
     assert any('"GET /healthz HTTP/1.1" 503' in line for line in access)
+    # the query's keys are logged, never its values (a patient's name or ID in a QIDO)
+    assert any('"GET /dicom-web/studies?PatientName=-&limit=-' in line for line in access)
+    assert any('/dicom-web/studies?00100020=-&limit=-' in line for line in access)
+    assert "PHANTOM" not in node.log_text() and "9833" not in node.log_text()
 
 
 def test_a_taken_http_port_stops_the_start_with_one_line(tmp_path: Path) -> None:

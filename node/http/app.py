@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from node.http import (
     auth,
@@ -23,6 +26,8 @@ from node.http import (
 )
 from node.http.context import MAX_BODY_BYTES, WebContext
 from node.http.deps import NotLoggedIn
+from node.http.outage import database_down
+from node.http.validation import validation_refused
 
 # No inline script or style anywhere: the pages load /static/*.js and *.css only.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -54,6 +59,10 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    app.add_exception_handler(RequestValidationError, validation_refused)
+    for lost in (DBAPIError, PoolTimeout):
+        app.add_exception_handler(lost, database_down)
 
     @app.exception_handler(NotLoggedIn)
     def to_login(_request: Request, _exc: NotLoggedIn) -> Response:

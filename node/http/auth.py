@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from node.http.deps import SESSION_COOKIE, Context, client_of, same_origin
+from node.http.deps import SESSION_COOKIE, Context, client_of, same_origin, verify_token
 from node.http.pages import render
 from node.http.sessions import SESSION_SECONDS
 
@@ -25,7 +25,7 @@ def login(request: Request, ctx: Context,
           token: Annotated[str, Form(max_length=200)]) -> Response:
     if not same_origin(request):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
-    info = ctx.tokens.verify(token)
+    info = verify_token(ctx, token)
     if info is None:
         ctx.audit.record("login_failed", actor="?", client=client_of(request))
         return render(request, "login.html", {"error": "That token is not valid."},

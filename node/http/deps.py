@@ -9,13 +9,27 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from node.http.bounds import INT32_MAX
 from node.http.context import WebContext
 from node.http.sessions import Session
 from storage.tokens import Role, TokenInfo
+from storage.tokens import parse as parse_token
 
 SESSION_COOKIE = "ichtriage_session"
 CSRF_HEADER = "X-CSRF-Token"
+
+# The two ways in, declared to OpenAPI (components.securitySchemes and each route's
+# `security`); auto_error off: find_principal decides, and answers 401 itself.
+BEARER = HTTPBearer(scheme_name="bearer", bearerFormat="icht_...", auto_error=False,
+                    description="an API token from `ichtriage admin tokens create`")
+SESSION = APIKeyCookie(name=SESSION_COOKIE, scheme_name="session", auto_error=False,
+                       description="the page's session (POST /login with a token); a write "
+                                   "also needs the X-CSRF-Token header and a same-origin "
+                                   "Origin")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+SessionId = Annotated[str | None, Depends(SESSION)]
 
 
 def get_context(request: Request) -> WebContext:
@@ -49,6 +63,16 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def verify_token(ctx: WebContext, token: str) -> TokenInfo | None:
+    """ctx.tokens.verify, after the token's id is checked to fit the id column (a 10-digit
+    id past 2^31-1 would be an "integer out of range" on PostgreSQL): such a token is no
+    valid token."""
+    parsed = parse_token(token)
+    if parsed is None or parsed[0] > INT32_MAX:
+        return None
+    return ctx.tokens.verify(token)
+
+
 def find_principal(request: Request, ctx: WebContext) -> Principal | None:
     token = _bearer(request)
     if token is not None:
@@ -56,7 +80,7 @@ def find_principal(request: Request, ctx: WebContext) -> Principal | None:
         if pk is not None:
             info = ctx.tokens.get(pk)
             return Principal(info, None) if info is not None and info.active else None
-        info = ctx.tokens.verify(token)
+        info = verify_token(ctx, token)
         if info is None:
             return None
         ctx.bearers.put(token, info.pk)
@@ -71,7 +95,8 @@ def find_principal(request: Request, ctx: WebContext) -> Principal | None:
     return None
 
 
-def current_principal(request: Request, ctx: Context) -> Principal:
+def current_principal(request: Request, ctx: Context, _bearer: Credentials,
+                      _session: SessionId) -> Principal:
     principal = find_principal(request, ctx)
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API token is needed",

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ml.labels import LABELS
+from node.http.bounds import row_id
 from node.http.deps import Context, PageRadiologist, PageReader, check_csrf, client_of
 from node.http.plot import curve_svg
 from node.http.studies import StudyUID
@@ -34,9 +35,16 @@ def worklist_page(request: Request, who: PageReader) -> Response:
         "receiving", "queued", "processing", "failed", "done", "not_eligible")})
 
 
+# What the feedback form did, for the page: the redirect's ?notice= names one of these.
+NOTICES = {"saved": "Your reading is saved.",
+           "empty": "Nothing saved: say present or absent for at least one finding.",
+           "stale": "Nothing saved: the study has a newer result than the page showed. "
+                    "Check the findings below and give your reading again."}
+
+
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, ctx: Context, who: PageReader, study_uid: StudyUID,
-               window: str = "brain", heat: bool = False) -> Response:
+               window: str = "brain", heat: bool = False, notice: str = "") -> Response:
     from node.http.studies import study_out
 
     study = study_out(ctx, study_uid)
@@ -53,6 +61,7 @@ def study_page(request: Request, ctx: Context, who: PageReader, study_uid: Study
         "heat": heat and ctx.heat_maps is not None, "can_heat": ctx.heat_maps is not None,
         "curve": curve_svg(shown.result.curve) if shown and shown.result else None,
         "latest": latest, "csrf": who.session.csrf if who.session else "",
+        "notice": NOTICES.get(notice, ""),
         "can_feedback": who.allows(Role.RADIOLOGIST)})
 
 
@@ -75,9 +84,19 @@ async def feedback_form(request: Request, ctx: Context, who: PageRadiologist,
             labels[label] = value == "present"
         elif value:
             return Response("label values are present or absent", status_code=422)
+    notice = "saved"
+    result = row_id(result_id)
+    if result_id and result is None:
+        return Response("result_id is a row id", status_code=422)
     if not labels:
-        return Response("say present or absent for at least one label", status_code=422)
-    result = int(result_id) if result_id.isdigit() else None
-    await run_in_threadpool(give_feedback, ctx, who, request, study_uid, labels, result)
-    return RedirectResponse(f"/studies/{study_uid}#feedback",
+        notice = "empty"
+    else:
+        try:
+            await run_in_threadpool(give_feedback, ctx, who, request, study_uid, labels,
+                                    result)
+        except HTTPException as exc:  # a newer result came: said on the page, in words
+            if exc.status_code != status.HTTP_422_UNPROCESSABLE_CONTENT:
+                raise
+            notice = "stale"
+    return RedirectResponse(f"/studies/{study_uid}?notice={notice}#feedback",
                             status_code=status.HTTP_303_SEE_OTHER)

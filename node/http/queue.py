@@ -9,14 +9,56 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Path, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
 
+from node.http.bounds import INT32_MAX, row_id
 from node.http.context import WebContext
 from node.http.deps import Admin, Context, PageAdmin, Principal, check_csrf, client_of
 from node.http.pages import render
+from node.http.schemas import UtcTime
 from node.http.studies import UID
 
 router = APIRouter(tags=["queue"])
 SeriesUID = Annotated[str, Path(pattern=UID, max_length=64, description="SeriesInstanceUID")]
+
+
+class JobOut(BaseModel):
+    id: int
+    status: str = Field(description="queued, running or failed")
+    attempts: int
+    series_uid: str
+    study_uid: str
+    worker: str = Field(description="the worker holding it; empty when none")
+    last_error: str
+    created_at: UtcTime
+    started_at: UtcTime | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    sop_uid: str = Field(description="the SR's SOPInstanceUID")
+    destination: str = Field(description="AE@host:port")
+    status: str = Field(description="pending or failed")
+    attempts: int
+    next_attempt_at: UtcTime
+    last_error: str
+
+
+class ReceivingOut(BaseModel):
+    series_uid: str
+    study_uid: str
+    instances: int
+    last_received_at: UtcTime
+
+
+class QueueOut(BaseModel):
+    jobs: list[JobOut] = Field(description="queued, running and failed jobs, at most 200")
+    deliveries: list[DeliveryOut] = Field(description="pending and failed deliveries")
+    receiving: list[ReceivingOut] = Field(description="series still receiving")
+
+
+class Outcome(BaseModel):
+    outcome: str = Field(description="what happened, in words")
 
 
 def _snapshot(ctx: WebContext) -> dict[str, Any]:
@@ -50,37 +92,56 @@ def _act(ctx: WebContext, who: Principal, request: Request, action: str, target:
     return outcome
 
 
-@router.get("/api/queue", tags=["queue"])
-def get_queue(ctx: Context, who: Admin) -> dict[str, Any]:
+@router.get("/api/queue", response_model=QueueOut)
+def get_queue(ctx: Context, who: Admin) -> QueueOut:
     """Queued, running and failed jobs; pending and failed deliveries; receiving series."""
-    return _snapshot(ctx)
+    return QueueOut.model_validate(_snapshot(ctx))
 
 
-@router.post("/api/queue/series/{series_uid}/retry")
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such series or delivery"},
+    409: {"description": "it is not in the state the action applies to"}}
+
+
+@router.post("/api/queue/series/{series_uid}/retry",
+             response_model=Outcome, responses=REFUSALS)
 def retry_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
-                 ) -> dict[str, str]:
+                 ) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "retry_series", series_uid)}
+    return Outcome(outcome=_act(ctx, who, request, "retry_series", series_uid))
 
 
-@router.post("/api/queue/series/{series_uid}/complete")
+@router.post("/api/queue/series/{series_uid}/complete",
+             response_model=Outcome, responses=REFUSALS)
 def complete_series(request: Request, ctx: Context, who: Admin, series_uid: SeriesUID
-                    ) -> dict[str, str]:
+                    ) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "complete_series", series_uid)}
+    return Outcome(outcome=_act(ctx, who, request, "complete_series", series_uid))
 
 
-@router.post("/api/queue/deliveries/{delivery_id}/retry")
+@router.post("/api/queue/deliveries/{delivery_id}/retry",
+             response_model=Outcome, responses=REFUSALS)
 def retry_delivery(request: Request, ctx: Context, who: Admin,
-                   delivery_id: Annotated[int, Path(ge=1)]) -> dict[str, str]:
+                   delivery_id: Annotated[int, Path(ge=1, le=INT32_MAX)]) -> Outcome:
     check_csrf(request, who, None)
-    return {"outcome": _act(ctx, who, request, "retry_delivery", str(delivery_id))}
+    return Outcome(outcome=_act(ctx, who, request, "retry_delivery", str(delivery_id)))
+
+
+# What a form action did, for the page: the redirect's ?notice= names one of these.
+NOTICES = {"done": "Done.",
+           "missing": "Nothing done: there is no such series or delivery (any more).",
+           "conflict": "Nothing done: it is no longer in a state this action applies to "
+                       "(another action or the node may have moved it on).",
+           "unavailable": "Nothing done: this node runs no scheduler to complete series."}
+REFUSED_NOTICE = {status.HTTP_404_NOT_FOUND: "missing", status.HTTP_409_CONFLICT: "conflict",
+                  status.HTTP_503_SERVICE_UNAVAILABLE: "unavailable"}
 
 
 @router.get("/queue", response_class=HTMLResponse, include_in_schema=False)
-def queue_page(request: Request, ctx: Context, who: PageAdmin) -> Response:
+def queue_page(request: Request, ctx: Context, who: PageAdmin, notice: str = "") -> Response:
     return render(request, "queue.html", {"who": who, "csrf": who.session.csrf if who.session
                                           else "", "can_complete": ctx.monitor is not None,
+                                          "notice": NOTICES.get(notice, ""),
                                           **_snapshot(ctx)})
 
 
@@ -91,7 +152,14 @@ def queue_form(request: Request, ctx: Context, who: PageAdmin,
                                                    "retry_delivery)$")],
                target: Annotated[str, Form(pattern=r"^[0-9.]{1,64}$")]) -> Response:
     check_csrf(request, who, csrf_token)
-    if action == "retry_delivery" and not target.isdigit():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a delivery id is a number")
-    _act(ctx, who, request, action, target)
-    return RedirectResponse("/queue", status_code=status.HTTP_303_SEE_OTHER)
+    if action == "retry_delivery" and row_id(target) is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"a delivery id is a number 1-{INT32_MAX}")
+    try:
+        _act(ctx, who, request, action, target)
+        notice = "done"
+    except HTTPException as exc:  # shown on the page in words, not as the API's JSON
+        if exc.status_code not in REFUSED_NOTICE:
+            raise
+        notice = REFUSED_NOTICE[exc.status_code]
+    return RedirectResponse(f"/queue?notice={notice}", status_code=status.HTTP_303_SEE_OTHER)

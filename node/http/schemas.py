@@ -4,20 +4,38 @@ One naming convention, for the API and `ichtriage worklist --json` alike: a DICO
 of the object itself is named by its DICOM keyword (PS3.6: `StudyInstanceUID`,
 `AccessionNumber`, `SeriesNumber`, `NumberOfSeriesRelatedInstances`); everything the node
 adds is snake_case (`priority`, `probabilities`, `last_slice_at`), and a UID that names
-another object ends in `_uid` (`shown_series_uid`, `sr_uid`). Times are ISO 8601 in UTC.
+another object ends in `_uid` (`shown_series_uid`, `sr_uid`). Times are ISO 8601 in UTC,
+one form throughout: `2026-12-01T01:00:26.123Z` (milliseconds, `Z`; `iso_utc`).
 Patient names and IDs are not in the API.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer, StrictBool
 
 from ml.labels import LABELS
+from node.http.bounds import RowId
 from storage.feedback import FeedbackEntry
 from storage.studies import ResultDetail, SeriesDetail, StudyDetail
 from storage.worklist import WorklistEntry
+
+
+def iso_utc(value: datetime | str) -> str:
+    """A time as the API writes it: '2026-12-01T01:00:26.123Z'. A naive datetime (SQLite
+    keeps no zone) is UTC; '' stays ''."""
+    if isinstance(value, str):
+        if not value:
+            return ""
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+UtcTime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str, when_used="json")]
 
 
 class SeriesCall(BaseModel):
@@ -55,8 +73,8 @@ class WorklistItem(BaseModel):
             StudyInstanceUID=e.study_uid, AccessionNumber=e.accession_number,
             StudyDate=e.study_date, StudyDescription=e.study_description, status=e.status,
             priority=e.priority, probabilities=e.probabilities, calls=e.calls,
-            model_version=e.model_version, last_slice_at=e.last_slice_at,
-            result_at=e.result_at, seconds_to_result=e.seconds_to_result, reason=e.reason,
+            model_version=e.model_version, last_slice_at=iso_utc(e.last_slice_at),
+            result_at=iso_utc(e.result_at), seconds_to_result=e.seconds_to_result, reason=e.reason,
             complete=e.complete, updated=e.updated, shown_series_uid=e.shown_series_uid,
             series=[SeriesCall(SeriesInstanceUID=str(s["series_uid"]),
                                SeriesNumber=s["series_number"],  # type: ignore[arg-type]
@@ -93,7 +111,7 @@ class ResultOut(BaseModel):
     calls: dict[str, bool]
     complete: bool
     notes: str
-    created_at: datetime
+    created_at: UtcTime
     seconds_to_result: float | None
     inference_seconds: float | None = Field(description="the model's own time on the series")
     slices: int
@@ -139,8 +157,8 @@ class SeriesOut(BaseModel):
     NumberOfSeriesRelatedInstances: int
     status: str
     status_reason: str
-    first_received_at: datetime
-    last_received_at: datetime
+    first_received_at: UtcTime
+    last_received_at: UtcTime
     result: ResultOut | None
 
     @classmethod
@@ -160,7 +178,7 @@ class FeedbackOut(BaseModel):
     verdict: str = Field(description="confirm or correct (the model's call), or label (no "
                                      "result to judge)")
     author: str
-    created_at: datetime
+    created_at: UtcTime
     result_id: int | None
 
     @classmethod
@@ -198,9 +216,10 @@ class StudyOut(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    result_id: int | None = Field(default=None, description="the result judged (see "
-                                                             "feedback_result_id)")
-    labels: dict[str, bool] = Field(description="label -> the finding is present",
+    result_id: RowId | None = Field(default=None, description="the result judged (see "
+                                                               "feedback_result_id)")
+    labels: dict[str, StrictBool] = Field(description="label -> the finding is present "
+                                                      "(JSON true or false, nothing else)",
                                     min_length=1, max_length=len(LABELS))
 
 
@@ -214,6 +233,6 @@ class Health(BaseModel):
                                                   "stand-alone one) beat lately or holds a "
                                                   "live job lease; null: database down")
     workers_beating: int | None
-    last_worker_beat_at: datetime | None
+    last_worker_beat_at: UtcTime | None
     queue_depth: int | None
     failed_jobs: int | None

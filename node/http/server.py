@@ -13,6 +13,7 @@ import time
 
 import uvicorn
 
+from node.http import access_log
 from node.http.app import create_app
 from node.http.context import WebContext
 from node.http.errors import HttpStartError
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 class HttpServer:
     def __init__(self, ctx: WebContext, *, host: str, port: int) -> None:
+        access_log.install()  # no query values (patient names in QIDO) in the access log
         config = uvicorn.Config(create_app(ctx), host=host, port=port, log_config=None,
                                 access_log=True, server_header=False, proxy_headers=False,
                                 lifespan="off", timeout_graceful_shutdown=5)

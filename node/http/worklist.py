@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import AfterValidator
 
 from ml.labels import LABELS
+from node.http.bounds import cursor_in_range
 from node.http.deps import Context, Reader, client_of
 from node.http.schemas import WorklistItem, WorklistPage
 from storage.worklist_pages import PRIORITIES, STATUSES, CursorError, Filters, page
@@ -16,6 +19,20 @@ router = APIRouter(prefix="/api", tags=["worklist"])
 DATE = r"^\d{8}$"
 
 
+def _calendar_date(value: str | None) -> str | None:
+    """A YYYYMMDD that is a day of the calendar (DA, PS3.5 6.2); ValueError (422) else."""
+    if value is not None:
+        try:
+            datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            raise ValueError("not a date YYYYMMDD") from None
+    return value
+
+
+StudyDate = Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD"),
+                      AfterValidator(_calendar_date)]
+
+
 @router.get("/worklist", response_model=WorklistPage)
 def get_worklist(
     request: Request, ctx: Context, who: Reader,
@@ -23,13 +40,15 @@ def get_worklist(
     status_: Annotated[Literal[STATUSES] | None, Query(alias="status")] = None,  # type: ignore[valid-type]
     priority: Literal[PRIORITIES] | None = None,  # type: ignore[valid-type]
     finding: Literal[LABELS] | None = None,  # type: ignore[valid-type]
-    study_date_from: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
-    study_date_to: Annotated[str | None, Query(pattern=DATE, description="YYYYMMDD")] = None,
+    study_date_from: StudyDate = None,
+    study_date_to: StudyDate = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> WorklistPage:
     """Priority order: positive calls first (most probable first), then negatives on an
     incomplete volume, then the rest oldest first. Arrival order: newest first."""
+    if cursor is not None and not cursor_in_range(cursor):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "cursor is not one this API gave")
     try:
         filters = Filters(status=status_, priority=priority, finding=finding,
                           study_date_from=study_date_from, study_date_to=study_date_to)
