@@ -35,7 +35,8 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = count(self.engine, LABELS)
-        yield CounterMetricFamily(P + "instances_received", "instances stored (first copies)",
+        yield CounterMetricFamily(P + "instances_received", "instances stored (first copies; "
+                                  "the node's own SRs and key images included)",
                                   value=c.instances)
         yield CounterMetricFamily(P + "instances_duplicate", "instances received again",
                                   value=c.duplicates)
