@@ -5,6 +5,7 @@ later."""
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,22 @@ class StartupError(Exception):
 
 
 def check_data_dir(settings: Settings) -> None:
-    """The file store exists (it is made) and takes a file."""
+    """The file store exists (it is made) and takes a file. Less free space than
+    `min_free_mb` is a warning, not a stop: every instance is refused (0xA700) until there is
+    room, and the rest of the node (queries, the worklist) still serves."""
     folder = settings.files_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
+        free_mb = shutil.disk_usage(folder).free // (1024 * 1024)
     except OSError as exc:
         raise StartupError(f"data_dir {settings.data_dir}: cannot write in {folder}: "
                            f"{exc.strerror or exc}") from exc
+    if free_mb < settings.min_free_mb:
+        logger.warning("data_dir %s: %d MB free, less than min_free_mb (%d): every instance "
+                       "will be refused (0xA700) until there is room", settings.data_dir,
+                       free_mb, settings.min_free_mb)
 
 
 def prepare_database(settings: Settings) -> None:

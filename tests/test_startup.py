@@ -116,3 +116,17 @@ def test_polls_shut_down_while_a_run_is_in_progress() -> None:
     stopper.start()
     stopper.join(timeout=10)
     assert not stopper.is_alive()
+
+
+def test_a_disk_below_min_free_mb_is_said_at_start(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from node.config import Settings
+    from node.startup import check_data_dir
+
+    with caplog.at_level(logging.WARNING, logger="node.startup"):
+        check_data_dir(Settings(data_dir=tmp_path / "roomy", min_free_mb=0))
+        assert caplog.records == []
+        check_data_dir(Settings(data_dir=tmp_path / "full", min_free_mb=2**40))  # 1 EiB
+    (record,) = caplog.records
+    assert "less than min_free_mb (1099511627776)" in record.getMessage()
+    assert "refused (0xA700)" in record.getMessage()
