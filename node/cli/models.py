@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import enum
-import getpass
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from node.cli.audit import who
 from node.cli.table import format_table
 from node.config import Settings
 
@@ -29,13 +29,6 @@ class Exit(enum.IntEnum):
     BAD_INPUT = 2
     NOT_FOUND = 3
     REFUSED = 4
-
-
-def who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        return "unknown"
 
 
 def _node(parser: argparse.ArgumentParser, *, models: bool = True) -> argparse.ArgumentParser:
@@ -98,7 +91,8 @@ def _gate_parser(sub: Any) -> None:
     gate.add_argument("--labels", type=Path, required=True,
                       help="its labels, RSNA stage_2_train.csv format")
     gate_options(gate)
-    gate.add_argument("--device", help="torch device (default: auto, or the setting)")
+    gate.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto, "
+                      "or the setting); one this machine lacks: exit 1, before any work")
     gate.add_argument("--json", action="store_true", help="one JSON object")
     gate.add_argument("--by", default=None, metavar="NAME",
                       help="who decides (default: the current user)")
@@ -277,7 +271,7 @@ def gate_candidate(registry: Any, name: str, *, dicom_dir: Path, labels: Path, m
 def _gate(registry: Any, args: argparse.Namespace) -> int:
     decision, active = gate_candidate(
         registry, args.name, dicom_dir=args.dicom_dir, labels=args.labels, metric=args.metric,
-        min_sensitivity=args.min_sensitivity, margin=args.margin, device=args.device or "auto",
+        min_sensitivity=args.min_sensitivity, margin=args.margin, device=args.device,
         actor=args.by or who())
     if args.json:
         print(json.dumps({"candidate": args.name, "active": active, **decision.to_dict()},

@@ -75,7 +75,7 @@ def _add_feedback(args: argparse.Namespace, engine: Any, settings: Settings) -> 
     from storage.files import FileStore
 
     exported = export_feedback(engine, FileStore(settings.files_dir), args.out / "feedback",
-                               with_files=True, actor="retrain")
+                               with_files=True, why=", for admin retrain")
     print(f"feedback: {exported.studies} studies, {exported.slices} slices of studies read "
           f"as negative", flush=True)
     if exported.slices:

@@ -1,0 +1,125 @@
+"""The admin commands' answers to bad input and their audit trail, as real processes: one
+line and the documented exit code, never a traceback; `--json` on every listing; every
+command-line action that changes state audited with actor `cli:<OS user>`."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage.audit import AuditLog
+from storage.db import make_engine, upgrade
+from storage.tokens import TokenStore
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTOR = f"cli:{getpass.getuser()}"
+
+
+def ichtriage(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ICHTRIAGE_LOG_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "node", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=240, cwd=ROOT)
+
+
+def one_line(done: subprocess.CompletedProcess[str], rc: int, *words: str) -> str:
+    """The command ended with `rc` and said why on one stderr line naming `words`."""
+    assert done.returncode == rc, f"rc {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'var' / 'ichtriage.db'}"
+    upgrade(url)
+    return url
+
+
+def test_a_bad_token_name_is_one_line_exit_2_and_makes_nothing(url: str) -> None:
+    for name in ("", "  ", "x" * 70):
+        done = ichtriage("admin", "tokens", "create", "--role", "reader", "--name", name,
+                         "--db-url", url)
+        one_line(done, 2, "tokens create", "--name", "1-64 characters")
+    engine = make_engine(url)
+    try:
+        assert TokenStore(engine).list() == []
+        assert AuditLog(engine).recent() == []
+    finally:
+        engine.dispose()
+
+
+def test_tokens_list_json_and_token_actions_audited_as_the_os_user(url: str) -> None:
+    made = ichtriage("admin", "tokens", "create", "--role", "admin", "--name", "ops",
+                     "--db-url", url)
+    assert made.returncode == 0, made.stderr
+    assert ichtriage("admin", "tokens", "revoke", "1", "--db-url", url).returncode == 0
+    listed = ichtriage("admin", "tokens", "list", "--json", "--db-url", url)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["name"], r["role"], r["active"]) for r in rows] == [
+        (1, "ops", "admin", False)]
+    assert rows[0]["revoked_at"] is not None
+    engine = make_engine(url)
+    try:
+        events = AuditLog(engine).recent()
+    finally:
+        engine.dispose()
+    assert [(e.action, e.actor, e.token_pk) for e in events] == [
+        ("token_revoke", ACTOR, 1), ("token_create", ACTOR, 1)]
+
+
+def test_feedback_export_to_an_unwritable_out_is_one_line_exit_1(url: str,
+                                                                tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("kept\n")
+    one_line(ichtriage("admin", "feedback", "export", "--out", a_file, "--db-url", url), 1,
+             "feedback export", f"--out {a_file}", "File exists")
+    assert a_file.read_text() == "kept\n"
+    one_line(ichtriage("admin", "feedback", "export", "--out", "/proc/nope", "--db-url", url),
+             1, "--out /proc/nope")
+    done = ichtriage("admin", "feedback", "export", "--out", tmp_path / "out", "--db-url", url)
+    assert done.returncode == 0, done.stderr
+    engine = make_engine(url)
+    try:
+        assert [(e.action, e.actor) for e in AuditLog(engine).recent()] == [
+            ("feedback_export", ACTOR)]
+    finally:
+        engine.dispose()
+
+
+def test_every_command_taking_device_refuses_a_missing_cuda_before_any_work(
+        url: str, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ID,Label\n")
+    data = ("--dicom-dir", tmp_path, "--labels", labels)
+    out = tmp_path / "out"
+    commands = {
+        "train": ("train", "--arch", "vanilla", *data, "--out", out),
+        "evaluate": ("evaluate", "--model", "demo", *data),
+        "compare": ("compare", "--archs", "vanilla", *data, "--out", out),
+        "retrain": ("retrain", *data, "--out", out, "--heldout-dir", tmp_path,
+                    "--heldout-labels", labels, "--db-url", url),
+        "models gate": ("models", "gate", "x", *data, "--db-url", url),
+        "demo-model": ("demo-model", "--out", out),
+    }
+    for name, args in commands.items():
+        one_line(ichtriage("admin", *args, "--device", "cuda:99"), 1,
+                 f"admin {name}: device cuda:99", "CUDA device")
+    assert not out.exists()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM retraining")).scalar_one() == 0
+    finally:
+        engine.dispose()
