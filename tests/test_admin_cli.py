@@ -12,11 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+import torch
+from sqlalchemy import text, update
 
+from ml.checkpoint import ModelCard, save_checkpoint
+from ml.models import build_model
 from storage.audit import AuditLog
 from storage.db import make_engine, upgrade
+from storage.files import FileStore
+from storage.models import Series, SeriesStatus
 from storage.tokens import TokenStore
+from tests.webdata import add_study
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTOR = f"cli:{getpass.getuser()}"
@@ -123,3 +129,57 @@ def test_every_command_taking_device_refuses_a_missing_cuda_before_any_work(
             assert conn.execute(text("SELECT count(*) FROM retraining")).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    card = ModelCard.new("ichnet", windows=("brain", "subdural", "bone"), input_size=32,
+                         training_data=f"random weights, seed {seed}; admin CLI test")
+    save_checkpoint(path, build_model("ichnet", in_channels=card.in_channels, input_size=32),
+                    card)
+    return path
+
+
+def test_model_changes_are_audited_with_the_model_by_and_reason(url: str,
+                                                                tmp_path: Path) -> None:
+    one, two = (tiny_checkpoint(tmp_path / f"tiny{seed}.pt", seed) for seed in (1, 2))
+    node = ("--db-url", url, "--data-dir", tmp_path / "var")
+    steps = [("import", one, "--name", "t1", "--activate", "--by", "alice", "--reason", "first"),
+             ("import", two, "--name", "t2"), ("promote", "t2", "--reason", "better"),
+             ("rollback",), ("retire", "t2", "--reason", "worse")]
+    for step in steps:
+        done = ichtriage("admin", "models", *step, *node)
+        assert done.returncode == 0, done.stderr
+    engine = make_engine(url)
+    try:
+        events = AuditLog(engine).recent()[::-1]
+    finally:
+        engine.dispose()
+    assert [(e.action, e.actor) for e in events] == [
+        ("model_import", ACTOR), ("model_import", ACTOR), ("model_promote", ACTOR),
+        ("model_rollback", ACTOR), ("model_retire", ACTOR)]
+    details = [e.detail for e in events]
+    assert details[0].startswith("t1 ") and details[0].endswith(" as active by alice: first")
+    assert details[1].startswith("t2 ") and "as candidate" in details[1]
+    assert details[2].startswith("t2 ") and details[2].endswith(": better")
+    assert details[3].startswith("t1 ") and "now active" in details[3]
+    assert details[4].startswith("t2 ") and details[4].endswith(": worse")
+
+
+def test_requeue_is_audited_per_study_with_the_operators_reason(url: str,
+                                                                tmp_path: Path) -> None:
+    engine = make_engine(url)
+    try:
+        study = add_study(engine, FileStore(tmp_path / "var" / "data"), 7)
+        with engine.begin() as conn:
+            conn.execute(update(Series).values(status=SeriesStatus.FAILED))
+        done = ichtriage("admin", "requeue", "--study", study.study_uid, "--reason", "trial",
+                         "--db-url", url)
+        assert done.returncode == 0, done.stderr
+        events = AuditLog(engine).recent()
+    finally:
+        engine.dispose()
+    assert [(e.action, e.actor, e.study_uid) for e in events] == [
+        ("requeue", ACTOR, study.study_uid)]
+    assert "was failed" in events[0].detail and events[0].detail.endswith(": trial")
+    assert "SECRET" not in events[0].detail and "PID-" not in events[0].detail

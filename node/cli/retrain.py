@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from node.cli import audit
 from node.cli.models import Exit, gate_options, who
 from node.config import Settings
 
@@ -121,8 +122,10 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
         if args.with_feedback:
             _add_feedback(args, engine, settings)
         best = train(args, settings)
-        import_checkpoint(registry, best, name=name, actor=who(),
-                          reason="trained by admin retrain")
+        entry = import_checkpoint(registry, best, name=name, actor=who(),
+                                  reason="trained by admin retrain")
+        audit.record(engine, "model_import",
+                     detail=f"{entry.name} {entry.version} as a candidate, by admin retrain")
         decision, active = gate_candidate(
             registry, name, dicom_dir=args.heldout_dir, labels=args.heldout_labels,
             metric=args.metric, min_sensitivity=args.min_sensitivity, margin=args.margin,
