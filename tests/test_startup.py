@@ -116,3 +116,18 @@ def test_polls_shut_down_while_a_run_is_in_progress() -> None:
     stopper.start()
     stopper.join(timeout=10)
     assert not stopper.is_alive()
+
+
+def test_serve_without_workers_registers_the_demo_model_on_first_start(tmp_path: Path) -> None:
+    from node.triage.registry import DEMO_NAME
+    from storage.db import make_engine
+    from storage.registry import ModelRegistry
+    from tests.nodeproc import running_node
+
+    with running_node(tmp_path, workers=0) as node:
+        engine = make_engine(node.db_url)
+        try:
+            active = ModelRegistry(engine, node.data_dir / "models").active()
+        finally:
+            engine.dispose()
+    assert active is not None and active.name == DEMO_NAME
