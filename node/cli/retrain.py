@@ -3,7 +3,8 @@ on a fixed held-out set, all as one run under the retraining lock (storage.retra
 a time, across processes and restarts). The run's row records the candidate and the gate's
 decision, or the error; the registry records the decision on the model.
 
-With --min-new-labels N it runs only when readers gave at least N feedback labels since the
+Without an active model it is refused at once (exit 4, nothing trained, no run recorded):
+the gate has nothing to compare with. With --min-new-labels N it runs only when readers gave at least N feedback labels since the
 start of the last retraining that ended well (exit 4 otherwise, nothing started); with
 --with-feedback it trains on the node's own feedback export (`admin feedback export
 --with-files`, written under --out) as well as on --dicom-dir/--labels.
@@ -109,6 +110,12 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
                   f"{args.min_new_labels} needed")
             engine.dispose()
             return Exit.REFUSED
+    if ModelRegistry(engine, settings.models_dir).active() is None:  # nothing to gate against
+        print("ichtriage admin retrain: refused: no model is active to compare a candidate "
+              "with (`ichtriage admin models list`, then `... models promote NAME`)",
+              file=sys.stderr)
+        engine.dispose()
+        return Exit.REFUSED
     try:
         run = log.start(f"{socket.gethostname()}:{os.getpid()}", alive=_alive)
     except RetrainingBusyError as exc:
