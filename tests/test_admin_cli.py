@@ -16,7 +16,11 @@ import torch
 from sqlalchemy import text, update
 
 from ml.checkpoint import ModelCard, save_checkpoint
+from ml.labels import LABELS
 from ml.models import build_model
+from ml.phantom import write_dataset
+from ml.rsna import read_labels
+from ml.shipped import shipped_checkpoint
 from storage.audit import AuditLog
 from storage.db import make_engine, upgrade
 from storage.files import FileStore
@@ -183,3 +187,27 @@ def test_requeue_is_audited_per_study_with_the_operators_reason(url: str,
         ("requeue", ACTOR, study.study_uid)]
     assert "was failed" in events[0].detail and events[0].detail.endswith(": trial")
     assert "SECRET" not in events[0].detail and "PID-" not in events[0].detail
+
+
+def test_labelled_ids_without_images_are_left_out_with_one_warning(url: str,
+                                                                   tmp_path: Path) -> None:
+    labels = write_dataset(tmp_path / "set", studies=2, seed=3, slices=4, size=64)
+    with labels.open("a") as f:  # the full CSV over a subset of its images
+        f.writelines(f"ID_zz{n}_{label},0\n" for n in range(5) for label in LABELS)
+    tiny = tiny_checkpoint(tmp_path / "tiny.pt", 3)
+    node = ("--db-url", url, "--data-dir", tmp_path / "var")
+    for args in (("models", "import", shipped_checkpoint(), "--activate"),
+                 ("models", "import", tiny, "--name", "tiny")):
+        assert ichtriage("admin", *args, *node).returncode == 0
+    data = ("--dicom-dir", tmp_path / "set", "--labels", labels, "--device", "cpu")
+    for args, rc in ((("evaluate", "--model", tiny, "--json"), 0),
+                     (("models", "gate", "tiny", *node), None)):
+        done = ichtriage("admin", *args, *data)
+        if rc is not None:
+            assert done.returncode == rc, done.stderr
+        else:  # the gate promotes or keeps its candidate: 0 or 4, both decisions
+            assert done.returncode in (0, 4), done.stderr
+        warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+        assert len(warnings) == 1, done.stderr
+        assert f"5 of {len(read_labels(labels))} labelled image IDs have no <ID>.dcm under {tmp_path / 'set'}" \
+            in warnings[0] and "(first: ID_zz0, ID_zz1, ID_zz2)" in warnings[0], warnings

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from node.cli.models import UNMATCHED
 from node.config import Settings
 from node.logs import configure_logging
 
@@ -47,7 +48,8 @@ def _device(parser: argparse.ArgumentParser) -> None:
 def _data(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--dicom-dir", type=Path, required=True, help="folder searched for <image id>.dcm files")
-    add("--labels", type=Path, required=True, help="labels in the RSNA stage_2_train.csv format")
+    add("--labels", type=Path, required=True, help="labels in the RSNA stage_2_train.csv format; "
+        + UNMATCHED)
 
 
 def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
@@ -94,7 +96,7 @@ def add_admin_parser(sub: Any) -> None:
                          help="also score each model on these slices, which no training saw "
                               "(e.g. another phantom style); needs --test-labels")
     compare.add_argument("--test-labels", type=Path, metavar="CSV",
-                         help="labels of --test-dicom-dir, in the RSNA format")
+                         help="labels of --test-dicom-dir, in the RSNA format; " + UNMATCHED)
     _training(compare, epochs=3)
     _common(compare)
     from node.cli.demo import add_demo_parser

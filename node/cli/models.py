@@ -27,6 +27,11 @@ from node.cli.audit import who
 from node.cli.table import format_table
 from node.config import Settings
 
+# The --labels help of every command reading labels over a folder of images (ml.rsna).
+UNMATCHED = ("labelled IDs without an image under the folder are left out with one warning "
+             "line (their count, the first few), e.g. the full stage_2_train.csv over a subset; "
+             "a malformed row, or no labelled image at all, is an error (exit 2)")
+
 
 class Exit(enum.IntEnum):
     OK = 0
@@ -95,7 +100,7 @@ def _gate_parser(sub: Any) -> None:
     gate.add_argument("--dicom-dir", type=Path, required=True,
                       help="held-out set: <image id>.dcm files")
     gate.add_argument("--labels", type=Path, required=True,
-                      help="its labels, RSNA stage_2_train.csv format")
+                      help="its labels, RSNA stage_2_train.csv format; " + UNMATCHED)
     gate_options(gate)
     gate.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto, "
                       "or the setting); one this machine lacks: exit 1, before any work")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import audit
-from node.cli.models import Exit, gate_options, who
+from node.cli.models import UNMATCHED, Exit, gate_options, who
 from node.config import Settings
 
 NICENESS = 10
@@ -40,7 +40,7 @@ def add_retrain_parser(commands: Any, training: Any, data: Any, extra_data: Any)
     add = retrain.add_argument
     add("--heldout-dir", type=Path, required=True,
         help="the fixed held-out set both models are measured on")
-    add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV)")
+    add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV); " + UNMATCHED)
     add("--name", help="the candidate's registry name (default: retrained-<UTC time>)")
     extra_data(retrain)
     add("--with-feedback", action="store_true",
