@@ -211,3 +211,13 @@ def test_labelled_ids_without_images_are_left_out_with_one_warning(url: str,
         assert len(warnings) == 1, done.stderr
         assert f"5 of {len(read_labels(labels))} labelled image IDs have no <ID>.dcm under {tmp_path / 'set'}" \
             in warnings[0] and "(first: ID_zz0, ID_zz1, ID_zz2)" in warnings[0], warnings
+
+
+def test_importing_a_corrupt_checkpoint_says_what_is_wrong_in_one_line(url: str,
+                                                                       tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(range(256)) * 8)
+    line = one_line(ichtriage("admin", "models", "import", corrupt, "--db-url", url,
+                              "--data-dir", tmp_path / "var"), 2, "models import",
+                    f"cannot read checkpoint {corrupt}: not a checkpoint")
+    assert "weights_only" not in line
