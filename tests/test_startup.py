@@ -35,8 +35,9 @@ def not_a_checkpoint(tmp_path: Path) -> str:
     (lambda tmp: ["--model", not_a_checkpoint(tmp)], "model"),
     (lambda tmp: ["--device", "cuda"], "device cuda"),
     (lambda tmp: ["--device", "quantum"], "device 'quantum'"),
+    (lambda tmp: ["--device", "cuda:99", "--workers", "0"], "device cuda:99"),
 ], ids=["data-dir-not-a-folder", "database-down", "model-missing", "model-broken",
-        "no-cuda-here", "device-typo"])
+        "no-cuda-here", "device-typo", "no-such-cuda-without-workers"])
 def test_a_mistake_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path, flags: object,
                                                           named: str) -> None:
     (tmp_path / "afile").write_text("a file where a folder should be")
