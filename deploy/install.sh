@@ -126,6 +126,14 @@ if ((real)) && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; 
     run systemctl daemon-reload
     ((enable)) && run systemctl enable --now ichtriage.service
 elif ((real)); then
-    say "systemd is not running here: units written, nothing enabled"
+    if ((dry)); then
+        say "systemd is not running here: an install would write the units and enable nothing"
+    else
+        say "systemd is not running here: units written, nothing enabled"
+    fi
 fi
-say "done. Edit $etc/ichtriage.toml, then: systemctl enable --now ichtriage"
+if ((dry)); then
+    say "dry run: nothing was changed; an install would run the commands above (+ lines)"
+else
+    say "done. Edit $etc/ichtriage.toml, then: systemctl enable --now ichtriage"
+fi

@@ -230,13 +230,31 @@ def read_checkpoint(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     return _parse_checkpoint(path, path)
 
 
+def _unreadable(source: Path | io.BytesIO, exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in the node's words (torch's own message
+    advises loading without weights_only, which a node must never do with a file it got)."""
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[:4]
+    else:
+        with source.open("rb") as f:
+            head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "not a checkpoint (not a PyTorch zip archive)"
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("not a checkpoint of this node: it holds objects other than tensors and plain "
+                "values (it is only ever loaded with weights_only)")
+    return "truncated or damaged (its zip archive cannot be read)"
+
+
 def _parse_checkpoint(source: Path | io.BytesIO,
                       path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, LookupError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:  # fmt: skip  # a text file: IndexError or KeyError
-        raise ModelError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {exc}") from exc
+        raise ModelError(f"cannot read checkpoint {path}: {_unreadable(source, exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a format-{FORMAT} checkpoint")
     if not isinstance(payload.get("card"), dict) or not isinstance(payload.get("state_dict"), dict):

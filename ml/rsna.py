@@ -8,6 +8,7 @@ slices of one series on both sides and inflates validation scores.
 from __future__ import annotations
 
 import csv
+import heapq
 import logging
 import math
 import os
@@ -95,14 +96,18 @@ def index_images(
 ) -> list[ImageRecord]:
     """Every "<image id>.dcm" under dicom_dir (recursively) that has labels, headers only.
 
-    Unreadable files are skipped; their count is logged as a warning.
+    Unreadable files are skipped; their count is logged as a warning. Labelled IDs without a
+    file are left out with one warning line (their count, the first few): the full RSNA
+    stage_2_train.csv over a subset of its images is the usual case, not an error.
     """
     records: list[ImageRecord] = []
     skipped = 0
+    seen: set[str] = set()
     for path in sorted(Path(dicom_dir).rglob("*.dcm")):
         image_id = path.stem
         if image_id not in labels:
             continue
+        seen.add(image_id)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
@@ -128,8 +133,20 @@ def index_images(
         )
     if skipped:
         logger.warning("index_images: skipped %d unreadable file(s) under %s", skipped, dicom_dir)
+    _warn_unmatched(labels, seen, dicom_dir)
     logger.info("index_images: %d labelled image(s) under %s", len(records), dicom_dir)
     return records
+
+
+def _warn_unmatched(labels: Mapping[str, np.ndarray], seen: set[str],
+                    dicom_dir: str | os.PathLike[str]) -> None:
+    """One warning line for the labelled image IDs that have no <ID>.dcm under dicom_dir."""
+    unmatched = len(labels) - len(seen)
+    if unmatched > 0:
+        first = heapq.nsmallest(3, (i for i in labels if i not in seen))
+        logger.warning("labels: %d of %d labelled image IDs have no <ID>.dcm under %s and are "
+                       "left out (first: %s)", unmatched, len(labels), dicom_dir,
+                       ", ".join(first))
 
 
 def _slice_position(ds: pydicom.Dataset) -> float:

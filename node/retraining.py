@@ -54,6 +54,21 @@ def tick_folder(root: Path) -> tuple[Path, bool]:
     return root / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}", False
 
 
+def outcome(done: subprocess.CompletedProcess[str]) -> str:
+    """The line of an `admin retrain` run that says how it ended: when it failed or was
+    refused, its own one-line message on stderr (`ichtriage admin retrain: ...`), or the last
+    line of a traceback; else its last line of output (the gate's verdict, or why it
+    skipped)."""
+    said = [line for line in done.stderr.splitlines() if line.startswith("ichtriage ")]
+    if done.returncode != 0 and said:
+        return said[-1]
+    errors = done.stderr.strip().splitlines()
+    if done.returncode not in (0, 4) and errors:  # 4: kept, skipped or busy, said on stdout
+        return errors[-1]
+    lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    return lines[-1] if lines else ""
+
+
 def schedule_retraining(scheduler: BaseScheduler, settings: Settings) -> bool:
     """Add the retraining tick to `scheduler`; False when retrain_cron is empty (off)."""
     if not settings.retrain_cron:
@@ -69,8 +84,7 @@ def schedule_retraining(scheduler: BaseScheduler, settings: Settings) -> bool:
             logger.info("scheduled retraining resumes the run cut off in %s", out)
         done = subprocess.run([*retrain_command(settings, out=out), *(["--resume"] * resume)],
                               capture_output=True, text=True, check=False)
-        last = (done.stdout.strip() or done.stderr.strip()).splitlines()[-1:] or [""]
-        logger.info("scheduled retraining ended (exit %d): %s", done.returncode, last[0])
+        logger.info("scheduled retraining ended (exit %d): %s", done.returncode, outcome(done))
         if done.returncode >= 0 and out.is_dir():  # it ended by itself (a signal's exit
             (out / FINISHED).touch()                 # status is negative): not resumed
 

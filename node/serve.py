@@ -22,7 +22,13 @@ from node.http.errors import HttpStartError
 from node.logs import configure_logging
 from node.retraining import schedule_retraining
 from node.scheduler import Polls, SeriesMonitor
-from node.startup import StartupError, check_all, load_model
+from node.startup import (
+    StartupError,
+    check_all,
+    check_device,
+    load_model,
+    register_model,
+)
 from storage.associations import AssociationLog
 from storage.db import make_engine
 from storage.files import QUARANTINE, FileStore
@@ -187,6 +193,9 @@ def serve(settings: Settings) -> int:
     services = open_services(settings)
     try:
         holder = load_model(settings, services.engine) if settings.workers > 0 else None
+        if holder is None:  # workers elsewhere load it; the registry knows it from the start
+            check_device(settings.device)  # the heat maps of the HTTP side run on it
+            register_model(settings, services.engine)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         services.engine.dispose()

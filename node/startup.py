@@ -18,6 +18,7 @@ from storage.db import upgrade
 
 if TYPE_CHECKING:
     from node.triage.registry import ModelHolder
+    from storage.registry import ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -77,28 +78,34 @@ def check_device(device: str) -> None:
                                f"{torch.cuda.device_count()} CUDA devices")
 
 
-def load_model(settings: Settings, engine: Engine) -> ModelHolder:
-    """The registry's active model (the `model` setting, or the shipped demo model on first
-    start, registered when new: `node.triage.registry`), loaded now on its device, so that a
-    missing or broken checkpoint stops the start instead of failing every study."""
+def register_model(settings: Settings, engine: Engine) -> ModelEntry:
+    """The registry's active model: the `model` setting imported when new, or the shipped demo
+    model registered on first start (`node.triage.registry.ensure_active_model`), whether or
+    not this process runs triage workers."""
     from ml.errors import MLError
-    from node.triage.registry import (
-        ModelHolder,
-        ModelUnavailableError,
-        ensure_active_model,
-    )
+    from node.triage.registry import ModelUnavailableError, ensure_active_model
     from storage.errors import StorageError
     from storage.registry import ModelRegistry
 
-    check_device(settings.device)
     registry = ModelRegistry(engine, settings.models_dir)
     shown = settings.model or "(the registry's active model)"
     try:
-        entry = ensure_active_model(registry, settings.model)
+        return ensure_active_model(registry, settings.model)
     except (ModelUnavailableError, MLError, StorageError, OSError) as exc:
         hint = "" if settings.model else " (`ichtriage admin models list`)"
         raise StartupError(f"model {shown}: {exc}{hint}") from exc
-    holder = ModelHolder(registry, device=settings.device)
+
+
+def load_model(settings: Settings, engine: Engine) -> ModelHolder:
+    """The registry's active model (`register_model`), loaded now on its device, so that a
+    missing or broken checkpoint stops the start instead of failing every study."""
+    from ml.errors import MLError
+    from node.triage.registry import ModelHolder, ModelUnavailableError
+    from storage.registry import ModelRegistry
+
+    check_device(settings.device)
+    entry = register_model(settings, engine)
+    holder = ModelHolder(ModelRegistry(engine, settings.models_dir), device=settings.device)
     try:
         holder.get()
     except (ModelUnavailableError, MLError, OSError, RuntimeError, ValueError, KeyError) as exc:

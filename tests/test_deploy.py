@@ -196,3 +196,34 @@ def test_installed_units_start_the_node_and_a_worker(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGTERM)
     assert node.wait(timeout=90) == 0
     assert worker is not None and worker.wait(timeout=90) == 0
+
+
+def test_dry_run_says_it_would_and_not_that_it_did() -> None:
+    done = subprocess.run(["bash", str(INSTALL), "--dry-run"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "units written" not in done.stdout and "done. Edit" not in done.stdout
+    assert done.stdout.rstrip().splitlines()[-1] == (
+        "install.sh: dry run: nothing was changed; an install would run the commands above "
+        "(+ lines)")
+
+
+def test_run_node_help_installs_nothing(tmp_path: Path) -> None:
+    """Without ./.venv a short usage, and deploy/setup.sh is not run; with it, the node's own
+    `serve --help`."""
+    (tmp_path / "deploy").mkdir()
+    for script in ("run-node.sh", "setup.sh"):
+        shutil.copy2(ROOT / "deploy" / script, tmp_path / "deploy" / script)
+    shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    run_node = ["bash", str(tmp_path / "deploy" / "run-node.sh"), "--help"]
+    done = subprocess.run(run_node, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: deploy/run-node.sh" in done.stdout
+    assert not (tmp_path / ".venv").exists()  # setup.sh makes it first thing
+    node = tmp_path / ".venv" / "bin" / "ichtriage"
+    node.parent.mkdir(parents=True)
+    node.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m node \"$@\"\n")
+    node.chmod(0o755)
+    done = subprocess.run(run_node, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: ichtriage serve" in done.stdout and "--ae-title" in done.stdout

@@ -144,3 +144,29 @@ def test_a_node_with_an_unreadable_schedule_does_not_start(tmp_path: Path) -> No
     assert done.returncode == 1 and len(errors) == 1, output
     assert "cannot start: retrain_cron '99 2 * * 0'" in errors[0]
     assert "ready:" not in output and "Traceback" not in output
+
+
+def test_a_tick_without_an_active_model_trains_nothing_and_logs_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "var"
+    subprocess.run([sys.executable, "-m", "node", "db", "upgrade", "--data-dir", str(data)],
+                   check=True, capture_output=True, cwd=ROOT, timeout=120)
+    labels = write_dataset(tmp_path / "set", studies=2, seed=7, slices=4, size=64)
+    settings = load_settings(env={
+        "ICHTRIAGE_DATA_DIR": str(data), "ICHTRIAGE_RETRAIN_CRON": "* * * * *",
+        "ICHTRIAGE_RETRAIN_DICOM_DIR": str(tmp_path / "set"),
+        "ICHTRIAGE_RETRAIN_LABELS": str(labels),
+        "ICHTRIAGE_RETRAIN_HELDOUT_DIR": str(tmp_path / "set"),
+        "ICHTRIAGE_RETRAIN_HELDOUT_LABELS": str(labels), "ICHTRIAGE_RETRAIN_EPOCHS": "1",
+        "ICHTRIAGE_LOG_LEVEL": "WARNING"})
+    with caplog.at_level("INFO", logger="node.retraining"):
+        tick(settings, 0)
+    ended = [r.getMessage() for r in caplog.records if "retraining ended" in r.getMessage()]
+    assert len(ended) == 1 and "(exit 4)" in ended[0], ended
+    assert "no model is active to compare a candidate with" in ended[0], ended
+    assert not list((data / "retraining").rglob("*.pt"))  # refused before training
+    engine = create_engine(settings.database_url)
+    try:
+        assert RetrainingLog(engine).runs() == []
+    finally:
+        engine.dispose()

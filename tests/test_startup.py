@@ -35,8 +35,9 @@ def not_a_checkpoint(tmp_path: Path) -> str:
     (lambda tmp: ["--model", not_a_checkpoint(tmp)], "model"),
     (lambda tmp: ["--device", "cuda"], "device cuda"),
     (lambda tmp: ["--device", "quantum"], "device 'quantum'"),
+    (lambda tmp: ["--device", "cuda:99", "--workers", "0"], "device cuda:99"),
 ], ids=["data-dir-not-a-folder", "database-down", "model-missing", "model-broken",
-        "no-cuda-here", "device-typo"])
+        "no-cuda-here", "device-typo", "no-such-cuda-without-workers"])
 def test_a_mistake_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path, flags: object,
                                                           named: str) -> None:
     (tmp_path / "afile").write_text("a file where a folder should be")
@@ -130,3 +131,18 @@ def test_a_disk_below_min_free_mb_is_said_at_start(tmp_path: Path,
     (record,) = caplog.records
     assert "less than min_free_mb (1099511627776)" in record.getMessage()
     assert "refused (0xA700)" in record.getMessage()
+
+
+def test_serve_without_workers_registers_the_demo_model_on_first_start(tmp_path: Path) -> None:
+    from node.triage.registry import DEMO_NAME
+    from storage.db import make_engine
+    from storage.registry import ModelRegistry
+    from tests.nodeproc import running_node
+
+    with running_node(tmp_path, workers=0) as node:
+        engine = make_engine(node.db_url)
+        try:
+            active = ModelRegistry(engine, node.data_dir / "models").active()
+        finally:
+            engine.dispose()
+    assert active is not None and active.name == DEMO_NAME

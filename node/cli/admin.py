@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from node.cli.models import UNMATCHED
 from node.config import Settings
 from node.logs import configure_logging
 
@@ -40,13 +41,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 "
-                        "(default: auto, or the setting): auto is CUDA when available")  # fmt: skip
+                        "(default: auto, or the setting): auto is CUDA when available; one this "
+                        "machine lacks ends the command at once, exit 1")  # fmt: skip
 
 
 def _data(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--dicom-dir", type=Path, required=True, help="folder searched for <image id>.dcm files")
-    add("--labels", type=Path, required=True, help="labels in the RSNA stage_2_train.csv format")
+    add("--labels", type=Path, required=True, help="labels in the RSNA stage_2_train.csv format; "
+        + UNMATCHED)
 
 
 def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
@@ -93,7 +96,7 @@ def add_admin_parser(sub: Any) -> None:
                          help="also score each model on these slices, which no training saw "
                               "(e.g. another phantom style); needs --test-labels")
     compare.add_argument("--test-labels", type=Path, metavar="CSV",
-                         help="labels of --test-dicom-dir, in the RSNA format")
+                         help="labels of --test-dicom-dir, in the RSNA format; " + UNMATCHED)
     _training(compare, epochs=3)
     _common(compare)
     from node.cli.demo import add_demo_parser
@@ -190,10 +193,35 @@ def _evaluate_parser(commands: Any) -> None:
 
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one admin command. Bad input ends it with one line, never a traceback: exit 2 (or
+    the command's own codes, node.cli.models.Exit); a --device this machine lacks, exit 1,
+    before any work (node.startup.check_device, as `serve` and `worker` check it)."""
     from ml.errors import MLError
+    from node.startup import StartupError, check_device
     from storage.errors import StorageError
 
     configure_logging(settings.log_level)
+    if hasattr(args, "device"):  # every command taking --device: the one it will use
+        args.device = settings.device
+        try:
+            check_device(settings.device)
+        except StartupError as exc:
+            print(f"{_where(args)}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        return _dispatch(args, settings)
+    except (MLError, StorageError, ValueError, OSError) as exc:  # bad input: say so, no traceback
+        print(f"{_where(args)}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _where(args: argparse.Namespace) -> str:
+    """`ichtriage admin COMMAND [SUBCOMMAND]`, as messages name the command."""
+    sub = [getattr(args, f"{args.admin_command}_command", None)]
+    return " ".join(["ichtriage admin", args.admin_command, *filter(None, sub)])
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.admin_command in ("models", "requeue"):
         from node.cli.models import run_models, run_requeue
 
@@ -213,11 +241,7 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     commands = {"retrain": _retrain, "phantoms": _phantoms, "train": _train, "evaluate": _evaluate,
                 "compare": _compare, "demo-model": _demo_model,
                 "conformance": _conformance}  # fmt: skip
-    try:
-        return commands[args.admin_command](args, settings)
-    except (MLError, StorageError, ValueError, OSError) as exc:  # bad input: say so, no traceback
-        print(f"ichtriage admin {args.admin_command}: {exc}", file=sys.stderr)
-        return 2
+    return commands[args.admin_command](args, settings)
 
 
 def _demo_model(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,9 @@ there, not on which slices, so it is written to study_labels.csv only (series-le
 for multiple-instance training) and counted as left out of labels.csv. With --with-files the
 slices of labels.csv are copied to dicom/<StudyInstanceUID>/ID_<SOPInstanceUID>.dcm, so
 `ichtriage admin evaluate|train --dicom-dir OUT/dicom --labels OUT/labels.csv` reads them.
+
+Exit codes: 0 written; 1 no database, or --out cannot be written (a file of that name, a
+folder without permission). Each export is audited (node.cli.audit).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ml.labels import LABELS
+from node.cli import audit
 from node.config import Settings
-from storage.audit import AuditLog
 from storage.db import open_existing
 from storage.errors import DatabaseMissingError
 from storage.feedback import FeedbackStore
@@ -62,9 +65,10 @@ class Exported:
 
 
 def export_feedback(engine: Engine, files: FileStore, out: Path, *, with_files: bool,
-                    actor: str = "cli") -> Exported:
+                    why: str = "") -> Exported:
     """Write labels.csv and study_labels.csv (and, with_files, the slices) into `out` from the
-    newest feedback; the export is audited."""
+    newest feedback; the export is audited (actor `cli:<OS user>`, `why` in its detail).
+    Raises OSError when `out` cannot be written."""
     studies = FeedbackStore(engine).for_export()
     out.mkdir(parents=True, exist_ok=True)
     slices = left_out = 0
@@ -88,8 +92,8 @@ def export_feedback(engine: Engine, files: FileStore, out: Path, *, with_files: 
                     target = out / "dicom" / study.study_uid / f"ID_{sop}.dcm"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(files.path_of(path), target)
-    AuditLog(engine).record("feedback_export", actor=actor,
-                            detail=f"{len(studies)} studies, {slices} slices")
+    audit.record(engine, "feedback_export",
+                 detail=f"{len(studies)} studies, {slices} slices{why}")
     return Exported(out, len(studies), slices, left_out)
 
 
@@ -102,6 +106,11 @@ def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
     try:
         done = export_feedback(engine, FileStore(settings.files_dir), args.out,
                                with_files=args.with_files)
+    except OSError as exc:  # --out is a file, or a folder this user may not write
+        where = "" if exc.filename in (None, str(args.out)) else f" ({exc.filename})"
+        print(f"ichtriage admin feedback export: --out {args.out}: cannot write there"
+              f"{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         engine.dispose()
     print(f"{done.studies} studies with feedback: {done.slices} slices of studies read as "

@@ -6,21 +6,31 @@ Exit codes (every subcommand): 0 done; 1 the database is missing or unreachable;
 active one, retire the active one, nothing to roll back to, a name or file registered
 already), and a gate that kept its candidate. A refusal changes nothing, but a gate's
 decision is recorded either way.
+
+Every change (import, promote, rollback, retire, a gate's decision, each series requeued) is
+also an `audit_event` row with actor `cli:<OS user>` (node.cli.audit) naming the model or the
+study; `--by` and `--reason` are kept in its detail.
 """
 
 from __future__ import annotations
 
 import argparse
 import enum
-import getpass
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from node.cli import audit
+from node.cli.audit import who
 from node.cli.table import format_table
 from node.config import Settings
+
+# The --labels help of every command reading labels over a folder of images (ml.rsna).
+UNMATCHED = ("labelled IDs without an image under the folder are left out with one warning "
+             "line (their count, the first few), e.g. the full stage_2_train.csv over a subset; "
+             "a malformed row, or no labelled image at all, is an error (exit 2)")
 
 
 class Exit(enum.IntEnum):
@@ -29,13 +39,6 @@ class Exit(enum.IntEnum):
     BAD_INPUT = 2
     NOT_FOUND = 3
     REFUSED = 4
-
-
-def who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        return "unknown"
 
 
 def _node(parser: argparse.ArgumentParser, *, models: bool = True) -> argparse.ArgumentParser:
@@ -50,8 +53,9 @@ def _node(parser: argparse.ArgumentParser, *, models: bool = True) -> argparse.A
     return parser
 
 
-def _by_and_reason(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", default="", help="why: kept with the decision")
+def _by_and_reason(parser: argparse.ArgumentParser,
+                   kept: str = "kept with the decision and in the audit record") -> None:
+    parser.add_argument("--reason", default="", help=f"why: {kept}")
     parser.add_argument("--by", default=None, metavar="NAME",
                         help="who decides (default: the user running the command)")
 
@@ -96,9 +100,10 @@ def _gate_parser(sub: Any) -> None:
     gate.add_argument("--dicom-dir", type=Path, required=True,
                       help="held-out set: <image id>.dcm files")
     gate.add_argument("--labels", type=Path, required=True,
-                      help="its labels, RSNA stage_2_train.csv format")
+                      help="its labels, RSNA stage_2_train.csv format; " + UNMATCHED)
     gate_options(gate)
-    gate.add_argument("--device", help="torch device (default: auto, or the setting)")
+    gate.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto, "
+                      "or the setting); one this machine lacks: exit 1, before any work")
     gate.add_argument("--json", action="store_true", help="one JSON object")
     gate.add_argument("--by", default=None, metavar="NAME",
                       help="who decides (default: the current user)")
@@ -126,7 +131,9 @@ def add_requeue_parser(commands: Any) -> None:
                             "2026-11-30T08:00:00Z)")
     requeue.add_argument("--dry-run", action="store_true", help="list, queue nothing")
     requeue.add_argument("--json", action="store_true", help="one JSON array")
-    _by_and_reason(requeue)
+    _by_and_reason(requeue, kept="kept in the audit record (audit_event, actor cli:<OS "
+                               "user>) of each series queued; the series' status reason "
+                               "shows it only until its new result")
 
 
 def _when(text: str) -> datetime:
@@ -168,6 +175,16 @@ def run_models(args: argparse.Namespace, settings: Settings) -> int:
         return Exit.BAD_INPUT
     finally:
         engine.dispose()
+
+
+def _audit(registry: Any, action: str, entry: Any, args: argparse.Namespace,
+           what: str = "") -> None:
+    """The audit record of a change to the registry: `model_<action>`, the model's name and
+    version, `--by` and `--reason` when given."""
+    by = f" by {args.by}" if getattr(args, "by", None) else ""
+    reason = f": {args.reason}" if getattr(args, "reason", "") else ""
+    audit.record(registry.engine, f"model_{action}",
+                 detail=f"{entry.name} {entry.version}{what}{by}{reason}")
 
 
 def _auc(metrics: dict[str, Any]) -> str:
@@ -218,6 +235,7 @@ def _import(registry: Any, args: argparse.Namespace) -> int:
 
     entry = import_checkpoint(registry, args.path, actor=args.by or who(), name=args.name,
                               version=args.version, reason=args.reason, activate=args.activate)
+    _audit(registry, "import", entry, args, f" as {entry.state.value}")
     print(f"registered {entry.name} {entry.version} ({entry.architecture}) as "
           f"{entry.state.value}: {entry.file_path}")
     return Exit.OK
@@ -225,6 +243,7 @@ def _import(registry: Any, args: argparse.Namespace) -> int:
 
 def _promote(registry: Any, args: argparse.Namespace) -> int:
     entry = registry.promote(args.name, actor=args.by or who(), reason=args.reason)
+    _audit(registry, "promote", entry, args)
     print(f"{entry.name} {entry.version} is the active model; workers take it up before "
           "their next job")
     return Exit.OK
@@ -232,12 +251,14 @@ def _promote(registry: Any, args: argparse.Namespace) -> int:
 
 def _rollback(registry: Any, args: argparse.Namespace) -> int:
     entry = registry.rollback(actor=args.by or who(), reason=args.reason)
+    _audit(registry, "rollback", entry, args, ", now active")
     print(f"rolled back: {entry.name} {entry.version} is the active model")
     return Exit.OK
 
 
 def _retire(registry: Any, args: argparse.Namespace) -> int:
     entry = registry.retire(args.name, actor=args.by or who(), reason=args.reason)
+    _audit(registry, "retire", entry, args)
     print(f"{entry.name} is retired")
     return Exit.OK
 
@@ -271,13 +292,16 @@ def gate_candidate(registry: Any, name: str, *, dicom_dir: Path, labels: Path, m
         registry.promote(candidate.name, actor=actor, reason=decision.reason)
     else:
         registry.note(candidate.name, action="gate", actor=actor, reason=decision.reason)
+    verdict = "promoted" if decision.promote else "kept as a candidate"
+    audit.record(registry.engine, "model_gate", detail=f"{candidate.name} "
+                 f"{candidate.version} vs {active.name}: {verdict}: {decision.reason}")
     return decision, active.name
 
 
 def _gate(registry: Any, args: argparse.Namespace) -> int:
     decision, active = gate_candidate(
         registry, args.name, dicom_dir=args.dicom_dir, labels=args.labels, metric=args.metric,
-        min_sensitivity=args.min_sensitivity, margin=args.margin, device=args.device or "auto",
+        min_sensitivity=args.min_sensitivity, margin=args.margin, device=args.device,
         actor=args.by or who())
     if args.json:
         print(json.dumps({"candidate": args.name, "active": active, **decision.to_dict()},
@@ -305,8 +329,11 @@ def register_trained(checkpoint: Path, name: str, settings: Settings) -> int:
         print(f"ichtriage admin train --register: {exc}", file=sys.stderr)
         return Exit.NO_DATABASE
     try:
-        entry = import_checkpoint(ModelRegistry(engine, settings.models_dir), checkpoint,
-                                  name=name, actor=who(), reason="trained by admin train")
+        registry = ModelRegistry(engine, settings.models_dir)
+        entry = import_checkpoint(registry, checkpoint, name=name, actor=who(),
+                                  reason="trained by admin train")
+        audit.record(engine, "model_import",
+                     detail=f"{entry.name} {entry.version} as a candidate, by admin train")
     except RegistryError as exc:
         print(f"ichtriage admin train --register: refused: {exc}", file=sys.stderr)
         return Exit.REFUSED
@@ -337,6 +364,10 @@ def run_requeue(args: argparse.Namespace, settings: Settings) -> int:
     try:
         done = requeue(engine, JobQueue(engine), selection, kind=TRIAGE, lock=series_lock,
                        reason=reason, dry_run=args.dry_run)
+        for d in done if not args.dry_run else ():
+            if d.queued:
+                audit.record(engine, "requeue", study_uid=d.study_uid,
+                             detail=f"series {d.series_uid} was {d.was}, {reason}")
     except UnknownStudyError as exc:
         print(f"ichtriage admin requeue: {exc}", file=sys.stderr)
         return Exit.NOT_FOUND

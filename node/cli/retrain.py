@@ -3,7 +3,8 @@ on a fixed held-out set, all as one run under the retraining lock (storage.retra
 a time, across processes and restarts). The run's row records the candidate and the gate's
 decision, or the error; the registry records the decision on the model.
 
-With --min-new-labels N it runs only when readers gave at least N feedback labels since the
+Without an active model it is refused at once (exit 4, nothing trained, no run recorded):
+the gate has nothing to compare with. With --min-new-labels N it runs only when readers gave at least N feedback labels since the
 start of the last retraining that ended well (exit 4 otherwise, nothing started); with
 --with-feedback it trains on the node's own feedback export (`admin feedback export
 --with-files`, written under --out) as well as on --dicom-dir/--labels.
@@ -21,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node.cli.models import Exit, gate_options, who
+from node.cli import audit
+from node.cli.models import UNMATCHED, Exit, gate_options, who
 from node.config import Settings
 
 NICENESS = 10
@@ -38,7 +40,7 @@ def add_retrain_parser(commands: Any, training: Any, data: Any, extra_data: Any)
     add = retrain.add_argument
     add("--heldout-dir", type=Path, required=True,
         help="the fixed held-out set both models are measured on")
-    add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV)")
+    add("--heldout-labels", type=Path, required=True, help="its labels (RSNA CSV); " + UNMATCHED)
     add("--name", help="the candidate's registry name (default: retrained-<UTC time>)")
     extra_data(retrain)
     add("--with-feedback", action="store_true",
@@ -75,7 +77,7 @@ def _add_feedback(args: argparse.Namespace, engine: Any, settings: Settings) -> 
     from storage.files import FileStore
 
     exported = export_feedback(engine, FileStore(settings.files_dir), args.out / "feedback",
-                               with_files=True, actor="retrain")
+                               with_files=True, why=", for admin retrain")
     print(f"feedback: {exported.studies} studies, {exported.slices} slices of studies read "
           f"as negative", flush=True)
     if exported.slices:
@@ -108,6 +110,12 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
                   f"{args.min_new_labels} needed")
             engine.dispose()
             return Exit.REFUSED
+    if ModelRegistry(engine, settings.models_dir).active() is None:  # nothing to gate against
+        print("ichtriage admin retrain: refused: no model is active to compare a candidate "
+              "with (`ichtriage admin models list`, then `... models promote NAME`)",
+              file=sys.stderr)
+        engine.dispose()
+        return Exit.REFUSED
     try:
         run = log.start(f"{socket.gethostname()}:{os.getpid()}", alive=_alive)
     except RetrainingBusyError as exc:
@@ -121,8 +129,10 @@ def run_retrain(args: argparse.Namespace, settings: Settings,
         if args.with_feedback:
             _add_feedback(args, engine, settings)
         best = train(args, settings)
-        import_checkpoint(registry, best, name=name, actor=who(),
-                          reason="trained by admin retrain")
+        entry = import_checkpoint(registry, best, name=name, actor=who(),
+                                  reason="trained by admin retrain")
+        audit.record(engine, "model_import",
+                     detail=f"{entry.name} {entry.version} as a candidate, by admin retrain")
         decision, active = gate_candidate(
             registry, name, dicom_dir=args.heldout_dir, labels=args.heldout_labels,
             metric=args.metric, min_sensitivity=args.min_sensitivity, margin=args.margin,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,18 @@ def test_card_checks_its_fields() -> None:
         _card(thresholds={"any": 0.5})
     with pytest.raises(ValueError, match="thresholds"):
         _card(thresholds=dict.fromkeys(LABELS, 1.5))
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (lambda p: p.write_bytes(bytes(range(256)) * 8), "not a checkpoint (not a PyTorch zip"),
+    (lambda p: torch.save({"model": torch.nn.Linear(2, 2)}, p), "holds objects other than"),
+    (lambda p: p.write_bytes(b""), "the file is empty"),
+], ids=["random-bytes", "pickled-module", "empty"])
+def test_an_unreadable_file_is_named_in_the_nodes_words(tmp_path: Path, content: object,
+                                                         says: str) -> None:
+    path = tmp_path / "corrupt.pt"
+    content(path)  # type: ignore[operator]
+    with pytest.raises(ModelError, match=re.escape(says)) as raised:
+        load_checkpoint(path)
+    assert "weights_only` set to `False`" not in str(raised.value)
+    assert "file an issue" not in str(raised.value)

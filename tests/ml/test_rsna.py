@@ -148,3 +148,19 @@ def test_group_series_sorts_by_position_then_instance_number() -> None:
     assert [[r.series_uid for r in g] for g in groups] == [["s1"] * 3, ["s2"] * 3]
     assert [r.position for r in groups[0]] == [-5.0, 2.5, 10.0]
     assert [r.instance_number for r in groups[1]] == [1, 2, 3]
+
+
+def test_labelled_ids_without_a_file_are_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    series = write_series(tmp_path / "s", seed=6, slices=3, size=64, image_ids=True)
+    labels = {p.stem: series.labels[i] for i, p in enumerate(series.paths)}
+    with caplog.at_level(logging.WARNING, logger="ml.rsna"):
+        assert len(index_images(tmp_path, labels)) == 3
+    assert caplog.records == []  # every labelled ID has its file: nothing to say
+    labels.update({f"ID_nofile{n}": np.zeros(6, np.uint8) for n in range(4)})
+    with caplog.at_level(logging.WARNING, logger="ml.rsna"):
+        assert len(index_images(tmp_path, labels)) == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"labels: 4 of 7 labelled image IDs have no <ID>.dcm under {tmp_path} and are left "
+        "out (first: ID_nofile0, ID_nofile1, ID_nofile2)"]
