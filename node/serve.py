@@ -27,7 +27,7 @@ from node.startup import (
     check_all,
     check_device,
     load_model,
-    register_model,
+    register_model_apart,
 )
 from storage.associations import AssociationLog
 from storage.db import make_engine
@@ -195,7 +195,7 @@ def serve(settings: Settings) -> int:
         holder = load_model(settings, services.engine) if settings.workers > 0 else None
         if holder is None:  # workers elsewhere load it; the registry knows it from the start
             check_device(settings.device)  # the heat maps of the HTTP side run on it
-            register_model(settings, services.engine)
+            register_model_apart(settings)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         services.engine.dispose()

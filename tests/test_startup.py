@@ -137,12 +137,16 @@ def test_serve_without_workers_registers_the_demo_model_on_first_start(tmp_path:
     from node.triage.registry import DEMO_NAME
     from storage.db import make_engine
     from storage.registry import ModelRegistry
-    from tests.nodeproc import running_node
+    from tests.nodeproc import running_node, wait_for
 
     with running_node(tmp_path, workers=0) as node:
         engine = make_engine(node.db_url)
-        try:
-            active = ModelRegistry(engine, node.data_dir / "models").active()
+        registry = ModelRegistry(engine, node.data_dir / "models")
+        try:  # by a child process the node does not wait for (no torch in its supervisor)
+            wait_for(lambda: registry.active() is not None, timeout=60,
+                     what="the demo model registered")
+            active = registry.active()
         finally:
             engine.dispose()
     assert active is not None and active.name == DEMO_NAME
+    assert f"active model: {DEMO_NAME} " in node.log_text()
