@@ -27,7 +27,6 @@ from node.startup import (
     check_all,
     check_device,
     load_model,
-    register_model_apart,
 )
 from storage.associations import AssociationLog
 from storage.db import make_engine
@@ -193,9 +192,8 @@ def serve(settings: Settings) -> int:
     services = open_services(settings)
     try:
         holder = load_model(settings, services.engine) if settings.workers > 0 else None
-        if holder is None:  # workers elsewhere load it; the registry knows it from the start
+        if holder is None:  # the workers elsewhere register and load the model
             check_device(settings.device)  # the heat maps of the HTTP side run on it
-            register_model_apart(settings)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         services.engine.dispose()

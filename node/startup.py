@@ -5,7 +5,6 @@ later."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import shutil
 import tempfile
 from typing import TYPE_CHECKING
@@ -96,32 +95,6 @@ def register_model(settings: Settings, engine: Engine) -> ModelEntry:
     except (ModelUnavailableError, MLError, StorageError, OSError) as exc:
         hint = "" if settings.model else " (`ichtriage admin models list`)"
         raise StartupError(f"model {shown}: {exc}{hint}") from exc
-
-
-def register_model_apart(settings: Settings) -> None:
-    """`register_model` in a child process that this one does not wait for, logging what it
-    did. A node without triage workers runs no model, so neither torch nor the checkpoint's
-    check (3.6 s and about 380 MB here) stays in its supervisor or delays `ready:`; the
-    workers elsewhere register the same model when they start (whoever comes second finds it
-    registered)."""
-    context = multiprocessing.get_context("spawn")
-    context.Process(target=_register_in_child, args=(settings,), name="register-model",
-                    daemon=True).start()
-
-
-def _register_in_child(settings: Settings) -> None:
-    from node.logs import configure_logging
-    from storage.db import make_engine
-
-    configure_logging(settings.log_level)
-    engine = make_engine(settings.database_url)
-    try:
-        entry = register_model(settings, engine)
-        logger.info("active model: %s %s", entry.name, entry.version)
-    except StartupError as exc:
-        logger.error("no active model: %s; workers will not start until one is", exc)
-    finally:
-        engine.dispose()
 
 
 def load_model(settings: Settings, engine: Engine) -> ModelHolder:

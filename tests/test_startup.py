@@ -131,22 +131,3 @@ def test_a_disk_below_min_free_mb_is_said_at_start(tmp_path: Path,
     (record,) = caplog.records
     assert "less than min_free_mb (1099511627776)" in record.getMessage()
     assert "refused (0xA700)" in record.getMessage()
-
-
-def test_serve_without_workers_registers_the_demo_model_on_first_start(tmp_path: Path) -> None:
-    from node.triage.registry import DEMO_NAME
-    from storage.db import make_engine
-    from storage.registry import ModelRegistry
-    from tests.nodeproc import running_node, wait_for
-
-    with running_node(tmp_path, workers=0) as node:
-        engine = make_engine(node.db_url)
-        registry = ModelRegistry(engine, node.data_dir / "models")
-        try:  # by a child process the node does not wait for (no torch in its supervisor)
-            wait_for(lambda: registry.active() is not None, timeout=60,
-                     what="the demo model registered")
-            active = registry.active()
-        finally:
-            engine.dispose()
-    assert active is not None and active.name == DEMO_NAME
-    assert f"active model: {DEMO_NAME} " in node.log_text()
