@@ -29,7 +29,11 @@ class FileStore:
 
     Every write goes to a temporary file in the target folder (`write_temp`), is fsynced, then
     linked or renamed into place and the folder fsynced (`publish`, `commit_temp`), so a file
-    under its final name is always complete.
+    under its final name is always complete. The first file this process places in a folder
+    also fsyncs every folder above it up to the root, so that the names of a new study's and
+    series' folders (made by this process or, moments before, by another) are as durable as
+    the file: with those two, a new study costs one thread three folder fsyncs, which run
+    beside the index's transaction rather than before it.
     """
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
@@ -38,6 +42,8 @@ class FileStore:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
         self._folders: set[str] = set()  # series folders known to exist (saves a mkdir each)
+        # folder -> the folders above it whose entries may not be on disk yet (see publish)
+        self._unsynced: dict[str, tuple[str, ...]] = {}
         self._names = itertools.count()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -72,12 +78,12 @@ class FileStore:
         folder = os.path.join(self.root, os.path.dirname(relative))
         try:
             if folder not in self._folders:
-                _make_folders(folder)
+                self._make_folder(folder)
                 self._folders.add(folder)
             try:
                 tmp, fd = self._create_temp(folder)
             except FileNotFoundError:  # the folder was removed since: make it again
-                _make_folders(folder)
+                self._make_folder(folder)
                 tmp, fd = self._create_temp(folder)
         except OSError as exc:
             raise _write_error(relative, exc) from exc
@@ -93,6 +99,26 @@ class FileStore:
             self.discard(tmp)
             raise _write_error(relative, exc) from exc
         return tmp
+
+    def _make_folder(self, folder: str) -> None:
+        """Make `folder` and its missing parents; their names are synced by `publish`."""
+        made = _make_folders(folder)
+        above, path = [], os.path.dirname(folder)
+        root = os.fspath(self.root)
+        while path.startswith(root) and path != os.path.dirname(path):
+            above.append(path)
+            if path == root:
+                break
+            path = os.path.dirname(path)
+        self._unsynced[folder] = tuple(dict.fromkeys([*above, *made]))
+
+    def _sync_folders_above(self, folder: str) -> None:
+        """fsync the folders above `folder` that `write_temp` left to sync, if any."""
+        above = self._unsynced.get(folder)
+        if above:
+            for path in above:
+                _fsync_dir(path)
+            self._unsynced.pop(folder, None)
 
     def _create_temp(self, folder: str) -> tuple[str, int]:
         """A new file in `folder`, named for this process and a counter (never reused within
@@ -111,6 +137,7 @@ class FileStore:
         try:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
+            self._sync_folders_above(str(final.parent))
         except OSError as exc:
             self.discard(tmp)
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
@@ -128,7 +155,12 @@ class FileStore:
             self.discard(tmp)
             raise StorageError(f"cannot move {relative} into place: {exc}") from exc
         os.unlink(tmp)
-        _fsync_dir(os.path.dirname(final))
+        folder = os.path.dirname(final)
+        try:
+            _fsync_dir(folder)
+            self._sync_folders_above(folder)
+        except OSError as exc:
+            raise StorageError(f"cannot sync the folders of {relative}: {exc}") from exc
         return StoredFile(relative=relative, size=os.stat(final).st_size)
 
     def publish(self, tmp: str, relative: str) -> StoredFile | None:
@@ -192,9 +224,10 @@ def _write_error(relative: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot write {relative}: {exc}")
 
 
-def _make_folders(folder: str) -> None:
-    """Make `folder` and whichever of its parents are missing, fsyncing the parent of each
-    one made: a new study or series folder's name must survive a crash as its files do."""
+def _make_folders(folder: str) -> list[str]:
+    """Make `folder` and whichever of its parents are missing; return the parent of each
+    one made (deepest first), whose entry must be fsynced before a file in it counts as
+    stored: a new study or series folder's name must survive a crash as its files do."""
     missing = []
     path = folder
     while not os.path.isdir(path):
@@ -203,12 +236,14 @@ def _make_folders(folder: str) -> None:
         if parent == path:
             break
         path = parent
+    changed = []
     for path in reversed(missing):
         try:
             os.mkdir(path)
         except FileExistsError:
-            continue  # made meanwhile by another process, which syncs its parent
-        _fsync_dir(os.path.dirname(path) or ".")
+            continue  # made meanwhile by another process
+        changed.append(os.path.dirname(path) or ".")
+    return changed[::-1]
 
 
 def _fsync_dir(path: str | Path) -> None:

@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 FLUSH_THREADS = 4  # files being flushed at once, per store (one per association is plenty)
 
 
+_PATIENT_COLUMNS = ("patient_key", "patient_id", "issuer_of_patient_id", "patient_name",
+                    "patient_name_match", "birth_date", "sex", "created_at")
+_STUDY_COLUMNS = ("study_uid", "patient_pk", "accession_number", "study_id", "study_date",
+                  "study_time", "study_description", "referring_physician", "created_at")
+_SERIES_COLUMNS = ("series_uid", "study_pk", "modality", "body_part", "series_number",
+                   "series_description", "status", "status_reason", "instance_count",
+                   "first_received_at", "last_received_at", "revision")
+
+
 @dataclass(frozen=True)
 class InstanceMeta:
     """The attributes of a received instance that the index keeps (read from its header)."""
@@ -143,12 +152,24 @@ class InstanceStore:
                     association_pk=func.coalesce(bindparam("dup_association", type_=Integer),
                                                  Instance.association_pk))
             .returning(Instance.id, Instance.series_pk, Instance.file_path))
+        # A new series (and its study and patient, when new): built once too, as above.
+        self._new_patient = self._insert_new(Patient, _PATIENT_COLUMNS, "patient_key")
+        self._new_study = self._insert_new(Study, _STUDY_COLUMNS, "study_uid")
+        self._new_series = self._insert_new(Series, _SERIES_COLUMNS, "series_uid")
+        self._patient_by_key = select(Patient.id).where(Patient.patient_key == bindparam("key"))
+        self._study_by_uid = select(Study.id).where(Study.study_uid == bindparam("uid"))
+        self._series_pk_by_uid = select(Series.id).where(Series.series_uid == bindparam("uid"))
         # A resend keeps a series that is still receiving from settling until it ends.
         self._resend_received = (
             update(Series).where(Series.id == bindparam("dup_series"),
                                  Series.status == SeriesStatus.RECEIVING,
                                  Series.last_received_at < bindparam("dup_now"))
             .values(last_received_at=bindparam("dup_now")))
+
+    def _insert_new(self, model: type[Base], columns: tuple[str, ...], unique: str) -> Any:
+        """INSERT of `columns` (bound by name) that does nothing when `unique` is taken."""
+        return (self._insert(model).values({name: bindparam(name) for name in columns})
+                .on_conflict_do_nothing(index_elements=[unique]))
 
     def store(self, meta: InstanceMeta, chunks: Sequence[bytes], *, calling_ae: str = "",
               association_pk: int | None = None) -> StoreResult:
@@ -351,34 +372,30 @@ class InstanceStore:
             self._series_cache.popitem(last=False)
 
     def _series_keys(self, conn: Connection, meta: InstanceMeta, now: datetime) -> tuple[int, int]:
-        ins = self._insert
         patient_key = f"{meta.patient_id}\\{meta.issuer_of_patient_id}"
-        conn.execute(ins(Patient).values(**fit_columns(Patient, dict(
+        conn.execute(self._new_patient, fit_columns(Patient, dict(
             patient_key=patient_key, patient_id=meta.patient_id,
             issuer_of_patient_id=meta.issuer_of_patient_id, patient_name=meta.patient_name,
             patient_name_match=match_key(meta.patient_name),
             birth_date=meta.birth_date, sex=meta.sex, created_at=now,
-        ))).on_conflict_do_nothing(index_elements=["patient_key"]))
-        patient_pk = conn.execute(
-            select(Patient.id).where(Patient.patient_key == patient_key)).scalar_one()
-        conn.execute(ins(Study).values(**fit_columns(Study, dict(
+        )))
+        patient_pk = conn.execute(self._patient_by_key, {"key": patient_key}).scalar_one()
+        conn.execute(self._new_study, fit_columns(Study, dict(
             study_uid=meta.study_uid, patient_pk=patient_pk,
             accession_number=meta.accession_number, study_id=meta.study_id,
             study_date=meta.study_date, study_time=meta.study_time,
             study_description=meta.study_description,
             referring_physician=meta.referring_physician, created_at=now,
-        ))).on_conflict_do_nothing(index_elements=["study_uid"]))
-        study_pk = conn.execute(
-            select(Study.id).where(Study.study_uid == meta.study_uid)).scalar_one()
-        conn.execute(ins(Series).values(**fit_columns(Series, dict(
+        )))
+        study_pk = conn.execute(self._study_by_uid, {"uid": meta.study_uid}).scalar_one()
+        conn.execute(self._new_series, fit_columns(Series, dict(
             series_uid=meta.series_uid, study_pk=study_pk, modality=meta.modality,
             body_part=meta.body_part, series_number=meta.series_number,
             series_description=meta.series_description, status=SeriesStatus.RECEIVING,
             status_reason="", instance_count=0, first_received_at=now, last_received_at=now,
             revision=0,
-        ))).on_conflict_do_nothing(index_elements=["series_uid"]))
-        series_pk = conn.execute(
-            select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one()
+        )))
+        series_pk = conn.execute(self._series_pk_by_uid, {"uid": meta.series_uid}).scalar_one()
         return series_pk, study_pk
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event, func, select, text, update
 
 from storage import associations, db, instances
 from storage.associations import AssociationLog
-from storage.errors import DatabaseError, DiskFullError, InvalidUIDError
+from storage.errors import DatabaseError, DiskFullError, InvalidUIDError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.instances import InstanceMeta, InstanceStore, StoreOutcome
 from storage.models import Association, Base, Instance, Patient, Series, SeriesStatus, Study
@@ -327,8 +327,11 @@ def test_a_file_that_cannot_be_flushed_takes_its_row_back(engine: Engine,
 
 def test_new_study_and_series_folders_are_made_durable(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parent of every folder made is fsynced (the root for a new study, the study for a
-    new series), and the series folder once the file is named in it."""
+    """When a file is placed in a folder for the first time, the folder and every folder
+    above it up to the root are fsynced (the series folder holds the file's name, the study
+    folder the series folder's, the root the study folder's); later files in that folder
+    sync only the folder. A folder another process made counts as new: its name may not be
+    on disk yet."""
     from storage import files as files_module
 
     synced: list[str] = []
@@ -337,14 +340,53 @@ def test_new_study_and_series_folders_are_made_durable(tmp_path: Path,
                         lambda path: (synced.append(os.path.normpath(path)), real(path)))
     store = FileStore(tmp_path / "data")
     store.root.mkdir()
-    relative = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert store.publish(store.write_temp(relative, [b"x"]), relative) is not None
     root = os.path.normpath(store.root)
-    assert synced == [root, os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.4")]
+    study = os.path.join(root, "1.2.3")
+
+    def place(series_uid: str, sop_uid: str) -> None:
+        relative = store.relative_path("1.2.3", series_uid, sop_uid)
+        assert store.publish(store.write_temp(relative, [b"x"]), relative) is not None
+
+    place("1.2.3.4", "1.2.3.4.5")
+    assert synced == [os.path.join(study, "1.2.3.4"), study, root]
     synced.clear()
-    second = store.relative_path("1.2.3", "1.2.3.9", "1.2.3.9.5")  # a new series, same study
+    place("1.2.3.4", "1.2.3.4.6")  # the same series again
+    assert synced == [os.path.join(study, "1.2.3.4")]
+    synced.clear()
+    place("1.2.3.9", "1.2.3.9.5")  # a new series, same study
+    assert synced == [os.path.join(study, "1.2.3.9"), study, root]
+    synced.clear()
+    os.mkdir(os.path.join(study, "1.2.3.7"))  # as another receiving process would
+    place("1.2.3.7", "1.2.3.7.5")
+    assert synced == [os.path.join(study, "1.2.3.7"), study, root]
+
+
+def test_a_file_whose_folders_cannot_be_synced_is_not_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed fsync of a folder above the file is the store's error, and the next file in
+    that folder tries the sync again."""
+    from storage import files as files_module
+
+    real = files_module._fsync_dir
+    store = FileStore(tmp_path / "data")
+    store.root.mkdir()
+    failing = os.path.normpath(store.root)
+
+    def fsync_dir(path: str | Path) -> None:
+        if os.path.normpath(path) == failing:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(files_module, "_fsync_dir", fsync_dir)
+    relative = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    with pytest.raises(StorageError, match="cannot sync the folders of 1.2.3/1.2.3.4/1.2.3.4.5"):
+        store.publish(store.write_temp(relative, [b"x"]), relative)
+    synced: list[str] = []
+    monkeypatch.setattr(files_module, "_fsync_dir",
+                        lambda path: (synced.append(os.path.normpath(path)), real(path)))
+    second = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.6")
     assert store.publish(store.write_temp(second, [b"y"]), second) is not None
-    assert synced == [os.path.join(root, "1.2.3"), os.path.join(root, "1.2.3", "1.2.3.9")]
+    assert failing in synced
 
 
 def test_start_up_makes_rows_and_files_agree(engine: Engine, tmp_path: Path) -> None:

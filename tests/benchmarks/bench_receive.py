@@ -297,6 +297,15 @@ def send(target: Target, files: list[Path], associations: int, timeout: float, *
     return elapsed
 
 
+def write_round(folder: Path, args: argparse.Namespace, *, seed: int) -> list[Path]:
+    """One round's files: a series of ``args.slices`` slices, or with ``args.studies_of_one``
+    as many studies of one slice each (a new study and series per instance)."""
+    if not args.studies_of_one:
+        return write_ct_series(folder, args.slices, size=args.size, seed=seed)
+    return [write_ct_series(folder / f"{i:06d}", 1, size=args.size, seed=seed * 1_000_000 + i)[0]
+            for i in range(args.slices)]
+
+
 def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="ichtriage-bench-") as tmp, ExitStack() as stack:
@@ -310,7 +319,9 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
         if not targets:
             raise SystemExit("no target could be started")
         all_pids = [pid for t in targets for pid in t.pids()]
-        print(f"targets: {', '.join(t.name for t in targets)}; {args.slices} slices; "
+        shape = (f"{args.slices} one-slice studies" if args.studies_of_one
+                 else f"{args.slices} slices")
+        print(f"targets: {', '.join(t.name for t in targets)}; {shape} of {args.size}x{args.size}; "
               f"{args.repeats} rounds; associations {args.associations} "
               f"(the slices are split between the associations)", flush=True)  # fmt: skip
         for round_no in range(1, args.repeats + 1):
@@ -318,7 +329,7 @@ def run(args: argparse.Namespace) -> dict[tuple[str, int], list[float]]:
                 # A new series (new UIDs) for every run: the node keeps its store, and a
                 # series it has seen would measure its duplicate path instead.
                 series_dir = work / f"series-{round_no}-{assoc}"
-                files = write_ct_series(series_dir, args.slices, seed=round_no * 100 + assoc)
+                files = write_round(series_dir, args, seed=round_no * 100 + assoc)
                 for target in targets:
                     target.clear()
                     os.sync()  # and the disk quiet: see the module's docstring
@@ -398,6 +409,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-slice", action="store_true",
                         help="one association per slice (a storescu per file), as some "
                         "modalities send; --associations is then ignored")
+    parser.add_argument("--studies-of-one", action="store_true",
+                        help="every slice its own study and series (as radiographs come); "
+                        "the per-instance cost of a new study, folder and index rows")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns per slice")
     parser.add_argument("--node-timeout", type=float, default=180.0, help="s to get ready")
     parser.add_argument("--send-timeout", type=float, default=600.0, help="s per run")
     args = parser.parse_args(argv)
