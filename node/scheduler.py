@@ -54,42 +54,58 @@ class SeriesMonitor:
         """Decide every settled series; returns {series UID: 'queued' or the skip reason}.
 
         A series whose last transfer was aborted waits `aborted_wait_seconds` for the sender
-        to send it again before it counts as complete."""
-        decided: dict[str, str] = {}
+        to send it again before it counts as complete. The decisions of one run are written
+        in one transaction: many small studies (radiographs, one instance each) settle many
+        series a second, and a transaction each (an fsync each, on SQLite) held the write lock
+        the receiving processes need for every new series."""
         now = utcnow()
-        for series in self.index.settled(now - self.settle,
-                                         aborted_cutoff=now - self.aborted_wait):
-            outcome = self._decide(series)
-            if outcome is not None:
-                decided[series.series_uid] = outcome
-        return decided
+        settled = self.index.settled(now - self.settle, aborted_cutoff=now - self.aborted_wait)
+        return self._decide([(series, self._reason_to_skip(series)) for series in settled])
 
     def complete_now(self, series_uid: str) -> str | None:
         """An operator's "complete this series now": decide a receiving series without
         waiting for it to settle (mercure's force-completion). None when it is not receiving
         or an instance arrived meanwhile; else 'queued' or the reason it is not triaged."""
         found = self.index.receiving(series_uid)
-        return self._decide(found) if found is not None else None
+        if found is None:
+            return None
+        return self._decide([(found, self._reason_to_skip(found))]).get(found.series_uid)
 
-    def _decide(self, series: SettledSeries) -> str | None:
+    def _reason_to_skip(self, series: SettledSeries) -> tuple[str | None, int]:
+        """Why the series is not triaged (None: it is), and its slices."""
         contents = self.index.contents(series.pk)
         facts = SeriesFacts(modality=contents.modality, body_part=contents.body_part,
                             sop_classes=contents.sop_classes, image_types=contents.image_types,
                             slices=contents.slices)
-        reason = self.rules.reason_to_skip(facts)
+        return self.rules.reason_to_skip(facts), facts.slices
+
+    def _decide(self, decisions: list[tuple[SettledSeries, tuple[str | None, int]]]
+                ) -> dict[str, str]:
+        """Write the decisions in one transaction, then log them. A series that received an
+        instance since it was read is left out (it is decided when it settles again)."""
+        if not decisions:
+            return {}
+        written: list[tuple[SettledSeries, str | None, int, bool]] = []
         with self.index.engine.begin() as conn:
+            for series, (reason, slices) in decisions:
+                if reason is not None:
+                    if SeriesIndex.mark(conn, series, SeriesStatus.NOT_ELIGIBLE, reason):
+                        written.append((series, reason, slices, False))
+                elif SeriesIndex.mark(conn, series, SeriesStatus.QUEUED):
+                    job = self.queue.enqueue(conn, kind=TRIAGE,
+                                             queueing_lock=series_lock(series.series_uid),
+                                             series_pk=series.pk, series_revision=series.revision)
+                    written.append((series, None, slices, job is None))
+        decided: dict[str, str] = {}
+        for series, reason, slices, already in written:
             if reason is not None:
-                if not SeriesIndex.mark(conn, series, SeriesStatus.NOT_ELIGIBLE, reason):
-                    return None
                 logger.info("series %s stored, not triaged: %s", series.series_uid, reason)
-                return reason
-            if not SeriesIndex.mark(conn, series, SeriesStatus.QUEUED):
-                return None  # more instances arrived; decide when it settles again
-            job = self.queue.enqueue(conn, kind=TRIAGE, queueing_lock=series_lock(series.series_uid),
-                                     series_pk=series.pk, series_revision=series.revision)
-        logger.info("series %s complete (%d slices): queued for triage%s", series.series_uid,
-                    facts.slices, "" if job is not None else " (already queued)")
-        return "queued"
+                decided[series.series_uid] = reason
+            else:
+                logger.info("series %s complete (%d slices): queued for triage%s",
+                            series.series_uid, slices, " (already queued)" if already else "")
+                decided[series.series_uid] = "queued"
+        return decided
 
 
 class Polls:

@@ -8,10 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from node.dicom.eligibility import EligibilityRules, SeriesFacts
 from node.scheduler import SeriesMonitor
+from storage.db import READ_ONLY
 from storage.files import FileStore
 from storage.instances import InstanceMeta, InstanceStore
 from storage.jobs import ClaimedJob, JobQueue
@@ -175,6 +176,46 @@ def test_settled_series_are_queued_or_skipped_with_reason(engine: Engine, tmp_pa
     assert sorted(jobs) == [("series:1.2.3.1", JobStatus.QUEUED),
                             ("series:1.2.3.6", JobStatus.QUEUED)]
     assert _monitor(engine).run_once() == {}  # decided once
+
+
+def test_one_run_writes_its_decisions_in_one_transaction(engine: Engine, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many settled series (one-instance studies) cost the write lock once per run, not once
+    per series; a series that received an instance after it was read is left for later."""
+    from sqlalchemy import event
+
+    store = InstanceStore(engine, FileStore(tmp_path))
+    for i in range(1, 6):
+        _store_series(store, f"1.2.3.{i}", 3)
+    monitor = _monitor(engine)
+    reason_to_skip = monitor._reason_to_skip
+
+    receiving = threading.Event()  # the store's own transactions are not counted
+
+    def late_slice_in_series_4(series):  # type: ignore[no-untyped-def]
+        found = reason_to_skip(series)
+        if series.series_uid == "1.2.3.4":
+            receiving.set()
+            _store_series(store, "1.2.3.4", 1, first=4)  # arrives between read and write
+            receiving.clear()
+        return found
+
+    begun: list[object] = []
+
+    def on_begin(conn: Connection) -> None:  # write transactions (not the readers')
+        if not receiving.is_set() and not conn.get_execution_options().get(READ_ONLY):
+            begun.append(conn)
+
+    monkeypatch.setattr(monitor, "_reason_to_skip", late_slice_in_series_4)
+    event.listen(engine, "begin", on_begin)
+    try:
+        decided = monitor.run_once()
+    finally:
+        event.remove(engine, "begin", on_begin)
+    assert len(begun) == 1
+    assert decided == {f"1.2.3.{i}": "queued" for i in (1, 2, 3, 5)}
+    assert _series(engine, "1.2.3.4")[0] == SeriesStatus.RECEIVING
+    assert monitor.run_once() == {"1.2.3.4": "queued"}
 
 
 def test_a_series_still_receiving_waits_for_the_settle_time(engine: Engine, tmp_path: Path) -> None:
