@@ -69,13 +69,41 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    if conn.get_execution_options().get(READ_ONLY):
+    options = conn.get_execution_options()
+    if options.get(READ_ONLY):
         conn.exec_driver_sql("BEGIN")
+    elif options.get(POLL_WRITE_LOCK):
+        _begin_immediate_polling(conn.connection.dbapi_connection)
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "ichtriage_read_only"
+# For the receiving processes' write transactions: wait for SQLite's write lock by trying
+# again every BUSY_POLL seconds, as DirectStatement does, rather than in SQLite's busy
+# handler, which sleeps 1, 2, 5, 10 ms and more between tries for a lock held about 1 ms.
+POLL_WRITE_LOCK = "ichtriage_poll_write_lock"
+
+
+def _begin_immediate_polling(dbapi_conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, tried every BUSY_POLL seconds for up to BUSY_TIMEOUT.
+
+    Raises sqlite3.OperationalError (database is locked) when the lock stays taken."""
+    cursor = dbapi_conn.cursor()
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(BUSY_POLL)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
 
 
 def sqlite_driver_connection(engine: Engine) -> sqlite3.Connection:

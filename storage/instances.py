@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Integer, bindparam, delete, func, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import DirectStatement, is_unavailable, reader
+from storage.db import POLL_WRITE_LOCK, DirectStatement, is_unavailable, reader
 from storage.errors import DatabaseError, StorageError
 from storage.files import FileStore, StoredFile
 from storage.models import Base, Instance, Patient, Series, SeriesStatus, Study, utcnow
@@ -144,6 +144,7 @@ class InstanceStore:
         self._direct = (DirectStatement(engine, insert_instance)
                         if engine.dialect.name == "sqlite" else None)
         self._reader = reader(engine)
+        self._writer = engine.execution_options(**{POLL_WRITE_LOCK: True})
         self._series_by_uid = select(Series.id, Series.study_pk).where(
             Series.series_uid == bindparam("uid"))
         self._count_duplicate = (
@@ -236,7 +237,7 @@ class InstanceStore:
                 instance_pk = row if count == 1 else None  # None: the SOP UID is known
                 keys = cached
             else:
-                with self.engine.begin() as conn:
+                with self._writer.begin() as conn:
                     keys = cached or self._series_keys(conn, meta, now)
                     instance_pk = self._insert_row(conn, {**values, "series_pk": keys[0]})
                     if instance_pk is None:

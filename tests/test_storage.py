@@ -252,6 +252,31 @@ def test_a_held_write_lock_is_waited_for_then_given_up(
         assert conn.execute(select(Series.instance_count)).scalar_one() == 2
 
 
+def test_a_new_series_waits_for_a_held_write_lock_then_gives_up(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction of a new series polls for the lock (as the direct insert does) and
+    leaves the connection's busy timeout as it found it."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's database-wide write lock")
+    store = InstanceStore(engine, FileStore(tmp_path / "data"))
+    other = engine.connect()
+    other.begin()  # BEGIN IMMEDIATE: another process's writer holds the lock
+    release = threading.Timer(0.3, other.commit)
+    release.start()
+    assert store.store(meta("1.2.3.4.5.1"), [b"x"]).outcome is StoreOutcome.STORED
+    release.join()
+    monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.2)
+    other.begin()
+    with pytest.raises(DatabaseError, match="locked"):
+        store.store(meta("1.2.3.4.5.2", series_uid=f"{SERIES}9"), [b"y"])
+    other.rollback()
+    other.close()
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.series_uid)).scalars().all() == [SERIES]
+    with store._writer.connect() as conn:  # the connection a new series' transaction used
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+
+
 def test_a_series_folder_removed_meanwhile_is_made_again(engine: Engine,
                                                         tmp_path: Path) -> None:
     store = InstanceStore(engine, FileStore(tmp_path / "data"))
