@@ -228,12 +228,18 @@ def test_database_failure_keeps_no_file(engine: Engine, tmp_path: Path) -> None:
     assert store.store(meta("1.2.3.4.5.3"), [b"z"]).outcome is StoreOutcome.STORED
 
 
+@pytest.mark.parametrize("series", ["known", "new"])
 def test_a_held_write_lock_is_waited_for_then_given_up(
-        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, series: str) -> None:
+    """Both ways an instance is indexed wait for another writer's lock, polling for it, and
+    give up after BUSY_TIMEOUT: the direct insert of a known series, and the transaction of
+    a new one (which leaves its connection's busy timeout as it found it)."""
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's database-wide write lock")
     store = InstanceStore(engine, FileStore(tmp_path / "data"))
-    store.store(meta("1.2.3.4.5.1"), [b"x"])  # the series is known: the next goes direct
+    kept = ["1.2.3.4.5.1.dcm"] if series == "known" else []
+    if series == "known":
+        store.store(meta("1.2.3.4.5.1"), [b"x"])  # the series is known: the next goes direct
     other = engine.connect()
     other.begin()  # BEGIN IMMEDIATE: another process's writer holds the lock
     release = threading.Timer(0.3, other.commit)
@@ -242,37 +248,15 @@ def test_a_held_write_lock_is_waited_for_then_given_up(
     release.join()
     monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.2)
     other.begin()
+    late = meta("1.2.3.4.5.3") if series == "known" else meta("1.2.3.4.5.3", series_uid="1.2.9")
     with pytest.raises(DatabaseError, match="locked"):
-        store.store(meta("1.2.3.4.5.3"), [b"z"])
+        store.store(late, [b"z"])
     other.rollback()
     other.close()
-    assert sorted(p.name for p in files_under(tmp_path / "data")) == [
-        "1.2.3.4.5.1.dcm", "1.2.3.4.5.2.dcm"]
+    assert sorted(p.name for p in files_under(tmp_path / "data")) == [*kept, "1.2.3.4.5.2.dcm"]
     with engine.connect() as conn:
-        assert conn.execute(select(Series.instance_count)).scalar_one() == 2
-
-
-def test_a_new_series_waits_for_a_held_write_lock_then_gives_up(
-        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The transaction of a new series polls for the lock (as the direct insert does) and
-    leaves the connection's busy timeout as it found it."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's database-wide write lock")
-    store = InstanceStore(engine, FileStore(tmp_path / "data"))
-    other = engine.connect()
-    other.begin()  # BEGIN IMMEDIATE: another process's writer holds the lock
-    release = threading.Timer(0.3, other.commit)
-    release.start()
-    assert store.store(meta("1.2.3.4.5.1"), [b"x"]).outcome is StoreOutcome.STORED
-    release.join()
-    monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.2)
-    other.begin()
-    with pytest.raises(DatabaseError, match="locked"):
-        store.store(meta("1.2.3.4.5.2", series_uid=f"{SERIES}9"), [b"y"])
-    other.rollback()
-    other.close()
-    with engine.connect() as conn:
-        assert conn.execute(select(Series.series_uid)).scalars().all() == [SERIES]
+        assert conn.execute(select(Series.series_uid, Series.instance_count)).all() == [
+            (SERIES, len(kept) + 1)]
     with store._writer.connect() as conn:  # the connection a new series' transaction used
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
 
