@@ -32,8 +32,8 @@ class FileStore:
     under its final name is always complete. The first file this process places in a folder
     also fsyncs every folder above it up to the root, so that the names of a new study's and
     series' folders (made by this process or, moments before, by another) are as durable as
-    the file: with those two, a new study costs one thread three folder fsyncs, which run
-    beside the index's transaction rather than before it.
+    the file. Those fsyncs are made by whoever calls `publish` (on the receive path, a thread
+    beside the index's transaction), not by `write_temp`.
     """
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:

@@ -159,7 +159,6 @@ class InstanceStore:
         self._new_series = self._insert_new(Series, _SERIES_COLUMNS, "series_uid")
         self._patient_by_key = select(Patient.id).where(Patient.patient_key == bindparam("key"))
         self._study_by_uid = select(Study.id).where(Study.study_uid == bindparam("uid"))
-        self._series_pk_by_uid = select(Series.id).where(Series.series_uid == bindparam("uid"))
         # A resend keeps a series that is still receiving from settling until it ends.
         self._resend_received = (
             update(Series).where(Series.id == bindparam("dup_series"),
@@ -396,7 +395,7 @@ class InstanceStore:
             status_reason="", instance_count=0, first_received_at=now, last_received_at=now,
             revision=0,
         )))
-        series_pk = conn.execute(self._series_pk_by_uid, {"uid": meta.series_uid}).scalar_one()
+        series_pk = conn.execute(self._series_by_uid, {"uid": meta.series_uid}).one()[0]
         return series_pk, study_pk
 
 
