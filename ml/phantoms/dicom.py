@@ -46,6 +46,11 @@ STYLES: dict[str, Callable[[np.random.Generator, int, int, Sequence[str]], Rende
         rng, slices, size, subtypes, randomize=True
     ),
     "polar": render_polar,
+    # randomized, and aged subdurals, patches, spread along the falx, labels by what shows, a
+    # dense falx and scalp hematomas (Domain.draw(varied=True)); not in the shipped recipe
+    "varied": lambda rng, slices, size, subtypes: render(
+        rng, slices, size, subtypes, randomize=True, varied=True
+    ),
 }
 
 

@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 
 CLASSIC_FOV_MM = 230.4  # 0.45 mm pixels at 512
-MIMICS = ("choroid_plexus", "pineal", "falx", "dense_sinus", "basal_ganglia", "metal")
+# A randomized slice is labelled only where its blood shows: at least this many HU from what it
+# replaced (an isodense subdural over the cortex is not a finding a reader can make on that slice).
+VISIBLE_HU = 8.0
+MIMICS = ("choroid_plexus", "pineal", "falx", "dense_sinus", "basal_ganglia", "metal",
+          "scalp_hematoma", "dense_falx")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class Domain:
     streaks_hu: float = 0.0  # beam hardening between the petrous bones (Hounsfield bar)
     blood_hu: tuple[float, float] | None = None  # None: each lesion type's own range
     mixed_clot: float = 0.0  # probability that a clot is mixed-density (hyperacute swirl)
+    subdural_ages: float = 0.0  # probability that a subdural is subacute, chronic or settled
+    patchy: float = 0.0  # probability that subarachnoid or intraventricular blood is in patches
+    spread: float = 0.0  # probability that a subarachnoid (subdural) bleed reaches the falx
+    visible_hu: float = 0.0  # a blood pixel counts for its label if it changes the slice by this
     mimics: tuple[str, ...] = ()  # bright structures that are not blood, see MIMICS
     skull_base: bool = False  # fossae, bone, sinuses and orbits (ml.phantoms.skull_base)
 
@@ -53,12 +61,15 @@ class Domain:
         return cls()
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> Domain:
-        """A random domain; every parameter comes from `rng` in a fixed order."""
+    def draw(cls, rng: np.random.Generator, *, varied: bool = False) -> Domain:
+        """A random domain; every parameter comes from `rng` in a fixed order. `varied` adds
+        what the "varied" style draws beyond the randomized one (aged subdurals, patches,
+        spread along the falx, labels by what shows, a dense falx, scalp hematomas) and
+        leaves the randomized style's draws as they were."""
         white = rng.uniform(18, 34)
         start, stop = rng.uniform(-0.8, -0.35), rng.uniform(0.72, 0.97)
         sharp = rng.uniform() < 0.35
-        return cls(
+        domain = cls(
             fov_mm=rng.uniform(180, 300),
             head_scale=rng.uniform(0.82, 1.15),
             aspect=rng.uniform(0.88, 1.12),
@@ -83,6 +94,13 @@ class Domain:
             mimics=tuple(name for name, p in _MIMIC_RATES.items() if rng.uniform() < p),
             skull_base=True,
         )
+        if not varied:
+            return domain
+        return dataclasses.replace(
+            domain, subdural_ages=0.45, patchy=0.6, spread=0.2, visible_hu=VISIBLE_HU,
+            mimics=domain.mimics + tuple(name for name, p in _VARIED_MIMIC_RATES.items()
+                                         if rng.uniform() < p),
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,3 +114,4 @@ _MIMIC_RATES = {  # how often each appears in a randomized series
     "basal_ganglia": 0.2,
     "metal": 0.12,
 }
+_VARIED_MIMIC_RATES = {"scalp_hematoma": 0.2, "dense_falx": 0.75}  # and in the varied style

@@ -6,12 +6,14 @@ on it (or None when the lesion does not reach that level).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ml.phantoms.anatomy import CORONAL, LAMBDOID, Head, Slice, band
+from ml.phantoms.scanner import smooth_field
 
 _Shape = Callable[[Slice], "np.ndarray | None"]
 
@@ -24,6 +26,10 @@ class Lesion:
     edema: _Shape | None = None
     edema_hu: float = 15.0
     mix: float = 0.0  # 0: uniform clot; > 0: HU by which a swirl of unclotted blood is darker
+    # A settled collection (hematocrit level): above `level_y` (scanner posterior, mm, the
+    # direction of gravity for a supine patient) serum of `serum_hu`; None: no level.
+    serum_hu: float | None = None
+    level_y: float = 0.0
 
 
 def _z_profile(z: float, z0: float, half: float) -> float:
@@ -136,3 +142,63 @@ LESIONS = {
     "intraventricular": _intraventricular,
     "intraparenchymal": _intraparenchymal,
 }
+
+
+# Variants of the varied style (ml.phantoms.domain.Domain.draw, varied=True): what the lesions
+# above never show. The classic and randomized styles do not use them.
+
+
+def age_subdural(rng: np.random.Generator, lesion: Lesion, head: Head) -> Lesion:
+    """A subdural that is not acute: subacute (about isodense to the cortex), chronic
+    (hypodense, between CSF and white matter) or settled (acute cells layering under chronic
+    serum, a hematocrit level)."""
+    kind = rng.choice(["subacute", "chronic", "settled"])
+    if kind == "subacute":
+        return dataclasses.replace(lesion, blood_hu=head.hu["gray"] + rng.uniform(4, 16), mix=0.0)
+    chronic = rng.uniform(8, 28)
+    if kind == "chronic":
+        return dataclasses.replace(lesion, blood_hu=chronic, mix=0.0)
+    level = rng.uniform(-0.3, 0.5) * head.b
+    return dataclasses.replace(lesion, blood_hu=rng.uniform(45, 80), serum_hu=chronic,
+                               level_y=level, mix=0.0)
+
+
+def patchy(rng: np.random.Generator, lesion: Lesion, head: Head) -> Lesion:
+    """The lesion only where a smooth random field, changing with height, is high: blood that
+    fills some cisterns, sulci or a horn and not the rest."""
+    first = smooth_field(rng, head.u.shape, int(rng.integers(5, 14)))
+    second = smooth_field(rng, head.u.shape, int(rng.integers(5, 14)))
+    period, keep = rng.uniform(10, 30), rng.uniform(-0.35, 0.35)
+    shape = lesion.shape
+
+    def patches(sl: Slice) -> np.ndarray | None:
+        mask = shape(sl)
+        if mask is None:
+            return None
+        phase = np.float32(sl.z / period)
+        return mask & (first * np.cos(phase) + second * np.sin(phase) > keep)
+
+    return dataclasses.replace(lesion, shape=patches)
+
+
+def spread_to_falx(rng: np.random.Generator, lesion: Lesion, head: Head) -> Lesion:
+    """Add blood along the falx: a subarachnoid bleed in the interhemispheric fissure, or an
+    interhemispheric subdural (a strip on one side of the falx)."""
+    z0, zh = rng.uniform(0.15, 0.7) * head.c, rng.uniform(10, 30)
+    v0 = rng.uniform(-0.8, 0.2)
+    front_back = (head.vn > v0) & (head.vn < v0 + rng.uniform(0.3, 0.9))
+    if lesion.subtype == "subdural":
+        side, width = float(rng.choice([1, -1])), rng.uniform(1.5, 4.0)
+        strip = band(head.u, side * (1.0 + width / 2), width / 2) & front_back
+    else:
+        strip = band(head.u, 0, rng.uniform(1.0, 2.5)) & front_back
+    shape = lesion.shape
+
+    def with_strip(sl: Slice) -> np.ndarray | None:
+        mask = shape(sl)
+        if _z_profile(sl.z, z0, zh) == 0:
+            return mask
+        along = sl.cavity & strip
+        return along if mask is None else mask | along
+
+    return dataclasses.replace(lesion, shape=with_strip)

@@ -1,7 +1,7 @@
 """Mimics: bright structures of a normal head that are not hemorrhage.
 
-Calcified choroid plexus, pineal gland, falx and basal ganglia, dense (hyperattenuating) dural
-venous sinuses and metal on the scalp. A model trained without them in its negatives learns
+Calcified choroid plexus, pineal gland, falx and basal ganglia, a dense falx, dense
+(hyperattenuating) dural venous sinuses, metal on the scalp and blood under it (a scalp hematoma). A model trained without them in its negatives learns
 "bright = bleed"; with them it has to learn where and how blood lies. Mimics are drawn before
 lesions and never labelled.
 """
@@ -111,6 +111,41 @@ def _metal(rng: np.random.Generator, head: Head) -> Mimic:
     return Mimic("metal", 3000.0, shape)
 
 
+def _dense_falx(rng: np.random.Generator, head: Head) -> Mimic:
+    """The falx cerebri itself, a thin line of dura denser than the brain in the midline: the
+    whole length of the interhemispheric fissure high in the head, its front and back lower
+    down. A classic mimic of an interhemispheric subdural or subarachnoid bleed."""
+    half = rng.uniform(0.3, 0.9)
+    line = np.abs(head.u) < np.float32(half)
+    ends = head.fixed["fissure_ends"]
+
+    def shape(sl: Slice) -> np.ndarray | None:
+        if sl.zeta <= -0.1:
+            return None
+        return sl.cavity & line & (ends if sl.zeta < 0.55 else True)
+
+    return Mimic("dense_falx", rng.uniform(45, 95), shape)
+
+
+def _scalp_hematoma(rng: np.random.Generator, head: Head) -> Mimic:
+    """Blood under the scalp after a blow (subgaleal hematoma): a lens of blood density
+    outside the skull, bulging the skin. Often beside a bleed, and not one itself."""
+    angle, half = rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6)
+    z0, zh, bulge = rng.uniform(-0.1, 0.7) * head.c, rng.uniform(10, 30), rng.uniform(4, 14)
+    theta = np.arctan2(head.vn, head.un)
+    along = np.clip(1 - (np.angle(np.exp(1j * (theta - angle))) / half) ** 2, 0, None)
+    outer_table = head.insets[1] - head.insets[0]  # mean skull thickness, mm under the inner
+
+    def shape(sl: Slice) -> np.ndarray | None:
+        level = max(0.0, 1 - ((sl.z - z0) / zh) ** 2)
+        if level == 0:
+            return None
+        reach = np.float32(head.insets[1]) + np.float32(bulge) * np.sqrt(along * level)
+        return (along > 0) & (sl.depth < -outer_table) & (sl.depth > -reach) & (sl.hu < 200)
+
+    return Mimic("scalp_hematoma", rng.uniform(50, 80), shape)
+
+
 MIMIC_BUILDERS: dict[str, Callable[[np.random.Generator, Head], Mimic]] = {
     "choroid_plexus": _choroid_plexus,
     "pineal": _pineal,
@@ -118,4 +153,6 @@ MIMIC_BUILDERS: dict[str, Callable[[np.random.Generator, Head], Mimic]] = {
     "dense_sinus": _dense_sinus,
     "basal_ganglia": _basal_ganglia,
     "metal": _metal,
+    "scalp_hematoma": _scalp_hematoma,
+    "dense_falx": _dense_falx,
 }

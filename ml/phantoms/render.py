@@ -17,7 +17,7 @@ import numpy as np
 from ml.labels import LABELS, SUBTYPES
 from ml.phantoms.anatomy import Head, make_head, make_slice
 from ml.phantoms.domain import Domain
-from ml.phantoms.lesions import LESIONS, Lesion
+from ml.phantoms.lesions import LESIONS, Lesion, age_subdural, patchy, spread_to_falx
 from ml.phantoms.mimics import MIMIC_BUILDERS, Mimic
 from ml.phantoms.scanner import add_noise, beam_hardening, metal_streaks, smooth, smooth_field
 
@@ -43,13 +43,15 @@ class _Extras:
     texture: np.ndarray | None  # HU added over the brain
     swirl: np.ndarray  # in [0, 1]: where a mixed clot is unclotted
     rng: np.random.Generator  # metal streaks
+    visible_hu: float  # Domain.visible_hu
 
 
 def render(
     rng: np.random.Generator, slices: int, size: int, subtypes: Sequence[str], *,
-    randomize: bool = False, domain: Domain | None = None,
+    randomize: bool = False, varied: bool = False, domain: Domain | None = None,
 ) -> Rendered:  # fmt: skip
-    """Draw one volume; `randomize` draws a random `Domain`, else `domain` (default classic)."""
+    """Draw one volume; `randomize` draws a random `Domain` (`varied`: see `Domain.draw`),
+    else `domain` (default classic)."""
     if slices < 1 or size < 16:
         raise ValueError(f"need slices >= 1 and size >= 16, got slices={slices}, size={size}")
     unknown = [s for s in subtypes if s not in LESIONS]
@@ -58,7 +60,7 @@ def render(
     head_rng, lesion_rng, noise_rng = rng.spawn(3)
     (extra_rng,) = rng.spawn(1)
     if randomize:
-        domain = Domain.draw(extra_rng)
+        domain = Domain.draw(extra_rng, varied=varied)
     domain = domain or Domain.classic()
     head = make_head(head_rng, size, domain)
     lesions = [LESIONS[s](lesion_rng, head) for s in subtypes]
@@ -90,7 +92,8 @@ def render(
 def _vary_lesions(
     rng: np.random.Generator, lesions: list[Lesion], head: Head, domain: Domain
 ) -> list[Lesion]:
-    """Randomized densities (subtle to dense, some mixed) and now and then a second lesion."""
+    """Randomized densities (subtle to dense, some mixed), now and then a second lesion, and
+    the variants of ml.phantoms.lesions: aged subdurals, patches, spread along the falx."""
     assert domain.blood_hu is not None
     out = []
     for lesion in lesions:
@@ -99,8 +102,21 @@ def _vary_lesions(
             copies.append(LESIONS[lesion.subtype](rng, head))
         for copy in copies:
             mix = rng.uniform(15, 35) if rng.uniform() < domain.mixed_clot else 0.0
-            out.append(dataclasses.replace(copy, blood_hu=rng.uniform(*domain.blood_hu), mix=mix))
+            copy = dataclasses.replace(copy, blood_hu=rng.uniform(*domain.blood_hu), mix=mix)
+            # Each variant draws only when its domain has it (the randomized style's draws
+            # stay as they were).
+            if copy.subtype == "subdural" and _happens(rng, domain.subdural_ages):
+                copy = age_subdural(rng, copy, head)
+            if copy.subtype in ("subarachnoid", "intraventricular") and _happens(rng, domain.patchy):
+                copy = patchy(rng, copy, head)
+            if copy.subtype in ("subarachnoid", "subdural") and _happens(rng, domain.spread):
+                copy = spread_to_falx(rng, copy, head)
+            out.append(copy)
     return out
+
+
+def _happens(rng: np.random.Generator, probability: float) -> bool:
+    return probability > 0 and bool(rng.uniform() < probability)
 
 
 def _extras(rng: np.random.Generator, head: Head, domain: Domain) -> _Extras:
@@ -110,7 +126,7 @@ def _extras(rng: np.random.Generator, head: Head, domain: Domain) -> _Extras:
         texture = domain.texture_hu * (smooth_field(rng, shape, 12) + 0.5 * smooth_field(rng, shape, 40))
     swirl = np.clip(smooth_field(rng, shape, 10) * 1.5 + 0.3, 0, 1)
     mimics = tuple(MIMIC_BUILDERS[name](rng, head) for name in domain.mimics)
-    return _Extras(mimics, texture, swirl, rng)
+    return _Extras(mimics, texture, swirl, rng, domain.visible_hu)
 
 
 def _level(
@@ -136,8 +152,13 @@ def _level(
         blood = lesion.shape(sl)
         if blood is None:
             continue
-        sl.hu[blood] = lesion.blood_hu - lesion.mix * extras.swirl[blood]
-        counts[LABELS.index(lesion.subtype)] += np.count_nonzero(blood)
+        before = sl.hu[blood]
+        values = lesion.blood_hu - lesion.mix * extras.swirl[blood]
+        if lesion.serum_hu is not None:
+            values = np.where(head.y[blood] < lesion.level_y, np.float32(lesion.serum_hu), values)
+        sl.hu[blood] = values
+        shown = (np.abs(values - before) >= extras.visible_hu) if extras.visible_hu else blood
+        counts[LABELS.index(lesion.subtype)] += np.count_nonzero(shown)
     return sl.hu, counts
 
 

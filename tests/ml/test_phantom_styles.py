@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from ml.phantom import make_volume, write_dataset
 from ml.phantoms import polar
 from ml.phantoms.anatomy import make_head, make_slice
 from ml.phantoms.domain import MIMICS, Domain
-from ml.phantoms.render import render
+from ml.phantoms.lesions import LESIONS, age_subdural
+from ml.phantoms.render import _Extras, _level, render
 from ml.rsna import group_series, index_images, read_labels
 
 SIZE = 96
@@ -34,8 +36,26 @@ def test_domain_draw_is_reproducible_and_varies_with_the_seed() -> None:
         assert d.tissue_hu is not None and d.tissue_hu[0] > d.tissue_hu[1]  # gray above white
         assert d.blood_hu == (40.0, 100.0)
     seen = {name for d in draws for name in d.mimics}
-    assert seen == set(MIMICS)
+    only_varied = {"scalp_hematoma", "dense_falx"}
+    assert seen == set(MIMICS) - only_varied
     assert sum(bool(d.mimics) for d in draws) > 0.8 * len(draws)
+    for d in draws:
+        assert (d.subdural_ages, d.patchy, d.spread, d.visible_hu) == (0, 0, 0, 0)
+
+
+def test_the_varied_style_adds_to_the_randomized_draw() -> None:
+    """Domain.draw(varied=True) draws the randomized domain first, unchanged (so the shipped
+    recipe's phantoms stay as they were), then its own parameters and mimics."""
+    for seed in range(40):
+        plain = Domain.draw(np.random.default_rng(seed))
+        varied = Domain.draw(np.random.default_rng(seed), varied=True)
+        assert varied.mimics[:len(plain.mimics)] == plain.mimics
+        assert dataclasses.replace(varied, subdural_ages=0.0, patchy=0.0, spread=0.0,
+                                   visible_hu=0.0, mimics=plain.mimics) == plain
+        assert varied.subdural_ages > 0 and varied.patchy > 0 and varied.visible_hu > 0
+    seen = {name for seed in range(40)
+            for name in Domain.draw(np.random.default_rng(seed), varied=True).mimics}
+    assert seen == set(MIMICS)
 
 
 def test_randomized_volumes_repeat_per_seed_and_differ_across_seeds() -> None:
@@ -164,3 +184,96 @@ def test_no_lesion_is_drawn_in_the_skull_base() -> None:
         checked += int(changed.sum())
         assert not (changed & ((well.hu > 200) | (well.hu < -300))).any()  # bone, air
     assert checked > 0
+
+
+def _plain(**changes: Any) -> Domain:
+    """The classic head without noise or blur, with `changes` (a lesion is then exactly the
+    difference between two renders of one seed)."""
+    return dataclasses.replace(Domain.classic(), noise_hu=(0.0, 0.0), blur_passes=0, **changes)
+
+
+def test_aged_subdurals_are_subacute_chronic_or_settled() -> None:
+    """Issue 13: a varied subdural is not always acute: about isodense to the cortex,
+    hypodense (chronic) or acute cells layered under chronic serum (a hematocrit level)."""
+    head = make_head(np.random.default_rng(1), 128, Domain.classic())
+    quiet = _Extras((), None, np.zeros(head.u.shape, np.float32), np.random.default_rng(0), 0.0)
+    kinds = set()
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        aged = age_subdural(rng, LESIONS["subdural"](rng, head), head)
+        if aged.serum_hu is not None:
+            assert aged.serum_hu < 30 and 45 <= aged.blood_hu
+            masks = [(z, aged.shape(make_slice(head, z)))
+                     for z in np.linspace(-0.2, 0.8, 21) * float(head.c)]  # fmt: skip
+            z, mask = max(((z, m) for z, m in masks if m is not None), key=lambda zm: zm[1].sum())
+            hu, _ = _level(head, z, [aged], quiet)
+            rows, values = np.nonzero(mask)[0], hu[mask]
+            dense, serum = values == np.float32(aged.blood_hu), values == np.float32(aged.serum_hu)
+            if dense.any() and serum.any():  # the level crosses this slice: cells lie posterior
+                assert rows[dense].mean() > rows[serum].mean()
+                kinds.add("settled")
+        elif aged.blood_hu < 30:
+            kinds.add("chronic")
+        else:
+            assert head.hu["gray"] + 4 <= aged.blood_hu <= head.hu["gray"] + 16
+            kinds.add("subacute")
+    assert kinds == {"chronic", "settled", "subacute"}
+    domain = _plain(blood_hu=(40.0, 100.0), mixed_clot=0.0, subdural_ages=1.0, visible_hu=8.0)
+    shown = [render(np.random.default_rng(seed), 12, 128, ("subdural",), domain=domain).labels
+             for seed in range(6)]  # fmt: skip
+    assert all(labels[:, LABELS.index("subdural")].any() for labels in shown)
+
+
+@pytest.mark.parametrize("subtype", ["subarachnoid", "intraventricular"])
+def test_patchy_blood_is_part_of_the_whole(subtype: str) -> None:
+    whole, patches = (
+        render(np.random.default_rng(3), 16, 128, (subtype,),
+               domain=_plain(blood_hu=(70.0, 70.0), mixed_clot=0.0, patchy=p))
+        for p in (0.0, 1.0)
+    )  # fmt: skip
+    well = render(np.random.default_rng(3), 16, 128, (),
+                  domain=_plain(blood_hu=(70.0, 70.0)))  # fmt: skip
+    full, part = whole.hu != well.hu, patches.hu != well.hu
+    assert not (part & ~full).any()
+    assert 0 < part.sum() < 0.9 * full.sum()
+
+
+def test_blood_spreads_along_the_falx() -> None:
+    """A subarachnoid bleed in the interhemispheric fissure: new blood on the midline."""
+    plain, spread = (
+        render(np.random.default_rng(8), 16, 128, ("subarachnoid",),
+               domain=_plain(blood_hu=(70.0, 70.0), mixed_clot=0.0, spread=s))
+        for s in (0.0, 1.0)
+    )  # fmt: skip
+    added = (spread.hu != plain.hu) & (spread.hu == 70)
+    midline = np.abs(np.nonzero(added)[2] - 63.5)  # the classic head is near the centre
+    assert added.sum() > 10 and np.median(midline) < 15
+
+
+def test_labels_follow_what_the_blood_shows() -> None:
+    """An isodense clot is no finding on that slice: with `visible_hu` only blood that changes
+    the slice by that much is counted; the classic rule counts every pixel of the lesion."""
+    flat = {"tissue_hu": (30.0, 30.0, 30.0), "mixed_clot": 0.0}
+    column = LABELS.index("epidural")
+
+    def labels(blood: float, visible: float) -> np.ndarray:
+        domain = _plain(blood_hu=(blood, blood), visible_hu=visible, **flat)
+        return render(np.random.default_rng(2), 16, 128, ("epidural",), domain=domain).labels
+
+    assert labels(30.0, 0.0)[:, column].any()
+    assert not labels(30.0, 8.0).any()
+    np.testing.assert_array_equal(labels(70.0, 8.0), labels(70.0, 0.0))
+
+
+def test_a_scalp_hematoma_is_outside_the_skull_and_not_labelled() -> None:
+    """Blood density under the scalp: a mimic, drawn outside the cranial cavity."""
+    domain = _plain(tissue_hu=(10.0, 5.0, 0.0))  # brain below the scalp's 25-50 HU
+    well = render(np.random.default_rng(4), 16, 128, (), domain=domain)
+    hematoma = render(np.random.default_rng(4), 16, 128, (),
+                      domain=dataclasses.replace(domain, mimics=("scalp_hematoma",)))
+    moved = hematoma.hu != well.hu
+    assert moved.sum() > 30 and not hematoma.labels.any()
+    assert 50 <= hematoma.hu[moved].min() and hematoma.hu[moved].max() <= 80
+    before = well.hu[moved]
+    assert not ((before > -100) & (before < 20)).any()  # never brain or CSF
+    assert (before < -900).any()  # it bulges the skin out into the air
