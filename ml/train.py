@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -51,6 +52,8 @@ from ml.train_state import TrainState, resume, save_state
 from ml.windowing import DEFAULT_WINDOWS, windows_by_name
 
 logger = logging.getLogger(__name__)
+LR_SCHEDULES = ("constant", "cosine")
+LR_FLOOR = 0.02  # the cosine schedule's last learning rate, as a fraction of TrainConfig.lr
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # x, y, mask (sequence only)
 Augment = Callable[[torch.Tensor], torch.Tensor]  # a training batch's x, changed (ml.augment)
@@ -63,6 +66,9 @@ class TrainConfig:
     epochs: int = 10  # total, also when resuming
     batch_size: int = 16  # slices for slice models, series for sequence models
     lr: float = 1e-3
+    # "constant", or "cosine": the learning rate falls from `lr` to LR_FLOOR * lr along half a
+    # cosine over the epochs (torch's LambdaLR, stepped once per epoch)
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     seed: int = 0
     num_workers: int = 0
@@ -87,6 +93,9 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
         if self.context is not None and self.context < 0:
@@ -315,6 +324,7 @@ def train(
     paths = {"best": directory / "best.pt", "last": directory / "last.pt",
              "state": directory / "last.train.pt"}  # fmt: skip
     state = resume(paths, config, model, optimizer, scaler) if config.resume else TrainState()
+    schedule = _lr_schedule(optimizer, config, done=state.epoch)
     net = model if ranks is None else distributed.wrap(model, device)
     if ranks is not None and not main:
         torch.manual_seed(config.seed + ranks.rank)  # its own augmentation and dropout draws
@@ -332,6 +342,8 @@ def train(
         else:
             rows = float(n)
         state.epoch = epoch + 1
+        if schedule is not None:
+            schedule.step()
         if main:
             _validate_and_save(model, card, config, paths, state, val_loader, device, amp,
                                train_loss=total / max(rows, 1), started=started,
@@ -350,6 +362,21 @@ def train(
     return distributed.broadcast(result)
 
 
+def _lr_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, *,
+                 done: int) -> LambdaLR | None:
+    """The learning rate from epoch `done` on: a function of the epoch and the config only, so
+    a resumed run (also one given more epochs) follows the schedule of its config."""
+    for group in optimizer.param_groups:  # resume loaded the last run's rate
+        group["lr"] = group["initial_lr"] = config.lr
+    if config.lr_schedule == "constant":
+        return None
+
+    def cosine(epoch: int) -> float:
+        return LR_FLOOR + (1 - LR_FLOOR) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
+
+    return LambdaLR(optimizer, cosine, last_epoch=done - 1)
+
+
 def _validate_and_save(
     model: nn.Module, card: ModelCard, config: TrainConfig, paths: dict[str, Path],
     state: TrainState, val_loader: DataLoader[Any], device: torch.device, amp: bool, *,
@@ -364,6 +391,7 @@ def _validate_and_save(
         "epoch": state.epoch, "train_loss": train_loss, "val_loss": metrics.loss,
         "val_weighted_log_loss": metrics.weighted_log_loss, "val_auc": metrics.auc,
         "seconds": round(time.monotonic() - started, 2),
+        "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
     }  # fmt: skip
     state.history.append(entry)
     epoch_card = dataclasses.replace(card, metrics={"epoch": state.epoch,

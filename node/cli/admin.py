@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ml.train import TrainConfig, TrainResult
 
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
+LR_SCHEDULES = ("constant", "cosine")  # ml.train.LR_SCHEDULES, without importing ml
+PHANTOM_STYLES = ("classic", "randomized", "varied", "polar")  # ml.phantom.STYLES, likewise
 
 
 D = " (default: %(default)s)"
@@ -58,6 +60,8 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     add("--epochs", type=int, default=epochs, help="epochs" + D)
     add("--batch-size", type=int, default=16, help="slices, or series for sequence models" + D)
     add("--lr", type=float, default=1e-3, help="Adam learning rate" + D)
+    add("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+        help="constant, or cosine: from --lr down to 2%% of it over the epochs" + D)
     add("--input-size", type=int, metavar="PX", help="side the model sees (default: the architecture's)")
     add("--windows", type=_names, default=_names(DEFAULT_WINDOWS), metavar="A,B,C",
         help=f"display windows in channel order (default: {DEFAULT_WINDOWS})")
@@ -138,9 +142,11 @@ def _phantoms_parser(commands: Any) -> None:
     add("--size", type=int, default=512, metavar="PX",
         help="matrix; real head CT is 512, keep it for training" + D)
     add("--positive-fraction", type=float, default=0.6, help="studies with a bleed" + D)
-    add("--style", choices=("classic", "randomized", "polar"), default="classic",
+    add("--style", choices=PHANTOM_STYLES, default="classic",
         help="classic: the fixed look; randomized: domain randomization with mimics (train); "
-             "polar: the second style, written apart (validate only)" + D)
+             "varied: randomized with aged subdurals, patchy blood, blood along the falx, a "
+             "dense falx and scalp hematomas, labelled where the blood shows; polar: the "
+             "second style, written apart (validate only)" + D)
     add("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
         help="processes writing studies (the same files whatever N; default: one per CPU, "
              "%(default)s here)")
@@ -278,7 +284,8 @@ def _config(args: argparse.Namespace, settings: Settings, architecture: str,
 
     return TrainConfig(
         checkpoint_dir=checkpoint_dir, architecture=architecture, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, num_workers=args.loader_workers,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+        num_workers=args.loader_workers,
         device=settings.device, input_size=args.input_size, windows=args.windows,
         context=args.context, pretrained=getattr(args, "pretrained", None),
         freeze_backbone=getattr(args, "freeze_backbone", False),

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.cli.admin import D, _common, _device, _epoch_line
+from node.cli.admin import LR_SCHEDULES, PHANTOM_STYLES, D, _common, _device, _epoch_line
 from node.config import Settings
 
 if TYPE_CHECKING:  # torch and ml are imported by the command, not by the parser
@@ -26,17 +26,21 @@ def add_demo_parser(commands: Any) -> None:
     add("--seed", type=int, default=1, help="phantoms, split and training" + D)
     add("--studies", type=int, default=400, help="phantom studies" + D)
     add("--slices", type=int, default=24, help="slices per phantom series, on average" + D)
-    add("--style", choices=("classic", "randomized", "polar"), default="randomized",
-        help="phantoms to train on; randomized and polar also take more negatives, a larger "
+    add("--style", choices=PHANTOM_STYLES, default="randomized",
+        help="phantoms to train on; the styles but classic also take more negatives, a larger "
              "validation split and ml.augment (polar: only to measure transfer); the options "
-             "below default to the style's recipe (randomized: the shipped model's)" + D)
+             "below default to the style's recipe (randomized: the shipped model's; varied: "
+             "the same recipe)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
-    add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized 10, else 12)")
+    add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized and varied 10, else 12)")
     add("--series-epochs", type=int,
-        help="epochs of the series stage, ichnet_seq (randomized 3, else 4)")
+        help="epochs of the series stage, ichnet_seq (randomized and varied 3, else 4)")
+    add("--lr-schedule", choices=LR_SCHEDULES,
+        help="learning rate over the epochs of both stages: constant, or cosine down to 2%% "
+             "(default: the style's recipe)")
     add("--classic-studies", type=int, metavar="N",
         help="with another style: N classic studies besides, so the node's own phantoms stay "
-             "in what the model has seen (randomized 100, else 0)")
+             "in what the model has seen (randomized and varied 100, else 0)")
     add("--work-dir", type=Path,
         help="keep phantoms, caches and stages here (default: a temporary folder)")
     add("--workers", type=int, default=0, dest="loader_workers", metavar="N",
@@ -53,7 +57,7 @@ def demo_recipe(args: argparse.Namespace) -> DemoRecipe:
     from ml.demo import DemoRecipe
 
     given = {"slice_epochs": args.epochs, "series_epochs": args.series_epochs,
-             "classic_studies": args.classic_studies}  # fmt: skip
+             "classic_studies": args.classic_studies, "lr_schedule": args.lr_schedule}  # fmt: skip
     return DemoRecipe.for_style(
         args.style, seed=args.seed, studies=args.studies, slices=args.slices,
         input_size=args.input_size, **{k: v for k, v in given.items() if v is not None})

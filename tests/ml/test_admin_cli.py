@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import torch
 
 from ml.checkpoint import read_checkpoint
 from ml.labels import LABELS, SUBTYPES
+from ml.phantom import STYLES
 from ml.shipped import shipped_checkpoint
+from ml.train import LR_FLOOR, LR_SCHEDULES
+from node.cli import admin as admin_cli
 
 STUDIES, SLICES, SIZE, INPUT = 4, 6, 64, 32
 
@@ -45,7 +49,7 @@ def trained(phantoms: Path) -> tuple[Path, str]:
     stdout = admin("train", "--arch", "ichnet", "--dicom-dir", phantoms,
                    "--labels", phantoms / "labels.csv", "--out", out, "--epochs", 1,
                    "--input-size", INPUT, "--batch-size", 8, "--val-fraction", 0.25,
-                   "--seed", 3, "--device", "cpu")  # fmt: skip
+                   "--seed", 3, "--device", "cpu", "--lr-schedule", "cosine")  # fmt: skip
     return out / "best.pt", stdout
 
 
@@ -74,6 +78,13 @@ def test_train_writes_a_carded_checkpoint(trained: tuple[Path, str], phantoms: P
     assert card.metrics["epochs"] == 1 and "weighted_log_loss" in card.metrics["validation"]
     assert json.loads(checkpoint.with_name("best.pt.json").read_text())["sha256"] == card.sha256
     assert f"checkpoint: {checkpoint}" in stdout and "weighted log loss" in stdout
+    state = torch.load(checkpoint.with_name("last.train.pt"), weights_only=True)
+    assert state["history"][-1]["lr"] == pytest.approx(1e-3 * LR_FLOOR)  # cosine, to its end
+
+
+def test_the_cli_offers_the_trainer_s_schedules_and_styles() -> None:
+    assert admin_cli.LR_SCHEDULES == LR_SCHEDULES
+    assert set(admin_cli.PHANTOM_STYLES) == set(STYLES)
 
 
 def test_evaluate_json_is_one_object_with_both_levels(

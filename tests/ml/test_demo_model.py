@@ -106,6 +106,8 @@ def test_command_defaults_are_the_recipe() -> None:
     assert recipe_of() == DemoRecipe.shipped()
     assert recipe_of("--style", "classic") == DemoRecipe()
     for recipe in (DemoRecipe.shipped(), DemoRecipe(), DemoRecipe.for_style("polar", seed=3),
-                   DemoRecipe.for_style("randomized", slice_epochs=2, classic_studies=0)):
+                   DemoRecipe.for_style("randomized", slice_epochs=2, classic_studies=0),
+                   DemoRecipe.for_style("varied"),
+                   DemoRecipe.for_style("classic", lr_schedule="cosine")):
         options = recipe.command().split()[3:]  # the printed command rebuilds its recipe
         assert recipe_of(*options) == recipe

@@ -16,7 +16,7 @@ from ml.checkpoint import load_checkpoint, read_checkpoint
 from ml.labels import LABELS
 from ml.metrics import weighted_log_loss
 from ml.models import build_model
-from ml.train import TrainConfig, WeightedBCEWithLogits, pad_series, train
+from ml.train import LR_FLOOR, TrainConfig, WeightedBCEWithLogits, pad_series, train
 
 SIZE = 32
 
@@ -111,6 +111,39 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
         assert torch.allclose(tensor, weights_b[name], atol=1e-6), name
 
 
+class _Stopped(Exception):
+    """Stands for a crash between two epochs."""
+
+
+def test_a_cosine_schedule_falls_to_its_floor_and_resumes(tmp_path: Path) -> None:
+    """The learning rate per epoch falls along half a cosine from lr to LR_FLOOR * lr; a run
+    stopped after two epochs and resumed ends as a straight run does (rates and weights)."""
+    data, val = Squares(32, 1), Squares(16, 2)
+    straight = train(_config(tmp_path / "a", epochs=4, lr_schedule="cosine"), data, val,
+                     progress=False)  # fmt: skip
+    rates = [h["lr"] for h in straight.history]  # each for the epoch after it
+    expected = [3e-3 * (LR_FLOOR + (1 - LR_FLOOR) * (1 + math.cos(math.pi * k / 4)) / 2)
+                for k in range(1, 5)]  # fmt: skip
+    assert rates == pytest.approx(expected)
+    assert rates[-1] == pytest.approx(3e-3 * LR_FLOOR)
+    constant = train(_config(tmp_path / "c", epochs=2), data, val, progress=False)
+    assert [h["lr"] for h in constant.history] == [3e-3, 3e-3]
+    cosine = _config(tmp_path / "b", epochs=4, lr_schedule="cosine")
+
+    def stop_after_two(entry: dict[str, object]) -> None:
+        if entry["epoch"] == 2:
+            raise _Stopped
+
+    with pytest.raises(_Stopped):
+        train(cosine, data, val, progress=False, log=stop_after_two)
+    resumed = train(dataclasses.replace(cosine, resume=True), data, val, progress=False)
+    assert [h["lr"] for h in resumed.history] == pytest.approx(rates)
+    _, weights_a = read_checkpoint(straight.last_checkpoint)
+    _, weights_b = read_checkpoint(resumed.last_checkpoint)
+    for name, tensor in weights_a.items():
+        assert torch.allclose(tensor, weights_b[name], atol=1e-6), name
+
+
 def test_frozen_backbone_changes_the_head_only(tmp_path: Path) -> None:
     config = _config(tmp_path, epochs=1, freeze_backbone=True)
     result = train(config, Squares(16, 1), Squares(8, 2), progress=False)
@@ -158,6 +191,8 @@ def test_config_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="name"):
         _config(tmp_path, architecture="lenet")
     assert np.isclose(_config(tmp_path).lr, 3e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(tmp_path, lr_schedule="step")
 
 
 class SquaresInSeries(Squares):
