@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 CLASSIC_FOV_MM = 230.4  # 0.45 mm pixels at 512
-# A randomized slice is labelled only where its blood shows: at least this many HU from what it
+# A varied slice is labelled only where its blood shows: at least this many HU from what it
 # replaced (an isodense subdural over the cortex is not a finding a reader can make on that slice).
 VISIBLE_HU = 8.0
 MIMICS = ("choroid_plexus", "pineal", "falx", "dense_sinus", "basal_ganglia", "metal",
