@@ -1,9 +1,9 @@
 """Mimics: bright structures of a normal head that are not hemorrhage.
 
 Calcified choroid plexus, pineal gland, falx and basal ganglia, a dense falx, dense
-(hyperattenuating) dural venous sinuses, metal on the scalp and blood under it (a scalp hematoma). A model trained without them in its negatives learns
-"bright = bleed"; with them it has to learn where and how blood lies. Mimics are drawn before
-lesions and never labelled.
+(hyperattenuating) dural venous sinuses, metal on the scalp and blood under it (a scalp
+hematoma). A model trained without them in its negatives learns "bright = bleed"; with them it
+has to learn where and how blood lies. Mimics are drawn before lesions and never labelled.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def add_demo_parser(commands: Any) -> None:
         help="phantoms to train on; the styles but classic also take more negatives, a larger "
              "validation split and ml.augment (polar: only to measure transfer); the options "
              "below default to the style's recipe (randomized: the shipped model's; varied: "
-             "the same recipe)" + D)
+             "the same with --lr-schedule cosine)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
     add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized and varied 10, else 12)")
     add("--series-epochs", type=int,
