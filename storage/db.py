@@ -6,8 +6,9 @@ import logging
 import queue
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -80,7 +81,7 @@ def _sqlite_begin(conn: Any) -> None:
 
 READ_ONLY = "ichtriage_read_only"
 # For the receiving processes' write transactions: wait for SQLite's write lock by trying
-# again every BUSY_POLL seconds, as DirectStatement does, rather than in SQLite's busy
+# again every BUSY_POLL seconds (`_polling_while_locked`, as DirectStatement), not in SQLite's busy
 # handler, which sleeps 1, 2, 5, 10 ms and more between tries for a lock held about 1 ms.
 POLL_WRITE_LOCK = "ichtriage_poll_write_lock"
 
@@ -90,20 +91,28 @@ def _begin_immediate_polling(dbapi_conn: sqlite3.Connection) -> None:
 
     Raises sqlite3.OperationalError (database is locked) when the lock stays taken."""
     cursor = dbapi_conn.cursor()
-    deadline = time.monotonic() + BUSY_TIMEOUT
     cursor.execute("PRAGMA busy_timeout=0")
     try:
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-            time.sleep(BUSY_POLL)
+        _polling_while_locked(lambda: cursor.execute("BEGIN IMMEDIATE"))
     finally:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
+
+
+_T = TypeVar("_T")
+
+
+def _polling_while_locked(run: Callable[[], _T]) -> _T:
+    """`run()`, tried again every BUSY_POLL seconds while SQLite answers SQLITE_BUSY, for up
+    to BUSY_TIMEOUT; then its sqlite3.OperationalError (database is locked) is raised."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(BUSY_POLL)
 
 
 def sqlite_driver_connection(engine: Engine) -> sqlite3.Connection:
@@ -156,16 +165,9 @@ class DirectStatement:
         except queue.Empty:
             conn = sqlite_driver_connection(self._engine)
             conn.execute("PRAGMA busy_timeout=0")
-        deadline = time.monotonic() + BUSY_TIMEOUT
         try:
-            while True:
-                try:
-                    cursor = conn.execute(self._sql, params)
-                    return cursor.lastrowid, cursor.rowcount
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                        raise
-                time.sleep(BUSY_POLL)
+            cursor = _polling_while_locked(lambda: conn.execute(self._sql, params))
+            return cursor.lastrowid, cursor.rowcount
         finally:
             self._idle.put(conn)
 
