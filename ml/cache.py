@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml.errors import SliceError
+from ml.planes import pixel_spacing_of
 from ml.rsna import ImageRecord
-from ml.windowing import WINDOWS, Window, load_slice, preprocess
+from ml.windowing import WINDOWS, Window, fit_shape, load_slice, preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,7 @@ class SliceCache:
         self.windows = tuple(Window(**w) for w in index["windows"])
         self.size: int = index["size"]
         self.out_size: int | None = index["out_size"]
+        self.field_of_view_mm: float | None = index.get("field_of_view_mm")
         self.image_ids: list[str] = index["image_ids"]
         self.series_uids: list[str] = index["series_uids"]
         self.positions = np.array(index["positions"], dtype=np.float64)
@@ -165,11 +167,16 @@ def as_windows(windows: Sequence[Window | str]) -> tuple[Window, ...]:
 
 
 def cache_key(
-    records: Sequence[ImageRecord], windows: Sequence[Window], size: int, out_size: int | None
-) -> str:
-    """Changes when the windows, sizes, files (path, size, mtime) or labels change."""
+    records: Sequence[ImageRecord], windows: Sequence[Window], size: int, out_size: int | None,
+    field_of_view_mm: float | None = None,
+) -> str:  # fmt: skip
+    """Changes when the windows, sizes, field of view, files (path, size, mtime) or labels
+    change."""
     digest = hashlib.sha256()
-    settings = [CACHE_VERSION, [[w.name, w.center, w.width] for w in windows], size, out_size]
+    settings: list[Any] = [CACHE_VERSION, [[w.name, w.center, w.width] for w in windows], size,
+                           out_size]
+    if field_of_view_mm is not None:  # caches fitted by pixels keep their keys
+        settings.append(float(field_of_view_mm))
     digest.update(json.dumps(settings).encode())
     for r in records:
         try:
@@ -182,33 +189,37 @@ def cache_key(
 
 
 def _encode(
-    path: str, windows: tuple[Window, ...], size: int, out_size: int | None
-) -> np.ndarray | str:
-    """One slice as uint8 (C, S, S), or the reason it cannot be used."""
+    path: str, windows: tuple[Window, ...], size: int, out_size: int | None,
+    field_of_view_mm: float | None = None,
+) -> np.ndarray | str:  # fmt: skip
+    """One slice as uint8 (C, S, S), or the reason it cannot be used. With a field of view
+    the slice's PixelSpacing decides the fit (`ml.windowing.fit_shape`), else `size` pixels."""
     try:
-        _, hu = load_slice(path)
+        ds, hu = load_slice(path)
         if hu.shape[0] != 1:
             raise SliceError(f"{path}: {hu.shape[0]} frames; the cache takes single-frame slices")
     except SliceError as exc:
         return str(exc)
-    x = preprocess(hu, windows, size=size, out_size=out_size)[0]
+    fit = size if field_of_view_mm is None else fit_shape(pixel_spacing_of(ds), field_of_view_mm)
+    x = preprocess(hu, windows, size=fit, out_size=out_size)[0]
     np.multiply(x, 255, out=x)
     np.rint(x, out=x)
     return x.astype(np.uint8)
 
 
 def _encode_all(
-    paths: list[str], windows: tuple[Window, ...], size: int, out_size: int | None, workers: int
-) -> Iterator[np.ndarray | str]:
+    paths: list[str], windows: tuple[Window, ...], size: int, out_size: int | None, workers: int,
+    field_of_view_mm: float | None = None,
+) -> Iterator[np.ndarray | str]:  # fmt: skip
     if workers <= 0:
         for path in paths:
-            yield _encode(path, windows, size, out_size)
+            yield _encode(path, windows, size, out_size, field_of_view_mm)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     n = len(paths)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from pool.map(
-            _encode, paths, [windows] * n, [size] * n, [out_size] * n,
+            _encode, paths, [windows] * n, [size] * n, [out_size] * n, [field_of_view_mm] * n,
             chunksize=max(1, min(64, math.ceil(n / (4 * workers)))),
         )  # fmt: skip
 
@@ -221,20 +232,30 @@ def build_cache(
     size: int,
     out_size: int | None = None,
     workers: int = 0,
+    field_of_view_mm: float | None = None,
 ) -> SliceCache:
     """Decode and preprocess every record once into cache_dir, or reuse a cache with the same key.
 
+    Slices are fitted to `size` pixels, or with `field_of_view_mm` to that many millimetres
+    (then `out_size` is required), and resized to `out_size` (see `ml.windowing.preprocess`).
     Slices that cannot be decoded are skipped, counted and logged with their reason; they never
     stop the build. workers > 0 decodes in that many processes.
     """
     wins = as_windows(windows)
+    _check_fit(out_size, field_of_view_mm)
     cache_dir = Path(cache_dir)
-    key = cache_key(records, wins, size, out_size)
+    key = cache_key(records, wins, size, out_size, field_of_view_mm)
     current = current_cache(cache_dir, key)
     if current is not None:
         return current
-    results = _encode_all([os.fspath(r.path) for r in records], wins, size, out_size, workers)
-    return _write_cache(records, cache_dir, wins, size, out_size, key, results)
+    results = _encode_all([os.fspath(r.path) for r in records], wins, size, out_size, workers,
+                          field_of_view_mm)
+    return _write_cache(records, cache_dir, wins, size, out_size, key, results, field_of_view_mm)
+
+
+def _check_fit(out_size: int | None, field_of_view_mm: float | None) -> None:
+    if field_of_view_mm is not None and out_size is None:
+        raise ValueError("out_size: needed with field_of_view_mm (the fit varies per slice)")
 
 
 def current_cache(cache_dir: Path, key: str) -> SliceCache | None:
@@ -253,6 +274,7 @@ def current_cache(cache_dir: Path, key: str) -> SliceCache | None:
 def _write_cache(
     records: Sequence[ImageRecord], cache_dir: Path, wins: tuple[Window, ...], size: int,
     out_size: int | None, key: str, results: Iterable[np.ndarray | str],
+    field_of_view_mm: float | None = None,
 ) -> SliceCache:  # fmt: skip
     """Write `results` (one per record, in order: uint8 (C, S, S) or why it was skipped)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +304,7 @@ def _write_cache(
         "windows": [{"name": w.name, "center": w.center, "width": w.width} for w in wins],
         "size": size,
         "out_size": out_size,
+        "field_of_view_mm": field_of_view_mm,
         "shape": [len(kept), *shape],
         "image_ids": [records[i].image_id for i in kept],
         "study_uids": [records[i].study_uid for i in kept],
@@ -306,7 +329,7 @@ def _shard_paths(cache_dir: Path, rank: int) -> tuple[Path, Path]:
 def build_shard(
     records: Sequence[ImageRecord], cache_dir: str | os.PathLike[str], *,
     windows: Sequence[Window | str], size: int, out_size: int | None = None, rank: int,
-    world_size: int, workers: int = 0,
+    world_size: int, workers: int = 0, field_of_view_mm: float | None = None,
 ) -> int:  # fmt: skip
     """Encode records[rank::world_size] into shard `rank` of cache_dir; `join_shards` makes
     the cache once every shard is written. Returns the records this shard encoded.
@@ -317,13 +340,15 @@ def build_shard(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: must lie in [0, {world_size}), got {rank}")
     wins = as_windows(windows)
+    _check_fit(out_size, field_of_view_mm)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_path, meta_path = _shard_paths(cache_dir, rank)
     mine = [os.fspath(r.path) for r in records[rank::world_size]]
     reasons: dict[str, str] = {}
     with data_path.open("wb") as out:
-        for j, result in enumerate(_encode_all(mine, wins, size, out_size, workers)):
+        for j, result in enumerate(_encode_all(mine, wins, size, out_size, workers,
+                                               field_of_view_mm)):
             if isinstance(result, str):
                 reasons[str(j)] = result
             else:
@@ -335,6 +360,7 @@ def build_shard(
 def join_shards(
     records: Sequence[ImageRecord], cache_dir: str | os.PathLike[str], *,
     windows: Sequence[Window | str], size: int, out_size: int | None = None, world_size: int,
+    field_of_view_mm: float | None = None,
 ) -> SliceCache:  # fmt: skip
     """The cache of `records` from the `world_size` shards `build_shard` wrote (then removed):
     byte for byte the cache `build_cache` writes. OSError when a shard is missing."""
@@ -361,8 +387,9 @@ def join_shards(
             for f in files:
                 f.close()
 
-    key = cache_key(records, wins, size, out_size)
-    cache = _write_cache(records, cache_dir, wins, size, out_size, key, results())
+    key = cache_key(records, wins, size, out_size, field_of_view_mm)
+    cache = _write_cache(records, cache_dir, wins, size, out_size, key, results(),
+                         field_of_view_mm)
     for data, meta in shards:
         data.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)

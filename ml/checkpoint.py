@@ -34,6 +34,7 @@ from ml.models import architecture, build_model
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
+FIELD_OF_VIEW_MM = (50.0, 1000.0)  # a card's field_of_view_mm must lie in this range
 INTENDED_USE = (
     "Research prototype: flags non-contrast head CT series that may show intracranial "
     "hemorrhage to reorder a reading worklist. Not a diagnosis; NOT FOR CLINICAL USE."
@@ -47,7 +48,7 @@ class ModelCard:
     architecture: str
     labels: tuple[str, ...]
     in_channels: int  # len(windows) * (2 * context + 1)
-    input_size: int  # square side the model sees, after the 512 fit and resize
+    input_size: int  # square side the model sees, after the fit and resize
     windows: tuple[str, ...]  # names in ml.windowing.WINDOWS, channel order
     context: int  # neighbour slices each side stacked as channels (2.5D)
     thresholds: dict[str, float]  # per label: called positive at probability >= threshold
@@ -59,6 +60,10 @@ class ModelCard:
     sha256: str = ""  # of the state_dict, set by save_checkpoint
     temperature: dict[str, float] = field(default_factory=dict)  # per label: sigmoid(logit / T);
     # a label not named has T = 1 (ml.calibration fits them on validation data)
+    # Side (mm) of the square, centred on each slice, resized to input_size: the slice's own
+    # PixelSpacing decides how many pixels that is (ml.windowing.fit_shape). None: 512 pixels
+    # whatever their size, as models were trained before session 12.
+    field_of_view_mm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
@@ -83,6 +88,10 @@ class ModelCard:
             raise ValueError(f"temperature: must be positive and finite, got {self.temperature}")
         if self.input_size < architecture(self.architecture).min_input_size:
             raise ValueError(f"input_size: too small for {self.architecture}: {self.input_size}")
+        if self.field_of_view_mm is not None and not (
+                FIELD_OF_VIEW_MM[0] <= float(self.field_of_view_mm) <= FIELD_OF_VIEW_MM[1]):
+            raise ValueError(f"field_of_view_mm: must lie in {list(FIELD_OF_VIEW_MM)} mm, "
+                             f"got {self.field_of_view_mm}")
 
     @property
     def num_labels(self) -> int:
@@ -125,6 +134,8 @@ class ModelCard:
         data["num_labels"] = self.num_labels
         if not self.temperature:  # uncalibrated (T = 1): written as cards were before
             del data["temperature"]
+        if self.field_of_view_mm is None:  # fitted by pixels: written as cards were before
+            del data["field_of_view_mm"]
         return data
 
     @classmethod

@@ -23,13 +23,14 @@ from ml.augment import BatchAugment
 from ml.cache import SliceCache, build_cache
 from ml.distributed import Distributed, build_cache_together
 from ml.evaluate import evaluate_classifier
-from ml.inference import FIT_SIZE, Classifier
+from ml.inference import Classifier
 from ml.labels import LABELS
 from ml.metrics import Metrics
 from ml.models import architecture, build_model
 from ml.rsna import ImageRecord, index_images, read_labels, split_by_patient
 from ml.series import dataset_for
 from ml.train import TrainConfig, TrainResult, train
+from ml.windowing import FIT_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -83,23 +84,27 @@ def load_split(
 
 def build_split_caches(
     split: Split, cache_root: Path, *, windows: Sequence[str], input_size: int, workers: int = 0,
-    ranks: Distributed | None = None,
+    ranks: Distributed | None = None, field_of_view_mm: float | None = None,
 ) -> tuple[SliceCache, SliceCache]:  # fmt: skip
-    """(training, validation) caches under cache_root, one folder per windows and size.
+    """(training, validation) caches under cache_root, one folder per windows, size and field
+    of view.
 
-    Slices are fitted to 512 and resized to input_size exactly as `ml.inference` does. With
-    `ranks` (torchrun), the ranks build each cache together and all read it.
+    Slices are fitted to 512 pixels, or to `field_of_view_mm` millimetres, and resized to
+    input_size exactly as `ml.inference` does. With `ranks` (torchrun), the ranks build each
+    cache together and all read it.
     """
-    out_size = None if input_size == FIT_SIZE else input_size
-    folder = cache_root / f"{'-'.join(windows)}-{input_size}px"
+    fov = field_of_view_mm
+    out_size = None if input_size == FIT_SIZE and fov is None else input_size
+    folder = cache_root / (f"{'-'.join(windows)}-{input_size}px" + (f"-{fov:g}mm" if fov else ""))
     caches = []
     for part, records in (("train", split.train), ("val", split.val)):
         if ranks is None:
             caches.append(build_cache(records, folder / part, windows=windows, size=FIT_SIZE,
-                                      out_size=out_size, workers=workers))
+                                      out_size=out_size, workers=workers, field_of_view_mm=fov))
         else:
             caches.append(build_cache_together(ranks, records, folder / part, windows=windows,
-                                               size=FIT_SIZE, out_size=out_size, workers=workers))
+                                               size=FIT_SIZE, out_size=out_size, workers=workers,
+                                               field_of_view_mm=fov))
     return caches[0], caches[1]
 
 
@@ -119,7 +124,7 @@ def train_on_split(
     card = config.card()
     train_cache, val_cache = build_split_caches(
         split, cache_root, windows=card.windows, input_size=card.input_size, workers=workers,
-        ranks=ranks)
+        ranks=ranks, field_of_view_mm=card.field_of_view_mm)
     train_set = dataset_for(train_cache, config.architecture, card.context)
     val_set = dataset_for(val_cache, config.architecture, card.context)
     if augment is not None:

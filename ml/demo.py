@@ -64,7 +64,8 @@ class DemoRecipe:
     phantom_size: int = 512  # matrix of the phantom DICOM, as real head CT
     style: str = "classic"  # ml.phantom.STYLES; for_style() gives each style's recipe
     positive_fraction: float = 0.8  # studies with a bleed (more examples of each subtype)
-    input_size: int = 128  # what the model sees after the 512 fit and resize
+    input_size: int = 128  # what the model sees after the fit and resize
+    field_of_view_mm: float | None = None  # ModelCard.field_of_view_mm; None: the 512 px fit
     windows: tuple[str, ...] = DEFAULT_WINDOWS
     context: int = 1  # 2.5D: 3 adjacent slices
     val_fraction: float = 0.15
@@ -115,10 +116,13 @@ class DemoRecipe:
         flags = (("--studies", "studies"), ("--slices", "slices"), ("--style", "style"),
                  ("--input-size", "input_size"), ("--epochs", "slice_epochs"),
                  ("--series-epochs", "series_epochs"),
-                 ("--classic-studies", "classic_studies"), ("--lr-schedule", "lr_schedule"))  # fmt: skip
+                 ("--classic-studies", "classic_studies"), ("--lr-schedule", "lr_schedule"),
+                 ("--field-of-view", "field_of_view_mm"))  # fmt: skip
         for flag, name in flags:
             if getattr(self, name) != getattr(defaults, name):
-                args += [flag, str(getattr(self, name))]
+                value = getattr(self, name)
+                args += [flag, "none" if value is None else f"{value:g}" if isinstance(
+                    value, float) else str(value)]
         other = {f.name for f in dataclasses.fields(self)} - {"seed"} - {n for _, n in flags}
         changed = sorted(n for n in other if getattr(self, n) != getattr(defaults, n))
         text = shlex.join(args)
@@ -139,7 +143,8 @@ class DemoRecipe:
 
         A classic recipe leaves out the fields that came with the other styles while they hold
         the value they had before they existed (cards written then still match their recipe);
-        every recipe leaves out `lr_schedule` when it is constant, for the same reason;
+        every recipe leaves out `lr_schedule` when it is constant and `field_of_view_mm` when
+        it is None, for the same reason;
         `shift` is left out where `augment` makes it unused.
         """
         data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -154,6 +159,8 @@ class DemoRecipe:
             del data["classic_studies"]
         if self.lr_schedule == "constant":  # as before schedules existed
             del data["lr_schedule"]
+        if self.field_of_view_mm is None:  # as before fields of view existed
+            del data["field_of_view_mm"]
         return data
 
     def training_data(self) -> str:
@@ -216,7 +223,8 @@ def _train(
         checkpoint_dir=work / "ichnet", architecture="ichnet", epochs=recipe.slice_epochs,
         batch_size=recipe.slice_batch_size, lr=recipe.lr, lr_schedule=recipe.lr_schedule,
         seed=recipe.seed, device=device,
-        input_size=recipe.input_size, windows=recipe.windows, context=recipe.context,
+        input_size=recipe.input_size, field_of_view_mm=recipe.field_of_view_mm,
+        windows=recipe.windows, context=recipe.context,
         num_workers=workers, training_data=recipe.training_data(),
         min_sensitivity_any=recipe.min_sensitivity_any,
         min_specificity_subtypes=recipe.min_specificity_subtypes,

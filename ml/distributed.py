@@ -128,20 +128,22 @@ def finish() -> None:
 def build_cache_together(
     ranks: Distributed, records: Sequence[ImageRecord], cache_dir: Path, *,
     windows: Sequence[Window | str], size: int, out_size: int | None = None, workers: int = 0,
+    field_of_view_mm: float | None = None,
 ) -> SliceCache:  # fmt: skip
     """`ml.cache.build_cache` by all ranks at once: each encodes its shard (with `workers`
     processes of its own), rank 0 joins them, then every rank opens the one cache.
 
     Rank 0 decides whether the cache is current, so the ranks never disagree about it.
     """
-    key = cache_key(records, as_windows(windows), size, out_size)
+    key = cache_key(records, as_windows(windows), size, out_size, field_of_view_mm)
     current = broadcast(current_cache(cache_dir, key) is not None if ranks.is_main else None)
     if not current:
         build_shard(records, cache_dir, windows=windows, size=size, out_size=out_size,
-                    rank=ranks.rank, world_size=ranks.world_size, workers=workers)
+                    rank=ranks.rank, world_size=ranks.world_size, workers=workers,
+                    field_of_view_mm=field_of_view_mm)
         barrier()
         if ranks.is_main:
             join_shards(records, cache_dir, windows=windows, size=size, out_size=out_size,
-                        world_size=ranks.world_size)
+                        world_size=ranks.world_size, field_of_view_mm=field_of_view_mm)
         barrier()
     return SliceCache.open(cache_dir)

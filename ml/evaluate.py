@@ -21,6 +21,7 @@ from ml.errors import SliceError
 from ml.inference import Classifier
 from ml.labels import LABELS
 from ml.metrics import Metrics, evaluate, series_level
+from ml.planes import pixel_spacing_of
 from ml.rsna import ImageRecord, group_series
 from ml.windowing import load_slice
 
@@ -52,9 +53,10 @@ def evaluate_classifier(
     spent: list[float] = []
     for series in group_series(records):
         slices, kept = [], []
+        spacing = None
         for record in series:
             try:
-                _, hu = load_slice(record.path)
+                ds, hu = load_slice(record.path)
                 if hu.shape[0] != 1:
                     raise SliceError(f"{hu.shape[0]} frames; labels are per single-frame slice")
             except SliceError as exc:
@@ -63,10 +65,12 @@ def evaluate_classifier(
                 continue
             slices.append(hu[0])
             kept.append(record)
+            spacing = spacing or pixel_spacing_of(ds)  # the series' first, as the node takes
         if not kept:
             continue
         started = time.perf_counter()
-        prediction = classifier.predict_series(slices, batch_size=batch_size)
+        prediction = classifier.predict_series(slices, batch_size=batch_size,
+                                               pixel_spacing=spacing)
         spent.append(time.perf_counter() - started)
         ids += [r.image_id for r in kept]
         series_of += [kept[0].series_uid] * len(kept)

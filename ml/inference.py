@@ -1,7 +1,8 @@
 """Series-level inference: HU slices in, per-slice and per-series probabilities out.
 
 This is what the node's worker calls: `Classifier.load(path)` once, then `predict_series` per
-series. Preprocessing follows the checkpoint's card (windows, 512 fit, resize, 2.5D context).
+series. Preprocessing follows the checkpoint's card (windows, the fit to 512 pixels or to the
+card's field of view in mm, resize, 2.5D context).
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from torch import nn
 from ml.checkpoint import ModelCard, load_checkpoint
 from ml.errors import ModelError, SliceError
 from ml.models import SeriesModel, architecture
-from ml.windowing import Window, preprocess, windows_by_name
+from ml.windowing import Window, fit_shape, preprocess, windows_by_name
 
 logger = logging.getLogger(__name__)
-
-FIT_SIZE = 512  # slices are centre padded/cropped to this before the resize (RSNA matrix)
-
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> CUDA when available, else CPU; anything else as torch spells it."""
@@ -103,9 +101,22 @@ class Classifier:
         logger.info("classifier %s (%s) on %s", card.architecture, card.sha256[:12], target)
         return cls(model, card, target)
 
-    def preprocess(self, slices: Iterable[np.ndarray]) -> torch.Tensor:
-        """(N, C, S, S) model-size stack of windowed slices, converted one slice at a time."""
-        out_size = None if self.card.input_size == FIT_SIZE else self.card.input_size
+    def fit_shape(self, pixel_spacing: Sequence[float] | None) -> tuple[int, int]:
+        """(rows, cols) of a slice's pixels that this model sees (`ml.windowing.fit_shape`
+        with the card's field of view); PixelSpacing in mm, row then column."""
+        return fit_shape(pixel_spacing, self.card.field_of_view_mm)
+
+    def preprocess(self, slices: Iterable[np.ndarray], *,
+                   pixel_spacing: Sequence[float] | None = None) -> torch.Tensor:
+        """(N, C, S, S) model-size stack of windowed slices, converted one slice at a time.
+
+        `pixel_spacing` (mm, row then column; the series' PixelSpacing) places the card's field
+        of view on the slices; a card without one, or a slice without a plausible spacing, is
+        fitted to 512 pixels.
+        """
+        fit = self.fit_shape(pixel_spacing)
+        size = self.card.input_size
+        out_size = None if (size, size) == fit else size
         converted = []
         for i, hu in enumerate(slices):
             array = np.asarray(hu)
@@ -115,7 +126,7 @@ class Classifier:
                 raise SliceError(f"slice {i}: expected numbers, got dtype {array.dtype}")
             if not np.isfinite(array).all():
                 raise SliceError(f"slice {i}: NaN or infinite HU values")
-            image = preprocess(array[None], self._windows, size=FIT_SIZE, out_size=out_size)
+            image = preprocess(array[None], self._windows, size=fit, out_size=out_size)
             converted.append(torch.from_numpy(image[0]))
         if not converted:
             raise SliceError("no slices in the series")
@@ -123,12 +134,14 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_series(
-        self, slices: Iterable[np.ndarray], *, batch_size: int = 16
-    ) -> SeriesPrediction:
-        """Score one series: `slices` are (H, W) HU arrays ordered inferior -> superior."""
+        self, slices: Iterable[np.ndarray], *, batch_size: int = 16,
+        pixel_spacing: Sequence[float] | None = None,
+    ) -> SeriesPrediction:  # fmt: skip
+        """Score one series: `slices` are (H, W) HU arrays ordered inferior -> superior, with
+        PixelSpacing `pixel_spacing` (mm, row then column; see `preprocess`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-        volume = self.preprocess(slices)
+        volume = self.preprocess(slices, pixel_spacing=pixel_spacing)
         started = time.perf_counter()
         logits = self._logits(volume, batch_size).float()
         temperature = torch.tensor(self.card.temperatures(), device=logits.device)

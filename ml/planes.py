@@ -43,6 +43,19 @@ def planes_of(ds: Dataset) -> list[Plane]:
                     pixel_spacing=_spacing(ds.get("PixelSpacing")))]
 
 
+def pixel_spacing_of(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing (mm: row spacing, column spacing) of a classic image, or of the first frame
+    of a multi-frame one (Pixel Measures, PS3.3 C.7.6.16.2.1); None when absent or malformed."""
+    if "PixelSpacing" in ds:
+        return _spacing(ds.get("PixelSpacing"))
+    for sequence in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = _item(ds.get(sequence), 0)
+        measures = _item(groups.get("PixelMeasuresSequence") if groups is not None else None, 0)
+        if measures is not None and "PixelSpacing" in measures:
+            return _spacing(measures.get("PixelSpacing"))
+    return None
+
+
 def _frame(base: Plane, number: int, per_frame: Any, shared: Any) -> Plane:
     def find(sequence: str, keyword: str) -> Any:
         for groups in (_item(per_frame, number - 1), _item(shared, 0)):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.errors import ModelError
-from ml.inference import FIT_SIZE, Classifier, stack_context
+from ml.inference import Classifier, stack_context
 from ml.models import ICHNet, SeriesModel
 from ml.windowing import resize, unfit_from_size
 
@@ -69,13 +69,16 @@ def _features(classifier: Classifier, volume: torch.Tensor, batch_size: int) -> 
 
 
 def heat_on_slice(classifier: Classifier, slices: Sequence[np.ndarray], index: int,
-                  label: str) -> np.ndarray:
-    """Grad-CAM of slice `index` of a series (HU arrays in slice order) on that slice's own
-    (rows, cols) grid: the inverse of the model's 512 fit and resize."""
-    heat = grad_cam(classifier, classifier.preprocess(slices), index, label)
+                  label: str, *, pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Grad-CAM of slice `index` of a series (HU arrays in slice order, PixelSpacing
+    `pixel_spacing` in mm) on that slice's own (rows, cols) grid: the inverse of the model's
+    fit and resize."""
+    volume = classifier.preprocess(slices, pixel_spacing=pixel_spacing)
+    heat = grad_cam(classifier, volume, index, label)
     rows, cols = np.asarray(slices[index]).shape
-    if heat.shape[-1] != FIT_SIZE:
-        heat = resize(heat, FIT_SIZE)
+    fit = classifier.fit_shape(pixel_spacing)
+    if heat.shape[-2:] != fit:
+        heat = resize(heat, fit)
     return np.clip(unfit_from_size(heat, rows, cols), 0.0, 1.0)
 
 

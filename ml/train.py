@@ -77,6 +77,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # train the head only, as the study did
     pretrained: Path | None = None  # local state_dict file
     input_size: int | None = None  # None: the architecture's
+    field_of_view_mm: float | None = None  # see ModelCard.field_of_view_mm; None: 512 px fit
     windows: tuple[str, ...] = DEFAULT_WINDOWS
     context: int | None = None  # None: the architecture's
     resume: bool = False
@@ -113,6 +114,7 @@ class TrainConfig:
         return ModelCard.new(
             self.architecture, windows=self.windows, context=self.context,
             input_size=self.input_size, training_data=self.training_data,
+            field_of_view_mm=self.field_of_view_mm,
         )  # fmt: skip
 
 

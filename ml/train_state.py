@@ -59,7 +59,8 @@ def resume(paths: dict[str, Path], config: TrainConfig, model: nn.Module,
                          f"not {config.architecture!r}")  # fmt: skip
     card, state_dict = read_checkpoint(paths["last"])
     expected = config.card()
-    if (card.in_channels, card.input_size) != (expected.in_channels, expected.input_size):
+    settings = ("in_channels", "input_size", "field_of_view_mm")
+    if [getattr(card, k) for k in settings] != [getattr(expected, k) for k in settings]:
         raise ModelError(f"resume: {paths['last']} was trained with other input settings")
     model.load_state_dict(state_dict)
     optimizer.load_state_dict(payload["optimizer"])

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # torch is imported lazily: the numpy path must not pay for i
     import torch
 
 AIR_HU = -1024.0
+FIT_SIZE = 512  # without a field of view, slices are centre padded/cropped to this (RSNA matrix)
+# PixelSpacing (mm) outside this range is taken as unknown: the slice is fitted by pixels
+PLAUSIBLE_PIXEL_MM = (0.05, 5.0)
 
 
 @dataclass(frozen=True)
@@ -217,36 +220,66 @@ def _fit_spans(n: int, size: int) -> tuple[slice, slice]:
     return slice(start, stop), slice(start + offset, stop + offset)
 
 
-def fit_to_size(img: np.ndarray, size: int, *, fill: float = AIR_HU) -> np.ndarray:
-    """Center-pad with `fill` and/or center-crop the last two axes to (size, size).
+def fit_shape(pixel_spacing: Sequence[float] | None,
+              field_of_view_mm: float | None) -> tuple[int, int]:
+    """(rows, cols) of the slice's own pixels that cover a square field of view.
+
+    `pixel_spacing` is PixelSpacing (PS3.3 C.7.6.2.1.1: row spacing, column spacing, mm);
+    `field_of_view_mm` is the side of the square, centred on the slice, that a model sees
+    (`ModelCard.field_of_view_mm`). Fitting that many pixels and resizing them to the model's
+    input gives every slice the same millimetres per input pixel, whatever the scanner's
+    reconstruction diameter and matrix. Without a field of view, or without a plausible
+    spacing (`PLAUSIBLE_PIXEL_MM`), the fit is FIT_SIZE pixels on each side, as models
+    carded without a field of view were trained.
+    """
+    if field_of_view_mm is None or pixel_spacing is None or len(pixel_spacing) != 2:
+        return FIT_SIZE, FIT_SIZE
+    low, high = PLAUSIBLE_PIXEL_MM
+    row_mm, col_mm = (float(v) for v in pixel_spacing)
+    if not (low <= row_mm <= high and low <= col_mm <= high):
+        return FIT_SIZE, FIT_SIZE
+    return max(1, round(field_of_view_mm / row_mm)), max(1, round(field_of_view_mm / col_mm))
+
+
+def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    rows, cols = (size, size) if isinstance(size, int) else size
+    if rows < 1 or cols < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    return rows, cols
+
+
+def fit_to_size(img: np.ndarray, size: int | tuple[int, int], *,
+                fill: float = AIR_HU) -> np.ndarray:
+    """Center-pad with `fill` and/or center-crop the last two axes to (size, size), or to
+    (rows, cols) when `size` is a pair (see `fit_shape`).
 
     The centre pixel (rows // 2, cols // 2) lands on (size // 2, size // 2), so a centred head
     stays centred whatever the matrix; each axis is padded or cropped on its own.
     """
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    size_r, size_c = _shape(size)
     rows, cols = img.shape[-2:]
-    src_r, dst_r = _fit_spans(rows, size)
-    src_c, dst_c = _fit_spans(cols, size)
-    out = np.full((*img.shape[:-2], size, size), fill, dtype=img.dtype)
+    src_r, dst_r = _fit_spans(rows, size_r)
+    src_c, dst_c = _fit_spans(cols, size_c)
+    out = np.full((*img.shape[:-2], size_r, size_c), fill, dtype=img.dtype)
     out[..., dst_r, dst_c] = img[..., src_r, src_c]
     return out
 
 
 def unfit_from_size(img: np.ndarray, rows: int, cols: int, *, fill: float = 0.0) -> np.ndarray:
-    """The inverse of `fit_to_size`: a (..., size, size) image back on the (rows, cols) grid of
-    the slice it was fitted from (what was cropped away comes back as `fill`)."""
-    size = img.shape[-1]
-    src_r, dst_r = _fit_spans(rows, size)
-    src_c, dst_c = _fit_spans(cols, size)
+    """The inverse of `fit_to_size`: a fitted (..., size_r, size_c) image back on the
+    (rows, cols) grid of the slice it was fitted from (what was cropped away comes back as
+    `fill`)."""
+    size_r, size_c = img.shape[-2:]
+    src_r, dst_r = _fit_spans(rows, size_r)
+    src_c, dst_c = _fit_spans(cols, size_c)
     out = np.full((*img.shape[:-2], rows, cols), fill, dtype=img.dtype)
     out[..., src_r, src_c] = img[..., dst_r, dst_c]
     return out
 
 
-def _resize_mode(rows: int, cols: int, size: int) -> str:
+def _resize_mode(rows: int, cols: int, size_r: int, size_c: int) -> str:
     """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
-    return "area" if size <= rows and size <= cols else "bilinear"
+    return "area" if size_r <= rows and size_c <= cols else "bilinear"
 
 
 def _area_weights(n: int, size: int) -> np.ndarray:
@@ -281,22 +314,21 @@ def _bilinear_axis(img: np.ndarray, size: int, axis: int) -> np.ndarray:
     return b
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize the last two axes to (size, size), float32.
+def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize the last two axes to (size, size), or to (rows, cols) for a pair; float32.
 
     Same arithmetic as torch.nn.functional.interpolate(antialias=False): mode "area" (adaptive
-    average pooling) when shrinking, "bilinear" with align_corners=False when enlarging.
+    average pooling) when shrinking both axes, "bilinear" with align_corners=False otherwise.
     """
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    size_r, size_c = _shape(size)
     img = np.asarray(img, dtype=np.float32)
     rows, cols = img.shape[-2:]
-    if (rows, cols) == (size, size):
+    if (rows, cols) == (size_r, size_c):
         return img.copy()
-    if _resize_mode(rows, cols, size) == "bilinear":
-        return _bilinear_axis(_bilinear_axis(img, size, img.ndim - 2), size, img.ndim - 1)
-    if rows % size == 0 and cols % size == 0:  # whole blocks: strided sums beat a reshape-mean
-        fr, fc = rows // size, cols // size
+    if _resize_mode(rows, cols, size_r, size_c) == "bilinear":
+        return _bilinear_axis(_bilinear_axis(img, size_r, img.ndim - 2), size_c, img.ndim - 1)
+    if rows % size_r == 0 and cols % size_c == 0:  # whole blocks: strided sums beat a reshape-mean
+        fr, fc = rows // size_r, cols // size_c
         summed = img[..., 0::fr, :].copy()
         for k in range(1, fr):
             summed += img[..., k::fr, :]
@@ -305,23 +337,25 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
             out += summed[..., k::fc]
         out /= np.float32(fr * fc)
         return out
-    return _area_weights(rows, size) @ img @ _area_weights(cols, size).T
+    return _area_weights(rows, size_r) @ img @ _area_weights(cols, size_c).T
 
 
 def preprocess(
-    hu: np.ndarray, windows: Sequence[Window], *, size: int = 512, out_size: int | None = None
-) -> np.ndarray:
+    hu: np.ndarray, windows: Sequence[Window], *, size: int | tuple[int, int] = FIT_SIZE,
+    out_size: int | None = None,
+) -> np.ndarray:  # fmt: skip
     """(N, H, W) HU to (N, C, S, S) float32 in [0, 1], S = out_size or size.
 
-    Centre pad/crop to `size` (no scaling: pixel spacing is kept), resize to `out_size` if
-    given, then one channel per window.
+    Centre pad/crop to `size` pixels, a side or (rows, cols) from `fit_shape` (no scaling
+    here), resize to (out_size, out_size) if given, then one channel per window.
     """
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim < 2:
         raise ValueError(f"hu must have at least 2 dimensions, got shape {hu.shape}")
-    if hu.shape[-2:] != (size, size):
-        hu = fit_to_size(hu, size)
-    if out_size is not None and out_size != size:
+    fit = _shape(size)
+    if hu.shape[-2:] != fit:
+        hu = fit_to_size(hu, fit)
+    if out_size is not None and (out_size, out_size) != fit:
         hu = resize(hu, out_size)
     return stack_windows(hu, windows)
 
@@ -330,8 +364,9 @@ def preprocess(
 
 
 def preprocess_torch(
-    hu: torch.Tensor, windows: Sequence[Window], *, size: int = 512, out_size: int | None = None
-) -> torch.Tensor:
+    hu: torch.Tensor, windows: Sequence[Window], *, size: int | tuple[int, int] = FIT_SIZE,
+    out_size: int | None = None,
+) -> torch.Tensor:  # fmt: skip
     """`preprocess` for a (N, H, W) tensor on its own device (GPU batches); float32 out."""
     import torch
     import torch.nn.functional as F
@@ -341,15 +376,16 @@ def preprocess_torch(
     if hu.dim() != 3:
         raise ValueError(f"hu must be (N, H, W), got shape {tuple(hu.shape)}")
     hu = hu.to(torch.float32)
+    size_r, size_c = _shape(size)
     rows, cols = hu.shape[-2:]
-    if (rows, cols) != (size, size):
-        src_r, dst_r = _fit_spans(rows, size)
-        src_c, dst_c = _fit_spans(cols, size)
-        fitted = hu.new_full((hu.shape[0], size, size), AIR_HU)
+    if (rows, cols) != (size_r, size_c):
+        src_r, dst_r = _fit_spans(rows, size_r)
+        src_c, dst_c = _fit_spans(cols, size_c)
+        fitted = hu.new_full((hu.shape[0], size_r, size_c), AIR_HU)
         fitted[:, dst_r, dst_c] = hu[:, src_r, src_c]
         hu = fitted
-    if out_size is not None and out_size != size:
-        mode = _resize_mode(size, size, out_size)
+    if out_size is not None and (out_size, out_size) != (size_r, size_c):
+        mode = _resize_mode(size_r, size_c, out_size, out_size)
         extra = {"align_corners": False} if mode == "bilinear" else {}
         hu = F.interpolate(hu[:, None], size=(out_size, out_size), mode=mode, **extra)[:, 0]
     low, width = (torch.from_numpy(a).to(hu.device) for a in _window_arrays(windows))

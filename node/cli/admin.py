@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_WINDOWS = "brain,subdural,bone"  # ml.windowing.DEFAULT_WINDOWS, without importing ml
 LR_SCHEDULES = ("constant", "cosine")  # ml.train.LR_SCHEDULES, without importing ml
 PHANTOM_STYLES = ("classic", "randomized", "varied", "polar")  # ml.phantom.STYLES, likewise
+FIELD_OF_VIEW_MM = (50.0, 1000.0)  # ml.checkpoint.FIELD_OF_VIEW_MM, likewise
 
 
 D = " (default: %(default)s)"
@@ -35,6 +36,21 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one name, comma-separated")
     return names
+
+
+def field_of_view(text: str) -> float:
+    """--field-of-view: millimetres in the range a model card takes, or "none" (0.0: fit 512
+    pixels)."""
+    if text.strip().lower() == "none":
+        return 0.0
+    try:
+        mm = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of mm, nor none: {text!r}") from None
+    low, high = FIELD_OF_VIEW_MM
+    if not low <= mm <= high:
+        raise argparse.ArgumentTypeError(f"must lie in {low:g}-{high:g} mm, got {text}")
+    return mm
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +79,9 @@ def _training(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     add("--lr-schedule", choices=LR_SCHEDULES, default="constant",
         help="constant, or cosine: from --lr down to 2%% of it over the epochs" + D)
     add("--input-size", type=int, metavar="PX", help="side the model sees (default: the architecture's)")
+    add("--field-of-view", type=field_of_view, metavar="MM",
+        help="side in mm of the square around each slice's centre that the model sees, resized "
+             "by the slice's PixelSpacing (default, or none: 512 pixels whatever their size)")
     add("--windows", type=_names, default=_names(DEFAULT_WINDOWS), metavar="A,B,C",
         help=f"display windows in channel order (default: {DEFAULT_WINDOWS})")
     add("--context", type=int, metavar="K",
@@ -286,7 +305,8 @@ def _config(args: argparse.Namespace, settings: Settings, architecture: str,
         checkpoint_dir=checkpoint_dir, architecture=architecture, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
         num_workers=args.loader_workers,
-        device=settings.device, input_size=args.input_size, windows=args.windows,
+        device=settings.device, input_size=args.input_size,
+        field_of_view_mm=args.field_of_view or None, windows=args.windows,
         context=args.context, pretrained=getattr(args, "pretrained", None),
         freeze_backbone=getattr(args, "freeze_backbone", False),
         resume=getattr(args, "resume", False),

@@ -10,7 +10,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.cli.admin import LR_SCHEDULES, PHANTOM_STYLES, D, _common, _device, _epoch_line
+from node.cli.admin import (
+    LR_SCHEDULES,
+    PHANTOM_STYLES,
+    D,
+    _common,
+    _device,
+    _epoch_line,
+    field_of_view,
+)
 from node.config import Settings
 
 if TYPE_CHECKING:  # torch and ml are imported by the command, not by the parser
@@ -32,6 +40,9 @@ def add_demo_parser(commands: Any) -> None:
              "below default to the style's recipe (randomized: the shipped model's; varied: "
              "the same with --lr-schedule cosine)" + D)
     add("--input-size", type=int, default=128, metavar="PX", help="side the model sees" + D)
+    add("--field-of-view", type=field_of_view, metavar="MM",
+        help="side in mm of the square the model sees, whatever the pixel size, or none: 512 "
+             "pixels (default: the style's recipe)")
     add("--epochs", type=int, help="epochs of the slice stage, ichnet (randomized and varied 10, else 12)")
     add("--series-epochs", type=int,
         help="epochs of the series stage, ichnet_seq (randomized and varied 3, else 4)")
@@ -58,6 +69,8 @@ def demo_recipe(args: argparse.Namespace) -> DemoRecipe:
 
     given = {"slice_epochs": args.epochs, "series_epochs": args.series_epochs,
              "classic_studies": args.classic_studies, "lr_schedule": args.lr_schedule}  # fmt: skip
+    if args.field_of_view is not None:  # 0.0: "none" given
+        given["field_of_view_mm"] = args.field_of_view or None
     return DemoRecipe.for_style(
         args.style, seed=args.seed, studies=args.studies, slices=args.slices,
         input_size=args.input_size, **{k: v for k, v in given.items() if v is not None})

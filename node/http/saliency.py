@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ml.planes import pixel_spacing_of
 from ml.windowing import load_slice
 
 if TYPE_CHECKING:
@@ -64,8 +65,10 @@ class HeatMaps:
         by the registry entry `model_pk` that made the result. Raises ModelMismatch."""
         from ml.saliency import heat_on_slice
 
-        slices = [load_slice(path)[1][frame] for path, frame in zip(files, frames, strict=True)]
+        loaded = [load_slice(path) for path in files]
+        slices = [hu[frame] for (_, hu), frame in zip(loaded, frames, strict=True)]
+        spacing = pixel_spacing_of(loaded[index][0])
         with self._lock:
             classifier = self._model(model_pk, model_version)
-            heat = heat_on_slice(classifier, slices, index, label)
+            heat = heat_on_slice(classifier, slices, index, label, pixel_spacing=spacing)
         return slices[index], heat

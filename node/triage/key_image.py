@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from ml.planes import pixel_spacing_of
 from ml.saliency import overlay
 from ml.windowing import BRAIN, apply_window
 
@@ -106,7 +107,8 @@ def key_images(classifier: Classifier, slices: Sequence[np.ndarray], sources: Se
     images = []
     for n, label in enumerate(labels, start=1):
         index = prediction.key_slices[label]
-        heat = heat_on_slice(classifier, slices, index, label)
+        heat = heat_on_slice(classifier, slices, index, label,
+                             pixel_spacing=pixel_spacing_of(sources[index]))
         j = list(classifier.card.labels).index(label)
         images.append(build_key_image(
             sources[index], np.asarray(slices[index]), heat, label=label,

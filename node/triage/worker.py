@@ -191,7 +191,7 @@ class TriageWorker:
             read = PixelsRead()
             prediction = classifier.predict_series(
                 hounsfield(self.files, headers, volume, self.volume_rules, read),
-                batch_size=self.batch_size)
+                batch_size=self.batch_size, pixel_spacing=volume.pixel_spacing)
             skipped.update(read.skipped)
             final = assemble(headers.planes, self.volume_rules,
                              undecodable={**headers.unreadable, **skipped},

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import torch
 
-from ml.checkpoint import read_checkpoint
+from ml.checkpoint import FIELD_OF_VIEW_MM, read_checkpoint
 from ml.labels import LABELS, SUBTYPES
 from ml.phantom import STYLES
 from ml.shipped import shipped_checkpoint
@@ -82,8 +82,9 @@ def test_train_writes_a_carded_checkpoint(trained: tuple[Path, str], phantoms: P
     assert state["history"][-1]["lr"] == pytest.approx(1e-3 * LR_FLOOR)  # cosine, to its end
 
 
-def test_the_cli_offers_the_trainer_s_schedules_and_styles() -> None:
+def test_the_cli_offers_the_trainer_s_schedules_styles_and_field_of_view_range() -> None:
     assert admin_cli.LR_SCHEDULES == LR_SCHEDULES
+    assert admin_cli.FIELD_OF_VIEW_MM == FIELD_OF_VIEW_MM
     assert set(admin_cli.PHANTOM_STYLES) == set(STYLES)
 
 

@@ -154,3 +154,34 @@ def test_an_unreadable_file_is_named_in_the_nodes_words(tmp_path: Path, content:
         load_checkpoint(path)
     assert "weights_only` set to `False`" not in str(raised.value)
     assert "file an issue" not in str(raised.value)
+
+
+def test_a_field_of_view_is_carded_and_a_card_without_one_is_written_as_before() -> None:
+    plain = ModelCard.new("ichnet", windows=("brain", "subdural", "bone"), training_data="t")
+    assert "field_of_view_mm" not in plain.to_dict()
+    assert ModelCard.from_dict(plain.to_dict()).field_of_view_mm is None
+    carded = ModelCard.new("ichnet", windows=("brain", "subdural", "bone"), training_data="t",
+                           field_of_view_mm=240.0)
+    assert ModelCard.from_dict(json.loads(json.dumps(carded.to_dict()))).field_of_view_mm == 240.0
+    for wrong in (0.0, 20.0, 5000.0):
+        with pytest.raises(ModelError, match="field_of_view_mm"):
+            ModelCard.from_dict({**carded.to_dict(), "field_of_view_mm": wrong})
+
+
+def test_the_classifier_fits_the_card_s_field_of_view_by_the_series_pixel_spacing() -> None:
+    from ml.inference import Classifier
+    from ml.windowing import fit_shape, preprocess, windows_by_name
+
+    card = ModelCard.new("ichnet", windows=("brain", "subdural", "bone"), training_data="t",
+                         context=0, input_size=64, field_of_view_mm=240.0)
+    model = build_model("ichnet", num_labels=len(LABELS), in_channels=3, input_size=64)
+    classifier = Classifier(model, card, torch.device("cpu"))
+    hu = torch.linspace(-1024, 200, 512 * 512).reshape(512, 512).numpy()
+    windows = windows_by_name(card.windows)
+    for spacing in ((0.7, 0.7), (0.4, 0.5)):
+        got = classifier.preprocess([hu], pixel_spacing=spacing).numpy()
+        expected = preprocess(hu[None], windows, size=fit_shape(spacing, 240.0), out_size=64)
+        assert classifier.fit_shape(spacing) == fit_shape(spacing, 240.0) != (512, 512)
+        assert got.tolist() == expected.tolist()
+    unknown = classifier.preprocess([hu]).numpy()  # no spacing: 512 pixels, as before
+    assert unknown.tolist() == preprocess(hu[None], windows, size=512, out_size=64).tolist()

@@ -26,12 +26,14 @@ from ml.windowing import (
     BONE,
     BRAIN,
     DEFAULT_WINDOWS,
+    FIT_SIZE,
     STUDY_WINDOWS,
     SUBDURAL,
     VASCULAR,
     WINDOWS,
     Window,
     apply_window,
+    fit_shape,
     fit_to_size,
     load_slice,
     preprocess,
@@ -280,14 +282,17 @@ def test_resize_integer_factor_is_block_mean() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "size", "mode"), [(512, 256, "area"), (300, 128, "area"), (64, 100, "bilinear")]
+    ("shape", "size", "mode"),
+    [((512, 512), 256, "area"), ((300, 300), 128, "area"), ((64, 64), 100, "bilinear"),
+     ((533, 480), 128, "area"), ((343, 512), (128, 96), "area"), ((100, 300), 128, "bilinear")],
 )
-def test_resize_matches_torch_interpolate(n: int, size: int, mode: str) -> None:
-    img = random_hu((2, n, n), seed=4)
+def test_resize_matches_torch_interpolate(
+    shape: tuple[int, int], size: int | tuple[int, int], mode: str
+) -> None:
+    img = random_hu((2, *shape), seed=4)
     extra = {"align_corners": False} if mode == "bilinear" else {}
-    expected = F.interpolate(torch.from_numpy(img)[:, None], size=(size, size), mode=mode, **extra)[
-        :, 0
-    ]
+    target = (size, size) if isinstance(size, int) else size
+    expected = F.interpolate(torch.from_numpy(img)[:, None], size=target, mode=mode, **extra)[:, 0]
     np.testing.assert_allclose(resize(img, size), expected.numpy(), rtol=0, atol=1e-3)  # HU
 
 
@@ -309,10 +314,13 @@ def test_preprocess_shape_range_and_composition() -> None:
         ((2, 300, 420), 256, 200),
         ((2, 80, 80), 96, 160),
         ((1, 90, 70), 64, None),
+        ((2, 512, 512), (480, 480), 128),  # a 240 mm field of view at 0.5 mm pixels
+        ((2, 512, 512), (343, 411), 128),  # at 0.7 x 0.584 mm: non-square pixels
+        ((1, 256, 256), (600, 600), 96),  # a small matrix padded with air
     ],
 )
 def test_numpy_and_torch_preprocessing_agree(
-    shape: tuple[int, ...], size: int, out_size: int | None
+    shape: tuple[int, ...], size: int | tuple[int, int], out_size: int | None
 ) -> None:
     hu = random_hu(shape, seed=5)
     windows = windows_by_name(STUDY_WINDOWS)
@@ -327,6 +335,52 @@ def test_numpy_and_torch_preprocessing_agree(
     np.testing.assert_allclose(
         from_int.numpy(), preprocess(hu.round(), windows, size=size, out_size=out_size), atol=1e-5
     )
+
+
+# --- the field of view: the same millimetres per input pixel whatever the scanner's matrix --------
+
+
+@pytest.mark.parametrize(
+    ("spacing", "fov", "expected"),
+    [((0.5, 0.5), 240.0, (480, 480)), ((0.7, 0.584), 240.0, (343, 411)),
+     ((0.45, 0.45), 230.4, (512, 512)), (None, 240.0, (FIT_SIZE, FIT_SIZE)),
+     ((0.5, 0.5), None, (FIT_SIZE, FIT_SIZE)), ((0.0, 0.5), 240.0, (FIT_SIZE, FIT_SIZE)),
+     ((50.0, 50.0), 240.0, (FIT_SIZE, FIT_SIZE)), ((0.5,), 240.0, (FIT_SIZE, FIT_SIZE))],
+)
+def test_fit_shape_covers_the_field_of_view_in_the_slice_s_pixels(
+    spacing: tuple[float, ...] | None, fov: float | None, expected: tuple[int, int]
+) -> None:
+    assert fit_shape(spacing, fov) == expected
+
+
+def _disk(matrix: int, pixel_mm: float, radius_mm: float) -> np.ndarray:
+    """A 60 HU disk of radius_mm in water, centred on a matrix x matrix slice of pixel_mm (in
+    water, not air, so the brain window stays linear across the disk's edge)."""
+    centre = (np.arange(matrix) - matrix // 2) * pixel_mm
+    inside = np.hypot(*np.meshgrid(centre, centre, indexing="ij")) <= radius_mm
+    return np.where(inside, 60.0, 0.0).astype(np.float32)[None]
+
+
+@pytest.mark.parametrize(("matrix", "pixel_mm"), [(512, 0.4), (512, 0.7), (256, 0.9)])
+def test_a_field_of_view_gives_a_head_one_size_whatever_the_pixels(
+    matrix: int, pixel_mm: float
+) -> None:
+    """A 75 mm-radius "head" fills the same input pixels at any reconstruction diameter and
+    matrix with a field of view; fitted by pixels its size follows the pixel size."""
+    windows = windows_by_name(["brain"])
+    hu = _disk(matrix, pixel_mm, 75.0)
+    disk = 0.75  # 60 HU in the brain window (L40/W80); water and air are 0
+
+    def input_pixels(x: np.ndarray) -> float:  # partial pixels at the edge count by their part
+        return float(x[0, 0].sum()) / disk
+
+    fitted = preprocess(hu, windows, size=fit_shape((pixel_mm, pixel_mm), 240.0), out_size=128)
+    assert input_pixels(fitted) * (240.0 / 128) ** 2 == pytest.approx(np.pi * 75.0**2, rel=0.01)
+    by_pixels = preprocess(hu, windows, size=FIT_SIZE, out_size=128)
+    by_pixels_mm2 = input_pixels(by_pixels) * (FIT_SIZE * pixel_mm / 128) ** 2
+    assert by_pixels_mm2 == pytest.approx(np.pi * 75.0**2, rel=0.01)  # in its own pixels' mm
+    # none of these pixel sizes is 240 / 512 mm: by pixels, the head's size in the input differs
+    assert abs(input_pixels(by_pixels) / input_pixels(fitted) - 1) > 0.1
 
 
 def test_load_slice_reads_a_file(tmp_path: Path) -> None:
